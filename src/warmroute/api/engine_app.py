@@ -1,0 +1,191 @@
+"""The engine's HTTP server: OpenAI/xAI Chat Completions over one `Engine`, plus health,
+models, Prometheus metrics and cache statistics. Thin routes; the engine does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from warmroute.api import chat_completions as cc
+from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, read_json_object
+from warmroute.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, sse_data
+from warmroute.api.wire_errors import (
+    handle_http_exception,
+    handle_unexpected_error,
+    handle_warmroute_error,
+    sse_error_event,
+)
+from warmroute.engine.llm import Delta, Engine, Finished, Prepared
+from warmroute.errors import NotFound, WarmrouteError
+
+DISCONNECT_POLL_S = 0.25
+
+
+def create_engine_app(
+    engine: Engine, engine_id: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="warmroute engine", lifespan=lifespan)
+    app.add_exception_handler(WarmrouteError, handle_warmroute_error)
+    app.add_exception_handler(HTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine))
+    created = int(time.time())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        parsed = cc.parse_body(await read_json_object(request, max_body_bytes))
+        if parsed.model is not None and parsed.model != engine.model_name:
+            raise NotFound(f"The model {parsed.model!r} does not exist")
+        prepared = engine.prepare(cc.to_chat_request(parsed))
+        completion_id = str(uuid.uuid4())
+        headers = {"x-warmroute-engine": engine_id}
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            body = stream_chunks(engine, prepared, completion_id, include_usage)
+            return StreamingResponse(
+                body, media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, **headers}
+            )
+        answer = await complete_unless_disconnected(request, engine, prepared, completion_id)
+        return JSONResponse(answer, headers=headers)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "engine_id": engine_id, "model": engine.model_name}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(engine.model_name, created)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != engine.model_name:
+            raise NotFound(f"The model {model_id!r} does not exist")
+        return model_card(engine.model_name, created)
+
+    @app.get("/cache")
+    async def cache_stats() -> dict[str, Any]:
+        return {"engine_id": engine_id, **engine.stats()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
+
+
+async def collect(engine: Engine, prepared: Prepared, completion_id: str) -> dict[str, Any]:
+    parts: list[str] = []
+    async with contextlib.aclosing(engine.generate(prepared, completion_id)) as events:
+        async for event in events:
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            else:
+                return cc.completion_json(
+                    completion_id, int(time.time()), engine.model_name, "".join(parts),
+                    event.finish_reason, event.usage,
+                )
+    raise RuntimeError("generation ended without a finish event")
+
+
+async def complete_unless_disconnected(
+    request: Request, engine: Engine, prepared: Prepared, completion_id: str
+) -> dict[str, Any]:
+    """Run a non-streaming request, aborting it (and freeing its slot) if the client leaves."""
+    work = asyncio.ensure_future(collect(engine, prepared, completion_id))
+    while not work.done():
+        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if not work.done() and await request.is_disconnected():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return {}
+    return work.result()
+
+
+async def stream_chunks(
+    engine: Engine, prepared: Prepared, completion_id: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    model = engine.model_name
+
+    def chunk(**fields: Any) -> bytes:
+        return sse_data(cc.chunk_json(completion_id, created, model, **fields))
+
+    yield chunk(delta={"role": "assistant"})
+    try:
+        async with contextlib.aclosing(engine.generate(prepared, completion_id)) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    yield chunk(delta={"content": event.text})
+                elif isinstance(event, Finished):
+                    yield chunk(delta={}, finish_reason=event.finish_reason)
+                    if include_usage:
+                        yield chunk(usage=event.usage)
+    except WarmrouteError as exc:
+        yield sse_error_event(exc)
+        return
+    yield DONE
+
+
+class EngineCollector:
+    """Prometheus metrics read from the engine's statistics at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Any:
+        stats = self.engine.stats()
+        for name, key, doc in (
+            ("prompt_tokens", "prompt_tokens", "Prompt tokens received"),
+            ("cached_tokens", "cached_tokens", "Prompt tokens served from the prefix cache"),
+            ("generated_tokens", "generated_tokens", "Tokens generated"),
+            ("cache_evictions", "evictions", "Cached blocks evicted"),
+            ("requests_finished", "requests_finished", "Requests finished"),
+        ):
+            yield CounterMetricFamily(f"warmroute_engine_{name}", doc, value=stats[key])
+        for name, key, doc in (
+            ("cache_blocks_used", "blocks_used", "Blocks referenced by running requests"),
+            ("cache_blocks_free", "blocks_free", "Blocks free or evictable"),
+            ("cache_blocks_cached", "blocks_cached", "Blocks holding reusable KV"),
+            ("running_requests", "running", "Requests being decoded"),
+            ("waiting_requests", "waiting", "Requests waiting for admission"),
+        ):
+            yield GaugeMetricFamily(f"warmroute_engine_{name}", doc, value=stats[key])
+        yield self._batch_histogram()
+
+    def _batch_histogram(self) -> HistogramMetricFamily:
+        counts = dict(self.engine.decode_batch_counts)
+        buckets: list[tuple[str, float]] = []
+        for bound in (1, 2, 4, 8, 16, 32, 64):
+            buckets.append((str(bound), float(sum(c for s, c in counts.items() if s <= bound))))
+        total = sum(counts.values())
+        buckets.append(("+Inf", float(total)))
+        return HistogramMetricFamily(
+            "warmroute_engine_decode_batch_size",
+            "Sequences per batched decode step",
+            buckets=buckets,
+            sum_value=float(sum(s * c for s, c in counts.items())),
+        )

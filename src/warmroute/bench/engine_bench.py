@@ -1,0 +1,114 @@
+"""`warmroute bench engine`: what the prefix cache and batched decode buy on this machine.
+
+In one run, on one in-process engine: TTFT of a cold prompt vs a prompt sharing most of its
+tokens with an earlier one (same engine, cache warm), an exact repeat, and aggregate decode
+tokens/s with 1 vs 4 concurrent requests. Prints a table of figures and ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import replace
+
+from rich.console import Console
+from rich.table import Table
+
+from warmroute.config import EngineConfig
+from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.types import ChatMessage, ChatRequest, SamplingParams
+
+WORDS = (
+    "cache prefix token block engine router request stream answer model server prompt turn "
+    "latency memory eviction hash chain batch decode prefill tenant salt conversation"
+).split()
+
+
+def text_of_tokens(engine: Engine, n_tokens: int, seed: int) -> str:
+    """Plain text that renders to about `n_tokens` tokens with this engine's tokenizer."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    while len(engine.tokenizer.encode(" ".join(words))) < n_tokens:
+        words.extend(rng.choice(WORDS) for _ in range(64))
+    ids = engine.tokenizer.encode(" ".join(words))[:n_tokens]
+    return engine.tokenizer.decode(ids)
+
+
+async def timed_request(
+    engine: Engine, messages: tuple[ChatMessage, ...], max_tokens: int
+) -> tuple[float, float, int, int]:
+    """(TTFT s, total s, completion tokens, cached tokens) of one greedy request."""
+    request = ChatRequest(messages, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+    start = time.perf_counter()
+    first: float | None = None
+    async for event in engine.generate(engine.prepare(request)):
+        if first is None:
+            first = time.perf_counter() - start
+        if isinstance(event, Finished):
+            total = time.perf_counter() - start
+            return first, total, event.usage.completion_tokens, event.usage.cached_tokens
+        assert isinstance(event, Delta)
+    raise RuntimeError("no finish event")
+
+
+async def measure(engine: Engine, prompt_tokens: int, shared: int, decode: int) -> dict[str, float]:
+    fig: dict[str, float] = {}
+    base = text_of_tokens(engine, prompt_tokens, seed=1)
+    base_ids = engine.tokenizer.encode(base)
+    shared_text = engine.tokenizer.decode(base_ids[:shared])
+    tail = text_of_tokens(engine, prompt_tokens - shared, seed=2)
+    colds, warms, repeats = [], [], []
+    for round_ in range(3):
+        salt_msg = ChatMessage("system", f"round {round_}")  # fresh prefix each round: a real miss
+        first = (salt_msg, ChatMessage("user", base))
+        second = (salt_msg, ChatMessage("user", shared_text + tail))
+        colds.append((await timed_request(engine, first, 1))[0])
+        ttft, _, _, cached = await timed_request(engine, second, 1)
+        warms.append(ttft)
+        fig["warm_cached_tokens"] = cached
+        repeats.append((await timed_request(engine, first, 1))[0])
+    fig["cold_ttft_s"] = statistics.median(colds)
+    fig["warm_ttft_s"] = statistics.median(warms)
+    fig["repeat_ttft_s"] = statistics.median(repeats)
+    fig["warm_over_cold"] = fig["warm_ttft_s"] / fig["cold_ttft_s"]
+    for concurrency in (1, 4):
+        prompts = [
+            (ChatMessage("user", text_of_tokens(engine, 64, seed=100 + concurrency * 10 + i)),)
+            for i in range(concurrency)
+        ]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(timed_request(engine, p, decode) for p in prompts))
+        elapsed = time.perf_counter() - start
+        fig[f"decode_tok_s_{concurrency}"] = sum(r[2] for r in results) / elapsed
+    fig["decode_speedup_4_over_1"] = fig["decode_tok_s_4"] / fig["decode_tok_s_1"]
+    return fig
+
+
+def run_engine_bench(
+    config: EngineConfig, *, prompt_tokens: int, shared_tokens: int, decode_tokens: int
+) -> int:
+    console = Console()
+    console.print(f"loading {config.model} ({config.dtype}) …")
+    engine = Engine.from_config(replace(config, max_running=max(config.max_running, 4)))
+    engine.start()
+    try:
+        fig = asyncio.run(measure(engine, prompt_tokens, shared_tokens, decode_tokens))
+    finally:
+        engine.stop()
+    table = Table(title=f"warmroute bench engine — {engine.model_name}, {engine.dtype}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row(f"cold TTFT, {prompt_tokens}-token prompt", f"{fig['cold_ttft_s']:.3f} s")
+    table.add_row(
+        f"warm TTFT, {shared_tokens} shared ({int(fig['warm_cached_tokens'])} cached)",
+        f"{fig['warm_ttft_s']:.3f} s",
+    )
+    table.add_row("exact repeat TTFT", f"{fig['repeat_ttft_s']:.3f} s")
+    table.add_row("warm / cold (target ≤ 0.15)", f"{fig['warm_over_cold']:.3f}")
+    table.add_row("decode tok/s, 1 request", f"{fig['decode_tok_s_1']:.1f}")
+    table.add_row("decode tok/s, 4 concurrent", f"{fig['decode_tok_s_4']:.1f}")
+    table.add_row("4 / 1 (target ≥ 3)", f"{fig['decode_speedup_4_over_1']:.2f}")
+    console.print(table)
+    return 0

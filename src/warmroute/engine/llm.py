@@ -1,0 +1,217 @@
+"""The engine's front: chat request in, text deltas and usage out (async, on the event loop).
+
+It renders and validates the prompt, hands a `Sequence` to the scheduler's worker thread, turns
+the token events it sends back into text (stop strings, incomplete UTF-8) and reports usage.
+Cancelling the consumer (a client that went away) stops the sequence and frees its blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from warmroute.config import EngineConfig
+from warmroute.engine.block_pool import BlockPool
+from warmroute.engine.prefix_cache import PrefixCache, hash_seed
+from warmroute.engine.scheduler import ModelRunner, Scheduler
+from warmroute.engine.sequence import SeqEvent, Sequence
+from warmroute.engine.tokenizer import ChatTokenizer, IncrementalDetokenizer
+from warmroute.errors import ContextTooLong, EngineUnavailable, InvalidRequest
+from warmroute.types import ChatRequest, Usage
+
+DEFAULT_CACHE_GB = 1.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: its prompt ids and output budget."""
+
+    request: ChatRequest
+    prompt_ids: list[int]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str
+    usage: Usage
+
+
+GenerationEvent = Delta | Finished
+
+
+def cache_capacity_blocks(config: EngineConfig, bytes_per_token: int) -> int:
+    """`--cache-blocks`, else `--cache-gb` (default 1 GiB) divided by the bytes of one block."""
+    if config.cache_blocks is not None:
+        return config.cache_blocks
+    gigabytes = config.cache_gb if config.cache_gb is not None else DEFAULT_CACHE_GB
+    return max(1, int(gigabytes * 2**30) // (bytes_per_token * config.block_size))
+
+
+class Engine:
+    """One inference server's core: tokenizer, prefix cache, scheduler and runner."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        dtype: str,
+        tokenizer: ChatTokenizer,
+        runner: ModelRunner,
+        num_blocks: int,
+        block_size: int,
+        context_len: int,
+        max_running: int,
+    ) -> None:
+        self.model_name = model_name
+        self.dtype = dtype
+        self.tokenizer = tokenizer
+        self.context_len = context_len
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks)
+        self.cache = PrefixCache(self.pool, block_size)
+        self.decode_batch_counts: dict[int, int] = {}
+        self.scheduler = Scheduler(
+            runner,
+            self.cache,
+            max_running=max_running,
+            context_len=context_len,
+            eos_ids=tokenizer.eos_ids,
+            seed=hash_seed(model_name, dtype),
+            on_decode_batch=self._count_batch,
+        )
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> Engine:
+        """Load the model named by `config` and build a stopped engine around it."""
+        from warmroute.engine.model import load_model
+        from warmroute.engine.runner import Runner
+
+        loaded = load_model(config.model, config.dtype, config.home)
+        num_blocks = cache_capacity_blocks(config, loaded.kv_bytes_per_token)
+        return cls(
+            model_name=config.model_name,
+            dtype=loaded.dtype,
+            tokenizer=loaded.tokenizer,
+            runner=Runner(loaded, num_blocks, config.block_size),
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            context_len=loaded.context_len,
+            max_running=config.max_running,
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    def _count_batch(self, size: int) -> None:
+        self.decode_batch_counts[size] = self.decode_batch_counts.get(size, 0) + 1
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> Prepared:
+        """Render and check the request, or raise a 4xx error for what cannot be served."""
+        if not request.messages:
+            raise InvalidRequest("messages must not be empty")
+        if request.continue_final_message and request.messages[-1].role != "assistant":
+            raise InvalidRequest("continue_final_message needs a final assistant message")
+        prompt = self.tokenizer.render(
+            request.messages, request.cache_salt, request.continue_final_message
+        )
+        if len(prompt) >= self.context_len:
+            raise ContextTooLong(
+                f"the prompt has {len(prompt)} tokens; this model's context is "
+                f"{self.context_len} tokens"
+            )
+        room = self.context_len - len(prompt)
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is None:
+            return Prepared(request, prompt, room)
+        if max_tokens <= 0:
+            raise InvalidRequest("max_tokens must be at least 1")
+        if max_tokens > room:
+            raise ContextTooLong(
+                f"max_tokens {max_tokens} plus the prompt's {len(prompt)} tokens exceed this "
+                f"model's context of {self.context_len} tokens"
+            )
+        return Prepared(request, prompt, max_tokens)
+
+    async def generate(
+        self, prepared: Prepared, request_id: str | None = None
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Text deltas, then one `Finished`. Closing the iterator early aborts the sequence."""
+        request, prompt = prepared.request, prepared.prompt_ids
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+
+        def emit(event: SeqEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        seq = Sequence(
+            request_id=request_id or uuid.uuid4().hex,
+            prompt_ids=prompt,
+            max_tokens=prepared.max_tokens,
+            sampling=request.sampling,
+            salt=request.cache_salt,
+            emit=emit,
+        )
+        detok = IncrementalDetokenizer(self.tokenizer, request.sampling.stop)
+        consumed = 0
+        reason: str | None = None
+        self.scheduler.add(seq)
+        try:
+            while reason is None:
+                event = await queue.get()
+                if event.error is not None:
+                    raise EngineUnavailable(event.error)
+                if event.token_id is not None:
+                    consumed += 1
+                    delta = detok.add(event.token_id)
+                    if delta:
+                        yield Delta(delta)
+                    if detok.finished_by_stop:
+                        reason = "stop"
+                elif event.finish_reason is not None:
+                    reason = "stop" if event.finish_reason == "abort" else event.finish_reason
+        finally:
+            seq.stop_requested = True  # a no-op once finished; aborts it otherwise
+        tail = detok.flush()
+        if tail:
+            yield Delta(tail)
+        if not request.continue_final_message:
+            self.tokenizer.remember_generation(request.cache_salt, detok.text, detok.ids)
+        yield Finished(reason, Usage(len(prompt), consumed, seq.num_cached_tokens))
+
+    # -- statistics ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        s = self.scheduler.stats
+        return {
+            "model": self.model_name,
+            "dtype": self.dtype,
+            "block_size": self.block_size,
+            "blocks_total": self.pool.num_blocks,
+            "blocks_free": self.pool.num_free_blocks,
+            "blocks_used": self.pool.num_blocks - self.pool.num_free_blocks,
+            "blocks_cached": self.pool.num_cached_blocks,
+            "evictions": self.pool.num_evictions,
+            "prompt_tokens": s.prompt_tokens,
+            "cached_tokens": s.cached_tokens,
+            "generated_tokens": s.generated_tokens,
+            "hit_rate": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "requests_finished": s.requests_finished,
+            "running": self.scheduler.num_running,
+            "waiting": self.scheduler.num_waiting,
+            "decode_steps": s.decode_steps,
+            "max_decode_batch": s.max_decode_batch,
+        }

@@ -1,0 +1,65 @@
+"""One exception tree for the whole project.
+
+    WarmrouteError
+    ├── InvalidRequest          bad input the caller can fix (400)
+    │   └── ContextTooLong      prompt or max_tokens beyond the model's context (400)
+    ├── UnsupportedMediaType    body is not application/json (415)
+    ├── PayloadTooLarge         body over the configured limit (413)
+    ├── AuthError               missing or invalid credentials (401)
+    ├── PermissionDenied        credentials valid but not allowed (403)
+    ├── NotFound                unknown model, response or route (404)
+    ├── RateLimited             a limit was hit (429)
+    └── EngineUnavailable       no engine can serve the request (503)
+
+Only `warmroute.api.wire_errors` turns these into HTTP envelopes or gRPC status codes.
+"""
+
+from __future__ import annotations
+
+
+class WarmrouteError(Exception):
+    """Base class; `message` is safe to show to the caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(WarmrouteError):
+    """The request is malformed or asks for something impossible."""
+
+
+class ContextTooLong(InvalidRequest):
+    """The prompt, or prompt plus requested output, exceeds the model's context."""
+
+
+class UnsupportedMediaType(WarmrouteError):
+    """The body is empty or not declared as JSON."""
+
+
+class PayloadTooLarge(WarmrouteError):
+    """The body exceeds the configured size limit."""
+
+
+class AuthError(WarmrouteError):
+    """No credentials, or credentials that do not identify a caller."""
+
+
+class PermissionDenied(WarmrouteError):
+    """The caller is known but may not do this."""
+
+
+class NotFound(WarmrouteError):
+    """The named model, response or resource does not exist (for this caller)."""
+
+
+class RateLimited(WarmrouteError):
+    """A request or token limit was exceeded; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineUnavailable(WarmrouteError):
+    """No healthy engine could take the request."""
