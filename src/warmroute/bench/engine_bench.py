@@ -11,7 +11,8 @@ import asyncio
 import random
 import statistics
 import time
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.table import Table
@@ -36,19 +37,43 @@ def text_of_tokens(engine: Engine, n_tokens: int, seed: int) -> str:
     return engine.tokenizer.decode(ids)
 
 
+@dataclass(frozen=True)
+class Timing:
+    start: float
+    first: float
+    end: float
+    completion_tokens: int
+    cached_tokens: int
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.start
+
+
+def _nothing() -> None:
+    return None
+
+
 async def timed_request(
-    engine: Engine, messages: tuple[ChatMessage, ...], max_tokens: int
-) -> tuple[float, float, int, int]:
-    """(TTFT s, total s, completion tokens, cached tokens) of one greedy request."""
+    engine: Engine,
+    messages: tuple[ChatMessage, ...],
+    max_tokens: int,
+    on_first: Callable[[], None] = _nothing,
+    on_end: Callable[[], None] = _nothing,
+) -> Timing:
+    """Clock readings and token counts of one greedy request (text may be empty: count events)."""
     request = ChatRequest(messages, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     start = time.perf_counter()
     first: float | None = None
     async for event in engine.generate(engine.prepare(request)):
         if first is None:
-            first = time.perf_counter() - start
+            first = time.perf_counter()
+            on_first()
         if isinstance(event, Finished):
-            total = time.perf_counter() - start
-            return first, total, event.usage.completion_tokens, event.usage.cached_tokens
+            on_end()
+            usage = event.usage
+            return Timing(start, first, time.perf_counter(), usage.completion_tokens,
+                          usage.cached_tokens)
         assert isinstance(event, Delta)
     raise RuntimeError("no finish event")
 
@@ -64,11 +89,11 @@ async def measure(engine: Engine, prompt_tokens: int, shared: int, decode: int) 
         salt_msg = ChatMessage("system", f"round {round_}")  # fresh prefix each round: a real miss
         first = (salt_msg, ChatMessage("user", base))
         second = (salt_msg, ChatMessage("user", shared_text + tail))
-        colds.append((await timed_request(engine, first, 1))[0])
-        ttft, _, _, cached = await timed_request(engine, second, 1)
-        warms.append(ttft)
-        fig["warm_cached_tokens"] = cached
-        repeats.append((await timed_request(engine, first, 1))[0])
+        colds.append((await timed_request(engine, first, 1)).ttft)
+        warm = await timed_request(engine, second, 1)
+        warms.append(warm.ttft)
+        fig["warm_cached_tokens"] = warm.cached_tokens
+        repeats.append((await timed_request(engine, first, 1)).ttft)
     fig["cold_ttft_s"] = statistics.median(colds)
     fig["warm_ttft_s"] = statistics.median(warms)
     fig["repeat_ttft_s"] = statistics.median(repeats)
@@ -78,12 +103,35 @@ async def measure(engine: Engine, prompt_tokens: int, shared: int, decode: int) 
             (ChatMessage("user", text_of_tokens(engine, 64, seed=100 + concurrency * 10 + i)),)
             for i in range(concurrency)
         ]
-        start = time.perf_counter()
-        results = await asyncio.gather(*(timed_request(engine, p, decode) for p in prompts))
-        elapsed = time.perf_counter() - start
-        fig[f"decode_tok_s_{concurrency}"] = sum(r[2] for r in results) / elapsed
+        fig[f"decode_tok_s_{concurrency}"] = await decode_rate(engine, prompts, decode)
     fig["decode_speedup_4_over_1"] = fig["decode_tok_s_4"] / fig["decode_tok_s_1"]
     return fig
+
+
+async def decode_rate(
+    engine: Engine, prompts: Sequence[tuple[ChatMessage, ...]], decode: int
+) -> float:
+    """Tokens/s generated while every request decodes together: from the moment the last one
+    has its first token (prefills run one at a time) to the moment the first one finishes."""
+    marks: list[tuple[float, int]] = []
+    started = 0
+
+    def snapshot() -> None:
+        marks.append((time.perf_counter(), engine.scheduler.stats.generated_tokens))
+
+    def on_first() -> None:
+        nonlocal started
+        started += 1
+        if started == len(prompts):
+            snapshot()
+
+    def on_end() -> None:
+        if len(marks) == 1:
+            snapshot()
+
+    await asyncio.gather(*(timed_request(engine, p, decode, on_first, on_end) for p in prompts))
+    (t0, n0), (t1, n1) = marks
+    return (n1 - n0) / (t1 - t0)
 
 
 def run_engine_bench(

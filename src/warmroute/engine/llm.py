@@ -8,6 +8,7 @@ Cancelling the consumer (a client that went away) stops the sequence and frees i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -155,7 +156,9 @@ class Engine:
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
 
         def emit(event: SeqEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            # The consumer's loop may be gone (client left, process shutting down): drop it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
         seq = Sequence(
             request_id=request_id or uuid.uuid4().hex,
