@@ -1,0 +1,87 @@
+"""From a URL or path to an async SQLAlchemy engine, with each backend's settings.
+
+SQLite (the default, one file in the data dir): WAL so readers never wait for the writer,
+`synchronous=FULL` so a commit is on disk when it returns, a busy timeout so concurrent
+processes wait for the write lock instead of failing, and `BEGIN IMMEDIATE` for transactions
+that write (`WRITE`), so a read-then-write transaction cannot lose a lock upgrade race.
+PostgreSQL: `postgresql://…` through psycopg 3. Nothing above this module knows which it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+WRITE: dict[str, Any] = {"warmroute_write": True}
+"""Execution options for a transaction that writes (`engine.execution_options(**WRITE)`)."""
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_FILE_NAME = "warmroute.db"
+POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")
+SQLITE_DRIVERS = ("sqlite", "sqlite+aiosqlite")
+
+
+def default_store_path(data_dir: Path) -> Path:
+    """Where the embedded default keeps its database."""
+    return data_dir / SQLITE_FILE_NAME
+
+
+def database_url(url_or_path: str | os.PathLike[str]) -> sa.URL:
+    """The engine URL for `sqlite:///path`, a plain file path, or `postgresql://…`.
+
+    Raises ValueError for another scheme or an in-memory SQLite database (each pooled
+    connection would see a different empty database).
+    """
+    text = os.fspath(url_or_path)
+    if "://" not in text:
+        if not text or text == ":memory:":
+            raise ValueError("the store needs a database file path, not an in-memory database")
+        return sa.URL.create("sqlite+aiosqlite", database=text)
+    url = sa.make_url(text)
+    if url.drivername in POSTGRES_DRIVERS:
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in SQLITE_DRIVERS:
+        if not url.database or url.database == ":memory:":
+            raise ValueError("the store needs a database file path, not an in-memory database")
+        return url.set(drivername="sqlite+aiosqlite")
+    raise ValueError(
+        f"unsupported store URL scheme {url.drivername!r}: use sqlite:///PATH, a file path, "
+        "or postgresql://HOST:PORT/DB"
+    )
+
+
+def make_engine(url: sa.URL) -> AsyncEngine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: sa.URL) -> AsyncEngine:
+    assert url.database is not None
+    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Transactions are begun by `on_begin` below, not by the sqlite3 module's guesswork.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = FULL",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("warmroute_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

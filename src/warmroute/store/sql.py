@@ -1,0 +1,382 @@
+"""The store over SQLAlchemy Core: one query layer for SQLite and PostgreSQL.
+
+Writes run in `WRITE` transactions (see `backends.py`) and are committed before a method returns.
+Owner scoping is part of every WHERE clause, so another owner's row is never read at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warmroute.errors import InvalidRequest
+from warmroute.store.backends import WRITE
+from warmroute.store.base import (
+    GROUP_BYS,
+    ApiKey,
+    ApiKeyStore,
+    DeferredCompletion,
+    DeferredStatus,
+    DeferredStore,
+    DuplicateId,
+    GroupBy,
+    Json,
+    ResponseNotFound,
+    ResponseStore,
+    Store,
+    StoredResponse,
+    UsageLedger,
+    UsageRecord,
+    UsageTotals,
+)
+from warmroute.store.schema import (
+    api_keys,
+    deferred_completions,
+    responses,
+    schema_migrations,
+    usage_ledger,
+)
+
+GROUP_COLUMNS: dict[str, str] = {"key": "key_id", "model": "model", "day": "day", "team": "team"}
+MAX_CHAIN = 100_000
+"""A bound on `history`'s walk; `put` already makes cycles impossible."""
+
+
+class _Tables:
+    """A part of the store: an engine for reads and one for writing transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(**WRITE)
+
+
+class SqlResponses(_Tables, ResponseStore):
+    async def put(self, response: StoredResponse) -> None:
+        r = responses
+        try:
+            async with self._writer.begin() as conn:
+                previous = response.previous_response_id
+                if previous is not None:
+                    found = await conn.scalar(
+                        sa.select(r.c.id).where(r.c.id == previous, r.c.owner == response.owner)
+                    )
+                    if found is None:
+                        raise ResponseNotFound(f"previous response {previous!r} not found")
+                await conn.execute(
+                    r.insert().values(
+                        id=response.id,
+                        owner=response.owner,
+                        created_at=response.created_at,
+                        expires_at=response.expires_at,
+                        model=response.model,
+                        engine_id=response.engine_id,
+                        previous_response_id=previous,
+                        input=list(response.input),
+                        output=list(response.output),
+                        response=response.response,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateId(f"response id {response.id!r} is already stored") from exc
+
+    async def get(
+        self, response_id: str, owner: str, now: float | None = None
+    ) -> StoredResponse | None:
+        r = responses
+        query = sa.select(r).where(r.c.id == response_id, *_visible(r, owner, now))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return StoredResponse(
+            id=row.id,
+            owner=row.owner,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            model=row.model,
+            engine_id=row.engine_id,
+            previous_response_id=row.previous_response_id,
+            input=tuple(row.input),
+            output=tuple(row.output),
+            response=row.response,
+        )
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        r = responses
+        async with self._writer.begin() as conn:
+            result = await conn.execute(r.delete().where(r.c.id == response_id, r.c.owner == owner))
+        return result.rowcount > 0
+
+    async def history(
+        self, response_id: str, owner: str, now: float | None = None
+    ) -> list[Json] | None:
+        r, step = responses, responses.alias("step")
+        chain = (
+            sa.select(
+                r.c.id,
+                r.c.previous_response_id.label("prev"),
+                r.c.input,
+                r.c.output,
+                # Literal SQL, not a bound value: PostgreSQL wants one integer type for `depth`.
+                sa.literal_column("0", sa.Integer).label("depth"),
+            )
+            .where(r.c.id == response_id, *_visible(r, owner, now))
+            .cte("chain", recursive=True)
+        )
+        chain = chain.union_all(
+            sa.select(
+                step.c.id,
+                step.c.previous_response_id,
+                step.c.input,
+                step.c.output,
+                chain.c.depth + sa.literal_column("1", sa.Integer),
+            ).where(
+                step.c.id == chain.c.prev,
+                chain.c.depth < MAX_CHAIN,
+                *_visible(step, owner, now),
+            )
+        )
+        query = sa.select(chain.c.prev, chain.c.input, chain.c.output).order_by(
+            chain.c.depth.desc()
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows or rows[0].prev is not None:  # unknown, or a hole in the chain
+            return None
+        messages: list[Json] = []
+        for row in rows:
+            messages.extend(row.input)
+            messages.extend(row.output)
+        return messages
+
+    async def purge_expired(self, now: float) -> int:
+        async with self._writer.begin() as conn:
+            result = await conn.execute(responses.delete().where(responses.c.expires_at <= now))
+        return result.rowcount
+
+
+def _visible(table: sa.FromClause, owner: str, now: float | None) -> list[sa.ColumnElement[bool]]:
+    conditions = [table.c.owner == owner]
+    if now is not None:
+        conditions.append(table.c.expires_at > now)
+    return conditions
+
+
+class SqlDeferred(_Tables, DeferredStore):
+    async def create(
+        self, request_id: str, owner: str, created_at: float, expires_at: float
+    ) -> DeferredCompletion:
+        if expires_at <= created_at:
+            raise InvalidRequest("expires_at must be after created_at")
+        entry = DeferredCompletion(
+            request_id, owner, DeferredStatus.PENDING, created_at, expires_at
+        )
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(
+                    deferred_completions.insert().values(
+                        request_id=request_id,
+                        owner=owner,
+                        status=entry.status.value,
+                        created_at=created_at,
+                        expires_at=expires_at,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateId(f"deferred request id {request_id!r} already exists") from exc
+        return entry
+
+    async def complete(self, request_id: str, result: Json) -> bool:
+        return await self._finish(request_id, DeferredStatus.DONE, result=result)
+
+    async def fail(self, request_id: str, error: Json) -> bool:
+        return await self._finish(request_id, DeferredStatus.FAILED, error=error)
+
+    async def _finish(self, request_id: str, status: DeferredStatus, **values: Any) -> bool:
+        d = deferred_completions
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                d.update()
+                .where(d.c.request_id == request_id, d.c.status == DeferredStatus.PENDING.value)
+                .values(status=status.value, **values)
+            )
+        return result.rowcount > 0
+
+    async def get(self, request_id: str, owner: str, now: float) -> DeferredCompletion | None:
+        d = deferred_completions
+        query = sa.select(d).where(d.c.request_id == request_id, d.c.owner == owner)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        if now >= row.expires_at:
+            return DeferredCompletion(
+                row.request_id, row.owner, DeferredStatus.EXPIRED, row.created_at, row.expires_at
+            )
+        return DeferredCompletion(
+            row.request_id,
+            row.owner,
+            DeferredStatus(row.status),
+            row.created_at,
+            row.expires_at,
+            row.result,
+            row.error,
+        )
+
+    async def purge_expired(self, now: float) -> int:
+        d = deferred_completions
+        async with self._writer.begin() as conn:
+            result = await conn.execute(d.delete().where(d.c.expires_at <= now))
+        return result.rowcount
+
+
+class SqlApiKeys(_Tables, ApiKeyStore):
+    async def create(self, key: ApiKey) -> None:
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(
+                    api_keys.insert().values(
+                        key_id=key.key_id,
+                        name=key.name,
+                        team=key.team,
+                        key_hash=key.key_hash,
+                        redacted=key.redacted,
+                        rpm=key.rpm,
+                        tpm=key.tpm,
+                        created_at=key.created_at,
+                        revoked_at=key.revoked_at,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateId(f"API key {key.key_id!r} or its secret is already stored") from exc
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        return await self._one(api_keys.c.key_id == key_id)
+
+    async def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        return await self._one(api_keys.c.key_hash == key_hash)
+
+    async def _one(self, condition: sa.ColumnElement[bool]) -> ApiKey | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_keys).where(condition))).first()
+        return None if row is None else _api_key(row)
+
+    async def list_keys(self, team: str | None = None) -> list[ApiKey]:
+        k = api_keys
+        query = sa.select(k).order_by(k.c.created_at, k.c.key_id)
+        if team is not None:
+            query = query.where(k.c.team == team)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_api_key(row) for row in rows]
+
+    async def revoke(self, key_id: str, now: float, team: str | None = None) -> bool:
+        k = api_keys
+        update = k.update().where(k.c.key_id == key_id, k.c.revoked_at.is_(None))
+        if team is not None:
+            update = update.where(k.c.team == team)
+        async with self._writer.begin() as conn:
+            result = await conn.execute(update.values(revoked_at=now))
+        return result.rowcount > 0
+
+
+def _api_key(row: sa.Row[Any]) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        name=row.name,
+        team=row.team,
+        key_hash=row.key_hash,
+        redacted=row.redacted,
+        created_at=row.created_at,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        revoked_at=row.revoked_at,
+    )
+
+
+def utc_day(time: float) -> str:
+    return datetime.fromtimestamp(time, UTC).date().isoformat()
+
+
+class SqlUsage(_Tables, UsageLedger):
+    async def record(self, row: UsageRecord) -> None:
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(
+                    usage_ledger.insert().values(
+                        id=row.id,
+                        time=row.time,
+                        day=utc_day(row.time),
+                        key_id=row.key_id,
+                        team=row.team,
+                        model=row.model,
+                        engine_id=row.engine_id,
+                        surface=row.surface,
+                        prompt_tokens=row.prompt_tokens,
+                        cached_tokens=row.cached_tokens,
+                        completion_tokens=row.completion_tokens,
+                        cost_in_usd_ticks=row.cost_in_usd_ticks,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise DuplicateId(f"usage row {row.id!r} is already recorded") from exc
+
+    async def summary(
+        self,
+        since: float,
+        group_by: GroupBy,
+        owner: str | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        if group_by not in GROUP_BYS:
+            raise InvalidRequest(f"group_by must be one of {', '.join(GROUP_BYS)}")
+        u = usage_ledger
+        group = u.c[GROUP_COLUMNS[group_by]]
+        query = (
+            sa.select(
+                group,
+                sa.func.count(),
+                *(
+                    sa.cast(sa.func.sum(column), sa.BigInteger)
+                    for column in (
+                        u.c.prompt_tokens,
+                        u.c.cached_tokens,
+                        u.c.completion_tokens,
+                        u.c.cost_in_usd_ticks,
+                    )
+                ),
+            )
+            .where(u.c.time >= since)
+            .group_by(group)
+            .order_by(group.asc().nulls_first())
+        )
+        if until is not None:
+            query = query.where(u.c.time < until)
+        if owner is not None:
+            query = query.where(u.c.team == owner)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UsageTotals(row[0], *(int(value) for value in row[1:])) for row in rows]
+
+
+class SqlStore(Store):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.responses = SqlResponses(engine)
+        self.deferred = SqlDeferred(engine)
+        self.api_keys = SqlApiKeys(engine)
+        self.usage = SqlUsage(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def schema_versions(self) -> Sequence[tuple[int, str, float]]:
+        m = schema_migrations
+        query = sa.select(m.c.version, m.c.name, m.c.applied_at).order_by(m.c.version)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.version, row.name, row.applied_at) for row in rows]
