@@ -9,7 +9,8 @@
     ├── PermissionDenied        credentials valid but not allowed (403)
     ├── NotFound                unknown model, response or route (404)
     ├── RateLimited             a limit was hit (429)
-    └── EngineUnavailable       no engine can serve the request (503)
+    ├── EngineUnavailable       no engine can serve the request (503)
+    └── StoreUnavailable        the database cannot be reached or is too new (503)
 
 Only `warmroute.api.wire_errors` turns these into HTTP envelopes or gRPC status codes.
 """
@@ -63,3 +64,7 @@ class RateLimited(WarmrouteError):
 
 class EngineUnavailable(WarmrouteError):
     """No healthy engine could take the request."""
+
+
+class StoreUnavailable(WarmrouteError):
+    """The database cannot be opened or reached, or its schema is newer than this code."""

@@ -21,6 +21,7 @@ from warmroute.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
+    StoreUnavailable,
     UnsupportedMediaType,
     WarmrouteError,
 )
@@ -46,6 +47,7 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     NotFound: WireError(404, "Some requested entity was not found", "NOT_FOUND"),
     RateLimited: WireError(429, "Some resource has been exhausted", "RESOURCE_EXHAUSTED"),
     EngineUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
+    StoreUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
 }
 INTERNAL = WireError(500, "Internal error", "INTERNAL")
 

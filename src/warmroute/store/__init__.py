@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from warmroute.errors import StoreUnavailable
 from warmroute.store.backends import database_url, default_store_path, make_engine
 from warmroute.store.base import (
     DEFAULT_RESPONSE_TTL_S,
@@ -25,7 +26,6 @@ from warmroute.store.base import (
     ResponseNotFound,
     Store,
     StoredResponse,
-    StoreUnavailable,
     UsageRecord,
     UsageTotals,
     hash_key,

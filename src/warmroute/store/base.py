@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
+from warmroute.errors import InvalidRequest, NotFound
 
 Json = dict[str, Any]
 """A JSON object as stored: a message, a response object, a result."""
@@ -34,10 +34,6 @@ class DuplicateId(InvalidRequest):
 
 class ResponseNotFound(NotFound):
     """A stored response named by the caller does not exist for this owner."""
-
-
-class StoreUnavailable(WarmrouteError):
-    """The database cannot be opened or reached, or its schema is newer than this code."""
 
 
 def _require(condition: bool, message: str) -> None:

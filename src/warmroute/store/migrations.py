@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from warmroute.errors import StoreUnavailable
 from warmroute.store.backends import WRITE
-from warmroute.store.base import StoreUnavailable
 from warmroute.store.schema import schema_migrations
 
 ADVISORY_LOCK_KEY = int.from_bytes(
