@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test test-fast lint bench clean
+.PHONY: venv serve test test-fast lint bench bench-gateway clean
 
 venv: $(STAMP)
 
@@ -25,11 +25,14 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/warmroute bench engine --model builtin:small
+
+bench-gateway: $(STAMP)
+	$(BIN)/warmroute bench gateway
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,4 +1,4 @@
-"""The `warmroute` command: `engine`, `bench`, and (as they land) `gateway`, `serve`, `keys`."""
+"""The `warmroute` command: `engine`, `gateway`, `serve`, `bench`, and (as they land) `keys`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from warmroute.config import EngineConfig, warmroute_home
+from warmroute.gateway.launch import (
+    add_gateway_arguments,
+    add_gateway_bench_arguments,
+    add_serve_arguments,
+)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +83,24 @@ def run_bench(args: argparse.Namespace) -> int:
                             shared_tokens=args.shared_tokens, decode_tokens=args.decode_tokens)
 
 
+def run_gateway(args: argparse.Namespace) -> int:
+    from warmroute.gateway.launch import run_gateway as run
+
+    return run(args)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from warmroute.gateway.launch import run_serve_command
+
+    return run_serve_command(args)
+
+
+def run_bench_gateway(args: argparse.Namespace) -> int:
+    from warmroute.bench.gateway_bench import run_gateway_bench_command
+
+    return run_gateway_bench_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warmroute", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--engine-id", default=None, help="name reported in x-warmroute-engine")
     engine.set_defaults(func=run_engine)
 
+    gateway = sub.add_parser("gateway", help="route requests over engines (sticky, bounded load)")
+    add_gateway_arguments(gateway)
+    gateway.set_defaults(func=run_gateway)
+
+    serve = sub.add_parser("serve", help="a gateway plus N local engines (the embedded default)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_engine = bench_sub.add_parser("engine", help="cold vs warm TTFT; batched decode")
@@ -97,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_engine.add_argument("--shared-tokens", type=int, default=1900)
     bench_engine.add_argument("--decode-tokens", type=int, default=32)
     bench_engine.set_defaults(func=run_bench, model="builtin:small")
+    bench_gateway = bench_sub.add_parser(
+        "gateway", help="sticky vs round-robin hit rate and TTFT; gateway overhead"
+    )
+    add_gateway_bench_arguments(bench_gateway)
+    bench_gateway.set_defaults(func=run_bench_gateway)
     return parser
 
 

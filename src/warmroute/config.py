@@ -6,7 +6,8 @@ This is the only module that reads the environment; everything else receives a c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -55,3 +56,109 @@ class EngineConfig:
     @property
     def resolved_engine_id(self) -> str:
         return self.engine_id or f"engine-{self.port}"
+
+
+GATEWAY_DEFAULT_MAX_BODY_BYTES = 20 * 2**20
+RoutingPolicy = Literal["sticky", "round-robin"]
+
+
+@dataclass(frozen=True)
+class EngineEndpoint:
+    """One engine behind the gateway: its base URL and the id named in `x-warmroute-engine`."""
+
+    url: str
+    engine_id: str
+    model: str | None = None
+
+    @staticmethod
+    def parse(spec: str) -> EngineEndpoint:
+        """`URL` or `ID=URL`; without an id, the id is the URL's host:port."""
+        engine_id, sep, url = spec.partition("=")
+        if not sep or "://" in engine_id:
+            engine_id, url = "", spec
+        return EngineEndpoint.of(url, engine_id or None)
+
+    @staticmethod
+    def of(url: str, engine_id: str | None = None, model: str | None = None) -> EngineEndpoint:
+        url = url.rstrip("/")
+        if "://" not in url:
+            url = "http://" + url
+        return EngineEndpoint(url, engine_id or url.split("://", 1)[1], model)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The front door: which engines, how to place requests on them, how to watch their health."""
+
+    engines: tuple[EngineEndpoint, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    epsilon: float = 0.25
+    policy: RoutingPolicy = "sticky"
+    max_body_bytes: int = GATEWAY_DEFAULT_MAX_BODY_BYTES
+    cache_salt: str = "warmroute-default-tenant"
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 2.0
+    probe_failures_to_eject: int = 2
+    connect_timeout_s: float = 2.0
+    upstream_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        ids = [e.engine_id for e in self.engines]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"engine ids must be unique, got {ids}")
+        if self.epsilon < 0:
+            raise ValueError("epsilon must be >= 0")
+        if self.max_body_bytes < 1 or self.probe_failures_to_eject < 1:
+            raise ValueError("max_body_bytes and probe_failures_to_eject must be positive")
+
+    @staticmethod
+    def from_toml(path: Path) -> GatewayConfig:
+        """Read `[gateway]` settings and `[[engines]]` (url, optional id and model) from TOML."""
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+        settings = dict(data.get("gateway", {}))
+        unknown = set(settings) - ({f.name for f in fields(GatewayConfig)} - {"engines"})
+        if unknown:
+            raise ValueError(f"{path}: unknown [gateway] settings {sorted(unknown)}")
+        engines = tuple(
+            EngineEndpoint.of(str(e["url"]), e.get("id"), e.get("model"))
+            for e in data.get("engines", [])
+        )
+        return GatewayConfig(engines=engines, **settings)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`warmroute serve`: N local engines plus a gateway, all on 127.0.0.1."""
+
+    engines: int = 2
+    model: str = "builtin:tiny"
+    port: int = 8000
+    grpc_port: int = 50051
+    data_dir: Path = Path(".warmroute")
+    dtype: DType = "auto"
+    cores: int = 1
+    startup_timeout_s: float = 180.0
+
+    @property
+    def threads_per_engine(self) -> int:
+        return max(1, self.cores // max(1, self.engines))
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_process_env(threads: int) -> dict[str, str]:
+    """The environment for a child engine process: ours, with its thread budget pinned and
+    idle OpenMP threads told to sleep rather than spin (engines share the cores)."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env

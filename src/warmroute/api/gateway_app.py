@@ -1,0 +1,143 @@
+"""The gateway's HTTP server: Chat Completions relayed to engines, plus health, models, metrics.
+
+Thin routes over a `Gateway` (`warmroute.gateway.router`): read the body (413/415/400 as xAI
+answers them), extract the routing features (400 for a bad key), place, relay. Every relayed
+answer carries `x-warmroute-engine`. A client that goes away cancels its upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from warmroute.api.json_body import read_json_object
+from warmroute.api.wire_errors import (
+    handle_http_exception,
+    handle_unexpected_error,
+    handle_warmroute_error,
+    sse_error_event,
+)
+from warmroute.config import GatewayConfig
+from warmroute.errors import NotFound, WarmrouteError
+from warmroute.gateway.features import request_features
+from warmroute.gateway.metrics import CONTENT_TYPE
+from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.router import Gateway
+
+DISCONNECT_POLL_S = 0.25
+CLIENT_CLOSED_REQUEST = 499
+T = TypeVar("T")
+
+
+def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
+    gw = gateway or Gateway(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(title="warmroute gateway", lifespan=lifespan)
+    app.state.gateway = gw
+    app.add_exception_handler(WarmrouteError, handle_warmroute_error)
+    app.add_exception_handler(HTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    created = int(time.time())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await read_json_object(request, gw.config.max_body_bytes)
+        decision = gw.route(request_features(request.headers, body))
+        payload = gw.upstream_payload(body)
+        if body.get("stream") is True:
+            opened = await unless_disconnected(request, gw.proxy.open_stream(decision, payload))
+        else:
+            opened = await unless_disconnected(request, gw.proxy.complete(decision, payload))
+        if opened is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        if isinstance(opened, Streaming):
+            return RelayedStream(opened)
+        return relayed_response(opened)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = gw.health()
+        return JSONResponse(report, status_code=200 if report["healthy_engines"] else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(m, created) for m in await gw.models()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id not in await gw.models():
+            raise NotFound(f"The model {model_id!r} does not exist")
+        return model_card(model_id, created)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await `work`, cancelling it (and so its upstream request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    finished_anyway = await task
+                    if isinstance(finished_anyway, Streaming):
+                        await finished_anyway.aclose()
+                return None
+        return task.result()
+    finally:
+        if not task.done():  # we were cancelled ourselves
+            task.cancel()
+
+
+def relayed_response(answer: Relayed) -> Response:
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+class RelayedStream(StreamingResponse):
+    """An engine's stream relayed chunk by chunk; the upstream is closed (and its engine slot
+    released) however the response ends: finished, client gone, or engine failed."""
+
+    def __init__(self, upstream: Streaming) -> None:
+        super().__init__(relay(upstream), status_code=upstream.status, headers=upstream.headers)
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.upstream.aclose()
+
+
+async def relay(upstream: Streaming) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream.chunks():
+            yield chunk
+    except UpstreamBroken as exc:
+        yield sse_error_event(exc)

@@ -1,0 +1,140 @@
+"""Calling engines for surfaces that are not Chat Completions (Responses, gRPC).
+
+Those surfaces build a neutral conversation; this module turns it into one Chat Completions
+call through the proxy (so placement, failover and metrics are the same as for relayed
+requests) and turns the engine's JSON or SSE answer back into neutral events: text deltas and
+one `Finished` with usage. An engine's 4xx answer becomes the matching exception.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from warmroute.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    WarmrouteError,
+)
+from warmroute.gateway.policies import Decision
+from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.router import Gateway
+from warmroute.types import ChatMessage, SamplingParams, Usage
+
+ENGINE_ERRORS: dict[int, type[WarmrouteError]] = {404: NotFound, 413: PayloadTooLarge}
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole non-streamed answer and the engine that gave it."""
+
+    engine_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+def chat_body(
+    model: str | None,
+    messages: Sequence[ChatMessage],
+    sampling: SamplingParams,
+    stream: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "stream": stream,
+    }
+    if model:
+        body["model"] = model
+    if sampling.max_tokens is not None:
+        body["max_tokens"] = sampling.max_tokens
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def engine_error(status: int, body: bytes) -> WarmrouteError:
+    try:
+        message = str(json.loads(body).get("error") or body.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        message = body.decode(errors="replace")
+    return ENGINE_ERRORS.get(status, InvalidRequest)(message)
+
+
+def usage_from(data: dict[str, Any]) -> Usage:
+    details = data.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens", 0)),
+        completion_tokens=int(data.get("completion_tokens", 0)),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+    )
+
+
+async def complete(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Answer:
+    answer = await gw.proxy.complete(decision, gw.upstream_payload(body))
+    if answer.status != 200:
+        raise engine_error(answer.status, answer.body)
+    data = json.loads(answer.body)
+    choice = data["choices"][0]
+    return Answer(
+        engine_id=answer.engine_id,
+        model=str(data.get("model", "")),
+        text=choice["message"].get("content") or "",
+        finish_reason=choice.get("finish_reason") or "stop",
+        usage=usage_from(data["usage"]),
+    )
+
+
+async def open_stream(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Streaming:
+    """The engine's stream once its first chunk arrived; the caller must `aclose()` it."""
+    opened = await gw.proxy.open_stream(decision, gw.upstream_payload(body))
+    if isinstance(opened, Relayed):
+        raise engine_error(opened.status, opened.body)
+    return opened
+
+
+async def stream_events(stream: Streaming) -> AsyncIterator[TextDelta | Done]:
+    """Parse the engine's SSE into text deltas and one final `Done`; a stream that ends
+    without its usage chunk, or with an error event, raises `UpstreamBroken`."""
+    buffer = b""
+    finish_reason: str | None = None
+    async for chunk in stream.chunks():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event and "choices" not in event:
+                raise UpstreamBroken(str(event["error"]))
+            for choice in event.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield TextDelta(text)
+                finish_reason = choice.get("finish_reason") or finish_reason
+            if event.get("usage"):
+                yield Done(finish_reason or "stop", usage_from(event["usage"]))
+                return
+    raise UpstreamBroken(f"engine {stream.engine_id} ended its stream without usage")
+

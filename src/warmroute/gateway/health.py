@@ -1,0 +1,68 @@
+"""Active health probes: `GET /health` on every engine about once per probe interval.
+
+A 200 answer admits (or keeps) the engine; `probe_failures_to_eject` failures in a row eject it.
+All it asks of an engine is `GET /health` with status 200 (vLLM and SGLang answer so too); a
+JSON body naming a `model` is remembered for `GET /v1/models`, and nothing else is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from warmroute.gateway.membership import Membership
+
+log = logging.getLogger(__name__)
+
+
+class HealthProber:
+    def __init__(self, membership: Membership, client: httpx.AsyncClient, interval_s: float):
+        self.membership = membership
+        self.client = client
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(engine_id) for engine_id in self.membership.engines))
+
+    async def probe(self, engine_id: str) -> None:
+        started_at = self.membership.clock()
+        try:
+            response = await self.client.get(self.membership.url(engine_id) + "/health")
+        except httpx.HTTPError as exc:
+            self.membership.probe_failed(engine_id, f"probe: {type(exc).__name__}")
+            return
+        if response.status_code != 200:
+            self.membership.probe_failed(engine_id, f"probe: HTTP {response.status_code}")
+            return
+        self.membership.probe_succeeded(engine_id, started_at, model_named(response))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="warmroute-health-prober")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            next_round = loop.time() + self.interval_s
+            await self.probe_all()
+            await asyncio.sleep(max(0.0, next_round - loop.time()))
+
+
+def model_named(response: httpx.Response) -> str | None:
+    """The `model` field of a JSON health answer, if there is one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and model else None

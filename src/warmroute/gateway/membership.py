@@ -1,0 +1,97 @@
+"""The gateway's view of its engines: which are healthy, and how many requests each has in flight.
+
+State changes come from two places: the active prober (`health.py`) and the proxy's passive
+ejections (connect errors, timeouts, 5xx). A probe that began before an engine's latest
+ejection cannot re-admit it, so a probe racing a crash does not bring a dead engine back.
+Listeners hear every change (metrics, logs). No I/O here; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from warmroute.config import EngineEndpoint
+from warmroute.gateway.policies import EngineLoad
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, bool, str], None]
+"""Called with (engine id, healthy now, cause) whenever an engine is ejected or admitted."""
+
+
+@dataclass
+class EngineState:
+    endpoint: EngineEndpoint
+    healthy: bool = False
+    in_flight: int = 0
+    probe_failures: int = 0
+    ejected_at: float = float("-inf")
+    model: str | None = None
+
+    @property
+    def engine_id(self) -> str:
+        return self.endpoint.engine_id
+
+
+class Membership:
+    def __init__(
+        self,
+        endpoints: Iterable[EngineEndpoint],
+        failures_to_eject: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engines = {e.engine_id: EngineState(e, model=e.model) for e in endpoints}
+        self.failures_to_eject = failures_to_eject
+        self.clock = clock
+        self.listeners: list[Listener] = []
+
+    def snapshot(self) -> tuple[EngineLoad, ...]:
+        """The healthy engines and their in-flight counts, for a policy."""
+        return tuple(
+            EngineLoad(s.engine_id, s.in_flight) for s in self.engines.values() if s.healthy
+        )
+
+    def healthy_ids(self) -> list[str]:
+        return [s.engine_id for s in self.engines.values() if s.healthy]
+
+    def url(self, engine_id: str) -> str:
+        return self.engines[engine_id].endpoint.url
+
+    def acquire(self, engine_id: str) -> None:
+        self.engines[engine_id].in_flight += 1
+
+    def release(self, engine_id: str) -> None:
+        state = self.engines[engine_id]
+        state.in_flight = max(0, state.in_flight - 1)
+
+    def eject(self, engine_id: str, cause: str) -> None:
+        """Passive ejection: the engine failed a request. It returns when a probe succeeds."""
+        state = self.engines[engine_id]
+        state.ejected_at = self.clock()
+        if state.healthy:
+            state.healthy = False
+            self._notify(state, cause)
+
+    def probe_succeeded(self, engine_id: str, started_at: float, model: str | None) -> None:
+        state = self.engines[engine_id]
+        state.probe_failures = 0
+        if model and not state.endpoint.model:
+            state.model = model
+        if not state.healthy and started_at > state.ejected_at:
+            state.healthy = True
+            self._notify(state, "probe")
+
+    def probe_failed(self, engine_id: str, cause: str) -> None:
+        state = self.engines[engine_id]
+        state.probe_failures += 1
+        if state.healthy and state.probe_failures >= self.failures_to_eject:
+            self.eject(engine_id, cause)
+
+    def _notify(self, state: EngineState, cause: str) -> None:
+        verb = "admitted" if state.healthy else "ejected"
+        log.info("engine %s (%s) %s: %s", state.engine_id, state.endpoint.url, verb, cause)
+        for listener in self.listeners:
+            listener(state.engine_id, state.healthy, cause)

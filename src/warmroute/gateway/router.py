@@ -1,0 +1,129 @@
+"""`Gateway`: one gateway's engines, health prober, HTTP client, metrics and placement.
+
+It wires the parts together and owns their lifetime (`start`/`stop`, bound to the app's
+lifespan); the decisions themselves are the pure functions of `policies.py`, fed a snapshot of
+the membership. The web app (`api/gateway_app.py`) is a thin layer over this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from warmroute.config import GatewayConfig
+from warmroute.gateway import policies
+from warmroute.gateway.health import HealthProber
+from warmroute.gateway.membership import Membership
+from warmroute.gateway.metrics import GatewayMetrics
+from warmroute.gateway.policies import Decision, RequestFeatures
+from warmroute.gateway.proxy import Proxy
+
+MAX_CONNECTIONS = 1024
+MAX_KEEPALIVE = 256
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.membership = Membership(config.engines, config.probe_failures_to_eject, clock)
+        self.metrics = GatewayMetrics(self.membership)
+        self.turns = itertools.count()
+        self._client: httpx.AsyncClient | None = None
+        self._probe_client: httpx.AsyncClient | None = None
+        self._prober: HealthProber | None = None
+        self._proxy: Proxy | None = None
+
+    @property
+    def proxy(self) -> Proxy:
+        if self._proxy is None:
+            raise RuntimeError("the gateway has not been started")
+        return self._proxy
+
+    async def start(self) -> None:
+        """Open the connection pools, probe every engine once, then keep probing."""
+        cfg = self.config
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
+            ),
+        )
+        self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
+        self._proxy = Proxy(self._client, self.membership, self.metrics)
+        self._prober = HealthProber(self.membership, self._probe_client, cfg.probe_interval_s)
+        await self._prober.probe_all()
+        self._prober.start()
+
+    async def stop(self) -> None:
+        if self._prober is not None:
+            await self._prober.stop()
+        for client in (self._client, self._probe_client):
+            if client is not None:
+                await client.aclose()
+
+    def route(self, features: RequestFeatures) -> Decision:
+        snapshot = self.membership.snapshot()
+        if self.config.policy == "round-robin":
+            return policies.round_robin(next(self.turns), snapshot)
+        return policies.choose(features, snapshot, self.config.epsilon, self.rng)
+
+    def upstream_payload(self, body: dict[str, Any]) -> bytes:
+        """The body engines get: the client's, with the tenant's `cache_salt` (a client cannot
+        choose another tenant's cache by sending its own salt)."""
+        forwarded = dict(body)
+        forwarded.pop("cache_salt", None)
+        if self.config.cache_salt:
+            forwarded["cache_salt"] = self.config.cache_salt
+        return json.dumps(forwarded, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def health(self) -> dict[str, Any]:
+        engines = [
+            {
+                "id": s.engine_id,
+                "url": s.endpoint.url,
+                "healthy": s.healthy,
+                "in_flight": s.in_flight,
+                "model": s.model,
+            }
+            for s in self.membership.engines.values()
+        ]
+        healthy = sum(1 for e in engines if e["healthy"])
+        return {"status": "ok" if healthy else "unavailable", "healthy_engines": healthy,
+                "engines": engines}
+
+    async def models(self) -> list[str]:
+        """The healthy engines' models, de-duplicated in engine order. A model comes from the
+        config, else the engine's health answer, else (best effort) its `GET /v1/models`."""
+        states = [s for s in self.membership.engines.values() if s.healthy]
+        unknown = [s for s in states if not s.model]
+        if unknown and self._probe_client is not None:
+            found = await asyncio.gather(*(self._listed_models(s.endpoint.url) for s in unknown))
+            for state, listed in zip(unknown, found, strict=True):
+                state.model = listed[0] if listed else None
+        names: list[str] = []
+        for state in states:
+            if state.model and state.model not in names:
+                names.append(state.model)
+        return names
+
+    async def _listed_models(self, url: str) -> list[str]:
+        assert self._probe_client is not None
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            response = await self._probe_client.get(url + "/v1/models")
+            if response.status_code == 200:
+                return [str(card["id"]) for card in response.json()["data"]]
+        return []

@@ -1,0 +1,64 @@
+"""Reading token usage out of answers as they pass through, without holding them up.
+
+A JSON answer carries `usage`; a stream carries it in its final `choices: []` chunk when the
+client asked for `stream_options.include_usage`. `SseUsageTap.feed` only splits bytes into lines
+and keeps the few that mention usage; JSON is parsed once, when the stream has ended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DATA_PREFIX = b"data:"
+USAGE_MARK = b'"usage"'
+MAX_LINE_BYTES = 2**20
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    cached_tokens: int
+
+
+def usage_of(answer: object) -> TokenUsage | None:
+    """`usage.prompt_tokens` and `usage.prompt_tokens_details.cached_tokens` of an answer."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    details: Any = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if not isinstance(prompt, int):
+        return None
+    return TokenUsage(prompt, cached if isinstance(cached, int) else 0)
+
+
+def usage_of_json(body: bytes) -> TokenUsage | None:
+    try:
+        return usage_of(json.loads(body))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+class SseUsageTap:
+    """Watches an SSE byte stream for the last event that carries usage."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._candidate: bytes | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE_BYTES:  # not SSE as we know it; stop buffering
+            self._partial = b""
+        for line in lines:
+            if line.startswith(DATA_PREFIX) and USAGE_MARK in line:
+                self._candidate = line
+
+    def usage(self) -> TokenUsage | None:
+        if self._candidate is None:
+            return None
+        return usage_of_json(self._candidate[len(DATA_PREFIX) :].strip())

@@ -1,0 +1,62 @@
+"""Health state: ejection, re-admission by probes, and probes that race a crash."""
+
+from __future__ import annotations
+
+from warmroute.config import EngineEndpoint
+from warmroute.gateway.membership import Membership
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def membership(clock: Clock) -> tuple[Membership, list[tuple[str, bool, str]]]:
+    m = Membership([EngineEndpoint.of("http://h:1", "a"), EngineEndpoint.of("http://h:2", "b")],
+                   failures_to_eject=2, clock=clock)
+    events: list[tuple[str, bool, str]] = []
+    m.listeners.append(lambda *event: events.append(event))
+    return m, events
+
+
+def test_probes_admit_and_repeated_failures_eject() -> None:
+    clock = Clock()
+    m, events = membership(clock)
+    assert m.snapshot() == ()
+    m.probe_succeeded("a", clock(), "builtin:tiny")
+    assert [e.engine_id for e in m.snapshot()] == ["a"]
+    assert m.engines["a"].model == "builtin:tiny"
+    m.probe_failed("a", "probe: ConnectError")
+    assert m.healthy_ids() == ["a"]  # one failure is not enough
+    m.probe_failed("a", "probe: ConnectError")
+    assert m.healthy_ids() == []
+    assert events == [("a", True, "probe"), ("a", False, "probe: ConnectError")]
+
+
+def test_a_probe_that_started_before_a_passive_ejection_cannot_readmit() -> None:
+    clock = Clock()
+    m, _ = membership(clock)
+    m.probe_succeeded("b", clock(), None)
+    probe_started = clock()
+    clock.now += 0.5
+    m.eject("b", "ConnectError")
+    m.probe_succeeded("b", probe_started, None)
+    assert m.healthy_ids() == []
+    clock.now += 1.0
+    m.probe_succeeded("b", clock(), None)
+    assert m.healthy_ids() == ["b"]
+
+
+def test_in_flight_counts_show_in_the_snapshot() -> None:
+    clock = Clock()
+    m, _ = membership(clock)
+    for engine_id in ("a", "b"):
+        m.probe_succeeded(engine_id, clock(), None)
+    m.acquire("a")
+    m.acquire("a")
+    m.release("a")
+    m.release("b")  # never below zero
+    assert {e.engine_id: e.in_flight for e in m.snapshot()} == {"a": 1, "b": 0}
