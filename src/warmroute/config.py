@@ -102,6 +102,15 @@ class GatewayConfig:
     probe_failures_to_eject: int = 2
     connect_timeout_s: float = 2.0
     upstream_timeout_s: float = 600.0
+    data_dir: Path = Path(".warmroute")
+    database_url: str | None = None
+    response_ttl_s: float = 30 * 24 * 3600.0
+    purge_interval_s: float = 3600.0
+
+    @property
+    def store_url(self) -> str:
+        """`--database-url`, else a SQLite file in the data dir."""
+        return self.database_url or str(self.data_dir / "warmroute.db")
 
     def __post_init__(self) -> None:
         ids = [e.engine_id for e in self.engines]
@@ -118,6 +127,8 @@ class GatewayConfig:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
         settings = dict(data.get("gateway", {}))
+        if "data_dir" in settings:
+            settings["data_dir"] = Path(settings["data_dir"])
         unknown = set(settings) - ({f.name for f in fields(GatewayConfig)} - {"engines"})
         if unknown:
             raise ValueError(f"{path}: unknown [gateway] settings {sorted(unknown)}")
@@ -139,6 +150,7 @@ class ServeConfig:
     data_dir: Path = Path(".warmroute")
     dtype: DType = "auto"
     cores: int = 1
+    database_url: str | None = None
     startup_timeout_s: float = 180.0
 
     @property

@@ -8,6 +8,8 @@ process, so a test can also look at its `Gateway` object.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +86,8 @@ def gateway_over(
 ) -> Iterator[tuple[str, Gateway]]:
     """A real gateway on a free port; yields its base URL and its `Gateway`."""
     settings.setdefault("probe_interval_s", 0.25)
+    data_dir = Path(tempfile.mkdtemp(prefix="warmroute-gateway-"))
+    settings.setdefault("data_dir", data_dir)
     config = GatewayConfig(engines=endpoints, port=free_port(), **settings)
     gateway = Gateway(config)
     server = BackgroundServer(create_gateway_app(config, gateway), config.host, config.port)
@@ -92,6 +96,7 @@ def gateway_over(
         yield server.url, gateway
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def chat_body(messages: list[dict[str, str]], max_tokens: int = 4, **extra: Any) -> dict[str, Any]:

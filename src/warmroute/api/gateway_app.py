@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from warmroute.api.json_body import read_json_object
+from warmroute.api.responses_app import ResponsesService, add_responses_routes
 from warmroute.api.wire_errors import (
     handle_http_exception,
     handle_unexpected_error,
@@ -27,12 +29,15 @@ from warmroute.api.wire_errors import (
     sse_error_event,
 )
 from warmroute.config import GatewayConfig
-from warmroute.errors import NotFound, WarmrouteError
+from warmroute.errors import NotFound, StoreUnavailable, WarmrouteError
 from warmroute.gateway.features import request_features
 from warmroute.gateway.metrics import CONTENT_TYPE
+from warmroute.gateway.policies import RequestFeatures
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.router import Gateway
+from warmroute.store import Store, open_store
 
+log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.25
 CLIENT_CLOSED_REQUEST = 499
 T = TypeVar("T")
@@ -40,14 +45,26 @@ T = TypeVar("T")
 
 def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
     gw = gateway or Gateway(config)
+    stores: list[Store] = []
+
+    def store() -> Store:
+        if not stores:
+            raise StoreUnavailable("the store is not open")
+        return stores[0]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stores.append(await open_store(gw.config.store_url))
         await gw.start()
+        purger = asyncio.create_task(purge_expired(store(), gw.config.purge_interval_s))
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await gw.stop()
+            await stores.pop().close()
 
     app = FastAPI(title="warmroute gateway", lifespan=lifespan)
     app.state.gateway = gw
@@ -55,16 +72,17 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
     created = int(time.time())
+    responses = ResponsesService(gw, store, gw.config.response_ttl_s)
+    add_responses_routes(app, responses, gw.config.max_body_bytes)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_json_object(request, gw.config.max_body_bytes)
-        decision = gw.route(request_features(request.headers, body))
+        features = request_features(request.headers, body)
         payload = gw.upstream_payload(body)
-        if body.get("stream") is True:
-            opened = await unless_disconnected(request, gw.proxy.open_stream(decision, payload))
-        else:
-            opened = await unless_disconnected(request, gw.proxy.complete(decision, payload))
+        opened = await unless_disconnected(
+            request, place_and_forward(gw, features, payload, body.get("stream") is True)
+        )
         if opened is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if isinstance(opened, Streaming):
@@ -93,8 +111,29 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     return app
 
 
+async def purge_expired(store: Store, interval_s: float) -> None:
+    """Remove expired stored responses and deferred results now, then every `interval_s`."""
+    while True:
+        now = time.time()
+        removed = await store.responses.purge_expired(now) + await store.deferred.purge_expired(now)
+        if removed:
+            log.info("purged %d expired stored records", removed)
+        await asyncio.sleep(interval_s)
+
+
 def model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
+
+
+async def place_and_forward(
+    gw: Gateway, features: RequestFeatures, payload: bytes, stream: bool
+) -> Relayed | Streaming:
+    """Place and forward in one step of one task: the proxy takes the chosen engine's
+    in-flight slot before this task yields, so concurrent placements see each other's load."""
+    decision = gw.route(features)
+    if stream:
+        return await gw.proxy.open_stream(decision, payload)
+    return await gw.proxy.complete(decision, payload)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

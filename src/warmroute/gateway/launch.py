@@ -39,6 +39,16 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache salt sent to engines (until API keys bring per-tenant salts)")
     parser.add_argument("--probe-interval", type=float, default=None, dest="probe_interval_s",
                         help="seconds between health probes (default 1)")
+    add_store_arguments(parser)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="logs and the SQLite store live here (default ./.warmroute)")
+    parser.add_argument("--database-url", default=None,
+                        help="postgresql://… to share the store between gateway replicas")
+    parser.add_argument("--response-ttl-days", type=float, default=None,
+                        help="days stored responses are kept (default 30)")
 
 
 def gateway_config(args: argparse.Namespace) -> GatewayConfig:
@@ -47,9 +57,11 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     overrides: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("host", "port", "epsilon", "max_body_bytes", "policy", "cache_salt",
-                     "probe_interval_s")
+                     "probe_interval_s", "data_dir", "database_url")
         if getattr(args, name) is not None
     }
+    if args.response_ttl_days is not None:
+        overrides["response_ttl_s"] = args.response_ttl_days * 24 * 3600
     if args.engine:
         overrides["engines"] = tuple(EngineEndpoint.parse(spec) for spec in args.engine)
     config = dataclasses.replace(config, **overrides)
@@ -110,7 +122,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=50051,
                         help="reserved for the gRPC API (not served yet)")
     parser.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
-                        help="where logs (and later the store) live")
+                        help="where logs and the SQLite store live")
+    parser.add_argument("--database-url", default=None,
+                        help="postgresql://… instead of the SQLite file in the data dir")
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
 
 
@@ -122,6 +136,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     config = ServeConfig(
         engines=args.engines, model=args.model, port=args.port, grpc_port=args.grpc_port,
         data_dir=args.data_dir, dtype=args.dtype, cores=cpu_count(),
+        database_url=args.database_url,
     )
     return run_serve(config)
 

@@ -139,6 +139,8 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
         gateway = GatewayConfig(
             engines=tuple(EngineEndpoint.of(e.url, e.engine_id) for e in engines),
             port=config.port,
+            data_dir=config.data_dir,
+            database_url=config.database_url,
         )
         asyncio.run(serve_gateway(gateway, lambda: print(banner(config, engines), file=out,
                                                         flush=True)))
