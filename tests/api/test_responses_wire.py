@@ -9,7 +9,6 @@ import pytest
 from warmroute.api.responses import (
     ResponseDraft,
     ResponseEvents,
-    conversation,
     input_messages,
     parse_responses_body,
 )
@@ -58,15 +57,6 @@ def test_malformed_items_are_invalid(items: list[dict[str, Any]]) -> None:
 def test_bad_bodies_are_invalid(body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         parse_responses_body(body)
-
-
-def test_conversation_puts_instructions_first_or_keeps_history() -> None:
-    fresh = parse_responses_body({"input": "q", "instructions": "sys"})
-    assert conversation(fresh, []) == [ChatMessage("system", "sys"), ChatMessage("user", "q")]
-    chained = parse_responses_body({"input": "q2", "previous_response_id": "r1"})
-    history = [ChatMessage("system", "sys"), ChatMessage("user", "q"),
-               ChatMessage("assistant", "a")]
-    assert conversation(chained, history) == [*history, ChatMessage("user", "q2")]
 
 
 def test_response_object_shape() -> None:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from warmroute.api.conversations import Conversations
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
 from warmroute.api.wire_errors import (
@@ -72,7 +73,8 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
     created = int(time.time())
-    responses = ResponsesService(gw, store, gw.config.response_ttl_s)
+    conversations = Conversations(gw, store, gw.config.response_ttl_s)
+    responses = ResponsesService(conversations)
     add_responses_routes(app, responses, gw.config.max_body_bytes)
 
     @app.post("/v1/chat/completions")

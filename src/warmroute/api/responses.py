@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,14 +92,6 @@ def input_messages(input_: str | list[dict[str, Any]]) -> list[ChatMessage]:
             raise InvalidRequest(f"{where}.content is required")
         messages.append(ChatMessage(role, _item_text(item["content"], where)))
     return messages
-
-
-def conversation(body: ResponsesBody, history: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """The messages to send: earlier history (from the store), instructions, this input."""
-    new = input_messages(body.input)
-    if body.instructions is not None:
-        return [ChatMessage("system", body.instructions), *new]
-    return [*history, *new]
 
 
 def new_response_id() -> str:
