@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from warmroute.config import EngineConfig, warmroute_home
+from warmroute.engine.sim_profile import add_sim_arguments, sim_profile_from_args
 from warmroute.gateway.launch import (
     add_gateway_arguments,
     add_gateway_bench_arguments,
@@ -62,8 +63,10 @@ def run_engine(args: argparse.Namespace) -> int:
     config = engine_config(args)
     if args.block_size < 1 or (config.cache_blocks is not None and config.cache_blocks < 1):
         raise SystemExit("--block-size and --cache-blocks must be positive")
-    set_threads(config.threads)
-    engine = Engine.from_config(config)
+    simulated = config.model == "sim"
+    if not simulated:
+        set_threads(config.threads)
+    engine = Engine.from_config(config, sim_profile_from_args(args) if simulated else None)
     app = create_engine_app(engine, config.resolved_engine_id)
     print(
         f"warmroute engine {config.resolved_engine_id}: {engine.model_name} ({engine.dtype}), "
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, default=8100)
     engine.add_argument("--engine-id", default=None, help="name reported in x-warmroute-engine")
+    add_sim_arguments(engine)
     engine.set_defaults(func=run_engine)
 
     gateway = sub.add_parser("gateway", help="route requests over engines (sticky, bounded load)")

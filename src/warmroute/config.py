@@ -102,6 +102,7 @@ class GatewayConfig:
     probe_failures_to_eject: int = 2
     connect_timeout_s: float = 2.0
     upstream_timeout_s: float = 600.0
+    grpc_port: int | None = None
     data_dir: Path = Path(".warmroute")
     database_url: str | None = None
     response_ttl_s: float = 30 * 24 * 3600.0

@@ -29,6 +29,7 @@ from warmroute.api.wire_errors import (
     handle_warmroute_error,
     sse_error_event,
 )
+from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
 from warmroute.config import GatewayConfig
 from warmroute.errors import NotFound, StoreUnavailable, WarmrouteError
 from warmroute.gateway.features import request_features
@@ -53,14 +54,23 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
             raise StoreUnavailable("the store is not open")
         return stores[0]
 
+    conversations = Conversations(gw, store, gw.config.response_ttl_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores.append(await open_store(gw.config.store_url))
         await gw.start()
         purger = asyncio.create_task(purge_expired(store(), gw.config.purge_interval_s))
+        grpc_server = None
+        if gw.config.grpc_port:
+            grpc_server = await start_grpc_server(
+                conversations, gw.config.host, gw.config.grpc_port, local_tokenizer
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await stop_grpc_server(*grpc_server)
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
@@ -73,7 +83,6 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
     created = int(time.time())
-    conversations = Conversations(gw, store, gw.config.response_ttl_s)
     responses = ResponsesService(conversations)
     add_responses_routes(app, responses, gw.config.max_body_bytes)
 
@@ -111,6 +120,22 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def local_tokenizer(model: str) -> Any:
+    """The tokenizer of a built-in model or a model folder on this machine (for TokenizeText)."""
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast
+
+    from warmroute.config import warmroute_home
+    from warmroute.engine.builtin import builtin_path, is_builtin
+
+    if is_builtin(model):
+        return PreTrainedTokenizerFast.from_pretrained(builtin_path(model, warmroute_home()))
+    if Path(model).is_dir():
+        return PreTrainedTokenizerFast.from_pretrained(model)
+    raise NotFound(f"no tokenizer is available here for model {model!r}")
 
 
 async def purge_expired(store: Store, interval_s: float) -> None:

@@ -96,13 +96,16 @@ def completion_response(
     finish_reason: str,
     usage: Usage,
     cost_in_usd_ticks: int | None = None,
+    engine_id: str = "",
 ) -> Any:
+    """A whole answer; `engine_id` goes into `debug_output.sampler_tag` (which server sampled)."""
     return chat_pb2.GetChatCompletionResponse(
         id=response_id,
         model=model,
         created=timestamp(created),
         system_fingerprint="fp_warmroute",
         usage=sampling_usage(usage, cost_in_usd_ticks),
+        debug_output=chat_pb2.DebugOutput(sampler_tag=engine_id),
         outputs=[
             chat_pb2.CompletionOutput(
                 index=0,
@@ -121,6 +124,7 @@ def completion_chunk(
     finish_reason: str | None = None,
     usage: Usage | None = None,
     cost_in_usd_ticks: int | None = None,
+    engine_id: str = "",
 ) -> Any:
     output = chat_pb2.CompletionOutputChunk(
         index=0, delta=chat_pb2.Delta(role=ASSISTANT, content=content)
@@ -133,6 +137,7 @@ def completion_chunk(
         created=timestamp(created),
         system_fingerprint="fp_warmroute",
         outputs=[output],
+        debug_output=chat_pb2.DebugOutput(sampler_tag=engine_id),
     )
     if usage is not None:
         chunk.usage.CopyFrom(sampling_usage(usage, cost_in_usd_ticks))

@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warmroute.config import EngineConfig
 from warmroute.engine.block_pool import BlockPool
@@ -22,6 +22,9 @@ from warmroute.engine.sequence import SeqEvent, Sequence
 from warmroute.engine.tokenizer import ChatTokenizer, IncrementalDetokenizer
 from warmroute.errors import ContextTooLong, EngineUnavailable, InvalidRequest
 from warmroute.types import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from warmroute.engine.sim_profile import SimProfile
 
 DEFAULT_CACHE_GB = 1.0
 
@@ -91,8 +94,13 @@ class Engine:
         )
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> Engine:
-        """Load the model named by `config` and build a stopped engine around it."""
+    def from_config(cls, config: EngineConfig, sim: SimProfile | None = None) -> Engine:
+        """Load the model named by `config` and build a stopped engine around it. `--model sim`
+        builds the simulated engine instead (latency profile `sim`; no torch is imported)."""
+        if config.model == "sim":
+            from warmroute.engine.sim import sim_engine_kwargs
+
+            return cls(**sim_engine_kwargs(config, sim))
         from warmroute.engine.model import load_model
         from warmroute.engine.runner import Runner
 

@@ -30,6 +30,8 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file: [gateway] and [[engines]]")
     parser.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="listen port (default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="serve xAI's gRPC API on this port too (default: HTTP only)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="bounded-load slack: cap = ceil((1+eps) x average) (default 0.25)")
     parser.add_argument("--max-body-bytes", type=int, default=None)
@@ -56,8 +58,8 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     config = GatewayConfig.from_toml(args.config) if args.config else GatewayConfig()
     overrides: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("host", "port", "epsilon", "max_body_bytes", "policy", "cache_salt",
-                     "probe_interval_s", "data_dir", "database_url")
+        for name in ("host", "port", "grpc_port", "epsilon", "max_body_bytes", "policy",
+                     "cache_salt", "probe_interval_s", "data_dir", "database_url")
         if getattr(args, name) is not None
     }
     if args.response_ttl_days is not None:
@@ -120,7 +122,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--port", type=int, default=8000, help="the gateway's HTTP port")
     parser.add_argument("--grpc-port", type=int, default=50051,
-                        help="reserved for the gRPC API (not served yet)")
+                        help="the gateway's gRPC port (xAI's gRPC API; 0 turns it off)")
     parser.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
                         help="where logs and the SQLite store live")
     parser.add_argument("--database-url", default=None,

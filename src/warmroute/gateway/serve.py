@@ -139,6 +139,7 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
         gateway = GatewayConfig(
             engines=tuple(EngineEndpoint.of(e.url, e.engine_id) for e in engines),
             port=config.port,
+            grpc_port=config.grpc_port or None,
             data_dir=config.data_dir,
             database_url=config.database_url,
         )
@@ -178,7 +179,7 @@ def banner(config: ServeConfig, engines: list[LocalEngine]) -> str:
     lines = [f"warmroute is ready: gateway on {url}"]
     lines += [f"  {e.engine_id}: {e.url} (log {e.log})" for e in engines]
     lines += [
-        f"  gRPC (--grpc-port {config.grpc_port}) is not served yet; HTTP only for now.",
+        f"  gRPC (xAI SDK): 127.0.0.1:{config.grpc_port}" if config.grpc_port else "  gRPC: off",
         "Try:",
         f"  curl {url}/v1/chat/completions \\",
         "    -H 'content-type: application/json' -H 'x-grok-conv-id: my-first-conversation' \\",

@@ -1,0 +1,327 @@
+"""xAI's gRPC API on the gateway (`grpc.aio`), with the service modules `xai-sdk` ships.
+
+`xai_api.Chat` (completions, streamed completions, deferred and stored completions),
+`xai_api.Models`, `xai_api.Auth` and `xai_api.Tokenize`; every other RPC answers UNIMPLEMENTED
+(the generated servicer base classes do). Requests take the same path as HTTP ones: the routing
+key comes from the `x-grok-conv-id` metadata, conversations go through `Conversations`, engines
+through the proxy. Errors become gRPC status codes via `wire_errors`; nothing here answers
+UNAVAILABLE for work that might have run, since the SDK retries UNAVAILABLE automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.json_format import MessageToDict, ParseDict
+from xai_sdk.proto import (
+    auth_pb2,
+    auth_pb2_grpc,
+    chat_pb2,
+    chat_pb2_grpc,
+    deferred_pb2,
+    models_pb2,
+    models_pb2_grpc,
+    tokenize_pb2,
+    tokenize_pb2_grpc,
+)
+
+from warmroute.api import xai_grpc_wire as wire
+from warmroute.api.conversations import Conversations, Turn
+from warmroute.api.wire_errors import wire_error_for
+from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
+from warmroute.gateway import engine_calls
+from warmroute.gateway.features import CONV_ID_HEADER, validate_key
+from warmroute.store import DeferredStatus
+from warmroute.types import Usage
+
+log = logging.getLogger(__name__)
+OWNER = "default"
+DEFERRED_TTL_S = 24 * 3600.0
+MAX_MESSAGE_BYTES = 20 * 2**20
+SERVER_OPTIONS = [
+    # The SDK pings every 30 s, also with no call in flight: accept that, never GOAWAY it.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_code(exc: WarmrouteError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, wire_error_for(exc).grpc_code)
+
+
+def rpc(method: F) -> F:
+    """Turn warmroute errors raised by a unary handler into the matching gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except WarmrouteError as exc:
+            await context.abort(status_code(exc), exc.message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def conversation_key(context: grpc.aio.ServicerContext) -> str | None:
+    key = metadata(context).get(CONV_ID_HEADER)
+    return validate_key(key, CONV_ID_HEADER) if key else None
+
+
+class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
+    def __init__(self, conversations: Conversations) -> None:
+        self.conversations = conversations
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def plan(self, request: Any, context: grpc.aio.ServicerContext) -> Turn:
+        messages = wire.request_messages(request)
+        wire.request_sampling(request)  # validate before anything runs
+        previous = (
+            request.previous_response_id if request.HasField("previous_response_id") else None
+        )
+        if not messages and previous is None:
+            raise InvalidRequest("messages must not be empty")
+        return await self.conversations.plan(OWNER, conversation_key(context), messages, previous)
+
+    def engine_body(self, request: Any, turn: Turn, stream: bool) -> dict[str, Any]:
+        sampling = wire.request_sampling(request)
+        return engine_calls.chat_body(request.model or None, turn.messages, sampling, stream)
+
+    async def complete(self, request: Any, turn: Turn) -> Any:
+        """Run one turn to the end; store it when asked; return the response proto."""
+        gw = self.conversations.gw
+        body = self.engine_body(request, turn, False)
+        answer = await engine_calls.complete(gw, turn.decision, body)
+        response_id = str(uuid.uuid4())
+        model = request.model or answer.model
+        proto = wire.completion_response(
+            response_id, model, time.time(), answer.text, answer.finish_reason, answer.usage,
+            engine_id=answer.engine_id,
+        )
+        await self.store_turn(request, turn, proto, answer.engine_id, answer.text)
+        return proto
+
+    async def store_turn(
+        self, request: Any, turn: Turn, proto: Any, engine: str, text: str
+    ) -> None:
+        if request.store_messages:
+            await self.conversations.save(
+                turn, proto.id, proto.model, engine, text, {"grpc": MessageToDict(proto)}
+            )
+
+    @rpc
+    async def GetCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        turn = await self.plan(request, context)
+        return await self.complete(request, turn)
+
+    async def GetCompletionChunk(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            turn = await self.plan(request, context)
+            gw = self.conversations.gw
+            stream = await engine_calls.open_stream(
+                gw, turn.decision, self.engine_body(request, turn, True)
+            )
+        except WarmrouteError as exc:
+            await context.abort(status_code(exc), exc.message)
+            return
+        response_id, model, created = str(uuid.uuid4()), request.model, time.time()
+        text: list[str] = []
+        try:
+            async for item in engine_calls.stream_events(stream):
+                if isinstance(item, engine_calls.TextDelta):
+                    text.append(item.text)
+                    yield wire.completion_chunk(
+                        response_id, model, created, item.text, engine_id=stream.engine_id
+                    )
+                    continue
+                last = wire.completion_chunk(
+                    response_id, model, created, "", item.finish_reason, item.usage,
+                    engine_id=stream.engine_id,
+                )
+                await self.store_turn(request, turn, final_response(last, "".join(text)),
+                                      stream.engine_id, "".join(text))
+                yield last
+        except WarmrouteError as exc:
+            await context.abort(status_code(exc), exc.message)
+        finally:
+            await stream.aclose()
+
+    @rpc
+    async def StartDeferredCompletion(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        turn = await self.plan(request, context)
+        request_id = str(uuid.uuid4())
+        now = self.conversations.clock()
+        store = self.conversations.store()
+        await store.deferred.create(request_id, OWNER, now, now + DEFERRED_TTL_S)
+        task = asyncio.create_task(self.run_deferred(request_id, request, turn))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return deferred_pb2.StartDeferredResponse(request_id=request_id)
+
+    async def run_deferred(self, request_id: str, request: Any, turn: Turn) -> None:
+        store = self.conversations.store()
+        try:
+            proto = await self.complete(request, turn)
+        except WarmrouteError as exc:
+            await store.deferred.fail(request_id, {"code": wire_error_for(exc).grpc_code,
+                                                   "message": exc.message})
+            return
+        await store.deferred.complete(request_id, MessageToDict(proto))
+
+    @rpc
+    async def GetDeferredCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        now = self.conversations.clock()
+        found = await self.conversations.store().deferred.get(request.request_id, OWNER, now)
+        if found is None:
+            raise NotFound(f"Deferred request {request.request_id!r} was not found")
+        if found.status is DeferredStatus.FAILED:
+            error = found.error or {}
+            code = getattr(grpc.StatusCode, str(error.get("code")), grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(error.get("message", "the deferred request failed")))
+        status = {
+            DeferredStatus.PENDING: deferred_pb2.DeferredStatus.PENDING,
+            DeferredStatus.DONE: deferred_pb2.DeferredStatus.DONE,
+            DeferredStatus.EXPIRED: deferred_pb2.DeferredStatus.EXPIRED,
+        }[found.status]
+        answer = chat_pb2.GetDeferredCompletionResponse(status=status)
+        if found.status is DeferredStatus.DONE and found.result is not None:
+            answer.response.CopyFrom(ParseDict(found.result, chat_pb2.GetChatCompletionResponse()))
+        return answer
+
+    @rpc
+    async def GetStoredCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        now = self.conversations.clock()
+        stored = await self.conversations.store().responses.get(request.response_id, OWNER, now)
+        if stored is None:
+            raise NotFound(f"Response {request.response_id!r} was not found")
+        if "grpc" in stored.response:
+            return ParseDict(stored.response["grpc"], chat_pb2.GetChatCompletionResponse())
+        # Stored through the Responses API: answer from what was stored of it.
+        text = "".join(str(m.get("content", "")) for m in stored.output)
+        usage = stored.response.get("usage") or {}
+        return wire.completion_response(
+            stored.id, stored.model, stored.created_at, text, "stop",
+            Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)),
+                  int((usage.get("input_tokens_details") or {}).get("cached_tokens", 0))),
+        )
+
+    @rpc
+    async def DeleteStoredCompletion(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        if not await self.conversations.store().responses.delete(request.response_id, OWNER):
+            raise NotFound(f"Response {request.response_id!r} was not found")
+        return chat_pb2.DeleteStoredCompletionResponse(response_id=request.response_id)
+
+    async def stop(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+
+
+def final_response(last_chunk: Any, text: str) -> Any:
+    """The whole streamed answer as one response proto (what a stored completion returns)."""
+    return wire.completion_response(
+        last_chunk.id, last_chunk.model, last_chunk.created.seconds, text,
+        {v: k for k, v in wire.FINISH_REASONS.items()}.get(last_chunk.outputs[0].finish_reason,
+                                                           "stop"),
+        Usage(last_chunk.usage.prompt_tokens, last_chunk.usage.completion_tokens,
+              last_chunk.usage.cached_prompt_text_tokens),
+        engine_id=last_chunk.debug_output.sampler_tag,
+    )
+
+
+class ModelsService(models_pb2_grpc.ModelsServicer):  # type: ignore[misc]
+    def __init__(self, conversations: Conversations, created: float) -> None:
+        self.gw = conversations.gw
+        self.created = created
+
+    def model(self, name: str) -> Any:
+        return models_pb2.LanguageModel(
+            name=name, version="1", input_modalities=[1], output_modalities=[1],
+            created=wire.timestamp(self.created), system_fingerprint="fp_warmroute",
+        )
+
+    @rpc
+    async def ListLanguageModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return models_pb2.ListLanguageModelsResponse(
+            models=[self.model(name) for name in await self.gw.models()]
+        )
+
+    @rpc
+    async def GetLanguageModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.name not in await self.gw.models():
+            raise NotFound(f"The model {request.name!r} does not exist")
+        return self.model(request.name)
+
+
+class AuthService(auth_pb2_grpc.AuthServicer):  # type: ignore[misc]
+    """Until API keys exist every caller is the development tenant."""
+
+    @rpc
+    async def get_api_key_info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        bearer = metadata(context).get("authorization", "").removeprefix("Bearer ").strip()
+        redacted = f"{bearer[:3]}...{bearer[-4:]}" if len(bearer) > 8 else "***"
+        return auth_pb2.ApiKey(
+            redacted_api_key=redacted, user_id=OWNER, name="development", team_id=OWNER,
+            api_key_id=OWNER, acls=["api-key:model:*", "api-key:endpoint:*"],
+        )
+
+
+class TokenizeService(tokenize_pb2_grpc.TokenizeServicer):  # type: ignore[misc]
+    """Tokenizes with the tokenizer of a built-in or local-folder model, loaded on first use."""
+
+    def __init__(self, tokenizer_for: Callable[[str], Any]) -> None:
+        self.tokenizer_for = tokenizer_for
+
+    @rpc
+    async def TokenizeText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tokenizer = await asyncio.to_thread(self.tokenizer_for, request.model)
+        ids = tokenizer.encode(request.text, add_special_tokens=False)
+        tokens = [
+            tokenize_pb2.Token(
+                token_id=i,
+                string_token=tokenizer.decode([i]),
+                token_bytes=tokenizer.decode([i]).encode(),
+            )
+            for i in ids
+        ]
+        return tokenize_pb2.TokenizeTextResponse(tokens=tokens, model=request.model)
+
+
+async def start_grpc_server(
+    conversations: Conversations, host: str, port: int, tokenizer_for: Callable[[str], Any]
+) -> tuple[grpc.aio.Server, ChatService]:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    chat = ChatService(conversations)
+    chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
+    models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(conversations, time.time()), server)
+    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(), server)
+    tokenize_pb2_grpc.add_TokenizeServicer_to_server(TokenizeService(tokenizer_for), server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, chat
+
+
+async def stop_grpc_server(server: grpc.aio.Server, chat: ChatService) -> None:
+    await chat.stop()
+    await server.stop(grace=2.0)
+
