@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
+
+from warmroute.gateway.pricing import ModelPrice
 
 DType = Literal["auto", "bfloat16", "float32"]
 
@@ -18,6 +21,11 @@ def warmroute_home() -> Path:
     """Where built-in models and other caches live (`$WARMROUTE_HOME`, else ~/.cache/warmroute)."""
     env = os.environ.get("WARMROUTE_HOME")
     return Path(env) if env else Path.home() / ".cache" / "warmroute"
+
+
+def env_str(name: str) -> str | None:
+    """A `WARMROUTE_<name>` setting, or None when unset or empty."""
+    return os.environ.get(f"WARMROUTE_{name}") or None
 
 
 def env_int(name: str) -> int | None:
@@ -107,6 +115,11 @@ class GatewayConfig:
     database_url: str | None = None
     response_ttl_s: float = 30 * 24 * 3600.0
     purge_interval_s: float = 3600.0
+    require_api_keys: bool = True
+    cache_isolation: Literal["team", "key"] = "team"
+    cache_secret: str | None = None
+    redis_url: str | None = None
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
     @property
     def store_url(self) -> str:
@@ -130,7 +143,11 @@ class GatewayConfig:
         settings = dict(data.get("gateway", {}))
         if "data_dir" in settings:
             settings["data_dir"] = Path(settings["data_dir"])
-        unknown = set(settings) - ({f.name for f in fields(GatewayConfig)} - {"engines"})
+        settings["prices"] = {
+            model: ModelPrice.parse(price) for model, price in data.get("prices", {}).items()
+        }
+        known = {f.name for f in fields(GatewayConfig)} - {"engines", "prices"}
+        unknown = set(settings) - known - {"prices"}
         if unknown:
             raise ValueError(f"{path}: unknown [gateway] settings {sorted(unknown)}")
         engines = tuple(

@@ -5,8 +5,10 @@
     │   └── ContextTooLong      prompt or max_tokens beyond the model's context (400)
     ├── UnsupportedMediaType    body is not application/json (415)
     ├── PayloadTooLarge         body over the configured limit (413)
-    ├── AuthError               missing or invalid credentials (401)
+    ├── AuthError               missing credentials (401)
+    │   └── InvalidApiKey       an API key that is not ours (400, as xAI answers it)
     ├── PermissionDenied        credentials valid but not allowed (403)
+    │   └── ApiKeyRevoked       a revoked API key (403)
     ├── NotFound                unknown model, response or route (404)
     ├── RateLimited             a limit was hit (429)
     ├── EngineUnavailable       no engine can serve the request (503)
@@ -46,8 +48,16 @@ class AuthError(WarmrouteError):
     """No credentials, or credentials that do not identify a caller."""
 
 
+class InvalidApiKey(AuthError):
+    """An API key that matches none of ours."""
+
+
 class PermissionDenied(WarmrouteError):
     """The caller is known but may not do this."""
+
+
+class ApiKeyRevoked(PermissionDenied):
+    """The API key was revoked."""
 
 
 class NotFound(WarmrouteError):

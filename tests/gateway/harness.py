@@ -86,6 +86,7 @@ def gateway_over(
 ) -> Iterator[tuple[str, Gateway]]:
     """A real gateway on a free port; yields its base URL and its `Gateway`."""
     settings.setdefault("probe_interval_s", 0.25)
+    settings.setdefault("require_api_keys", False)
     data_dir = Path(tempfile.mkdtemp(prefix="warmroute-gateway-"))
     settings.setdefault("data_dir", data_dir)
     config = GatewayConfig(engines=endpoints, port=free_port(), **settings)

@@ -82,10 +82,17 @@ def test_serve_answers_warm_and_sigterm_leaves_no_child(
     assert "x-grok-conv-id" in banner and url in banner and "gRPC" in banner
     engines = descendants(popen.pid)
     assert len(engines) >= 2
+    key_file = tmp_path / "data" / "dev-key"
+    dev_key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert f"Bearer {dev_key}" in banner
 
     with httpx.Client(timeout=60) as client:
+        anonymous = client.post(url + "/v1/chat/completions", json=chat_body(opening("hi")))
+        assert anonymous.status_code == 401
+        headers = {"x-grok-conv-id": "serve-1", "authorization": f"Bearer {dev_key}"}
         answers = [
-            client.post(url + "/v1/chat/completions", headers={"x-grok-conv-id": "serve-1"},
+            client.post(url + "/v1/chat/completions", headers=headers,
                         json=chat_body(opening("hello from the serve test")))
             for _ in range(2)
         ]
@@ -105,7 +112,10 @@ def test_the_gateway_command_serves_engines_from_a_toml_file(fleet: Fleet, tmp_p
     config = tmp_path / "gateway.toml"
     port = free_port()
     entries = "".join(f'[[engines]]\nurl = "{fleet.url(i)}"\nid = "{i}"\n\n' for i in fleet.ids)
-    config.write_text(f"[gateway]\nport = {port}\nepsilon = 0.5\n\n{entries}")
+    config.write_text(
+        f'[gateway]\nport = {port}\nepsilon = 0.5\nrequire_api_keys = false\n'
+        f'data_dir = "{tmp_path / "data"}"\n\n{entries}'
+    )
     gateway = start(["gateway", "--config", str(config), "--max-body-bytes", "65536"],
                     tmp_path / "gateway.log", port)
     try:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -20,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from warmroute.api.account_app import add_account_routes
+from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
@@ -32,10 +37,13 @@ from warmroute.api.wire_errors import (
 from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
 from warmroute.config import GatewayConfig
 from warmroute.errors import NotFound, StoreUnavailable, WarmrouteError
+from warmroute.gateway import engine_calls
 from warmroute.gateway.features import request_features
+from warmroute.gateway.metering import Meter
 from warmroute.gateway.metrics import CONTENT_TYPE
 from warmroute.gateway.policies import RequestFeatures
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.ratelimit import make_rate_limiter
 from warmroute.gateway.router import Gateway
 from warmroute.store import Store, open_store
 
@@ -55,6 +63,10 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         return stores[0]
 
     conversations = Conversations(gw, store, gw.config.response_ttl_s)
+    auth = Authenticator(
+        store, cache_secret(gw.config), gw.config.require_api_keys, gw.config.cache_isolation
+    )
+    meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +76,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         grpc_server = None
         if gw.config.grpc_port:
             grpc_server = await start_grpc_server(
-                conversations, gw.config.host, gw.config.grpc_port, local_tokenizer
+                conversations, auth, meter, gw.config.host, gw.config.grpc_port, local_tokenizer
             )
         try:
             yield
@@ -75,6 +87,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
             await gw.stop()
+            await meter.limiter.counters.close()
             await stores.pop().close()
 
     app = FastAPI(title="warmroute gateway", lifespan=lifespan)
@@ -83,12 +96,15 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
     created = int(time.time())
-    responses = ResponsesService(conversations)
-    add_responses_routes(app, responses, gw.config.max_body_bytes)
+    responses = ResponsesService(conversations, meter)
+    add_responses_routes(app, responses, auth, gw.config.max_body_bytes)
+    add_account_routes(app, auth, meter, gw)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = await read_json_object(request, gw.config.max_body_bytes)
+        caller = await auth.caller(request.headers.get("authorization"))
+        await meter.admit(caller)
+        body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
         features = request_features(request.headers, body)
         payload = gw.upstream_payload(body)
         opened = await unless_disconnected(
@@ -98,7 +114,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if isinstance(opened, Streaming):
             return RelayedStream(opened)
-        return relayed_response(opened)
+        return await metered_response(opened, meter, caller)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -120,6 +136,40 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def tenant_body(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """The client's body with the caller's tenant salt in place of any salt it sent."""
+    return {**body, "cache_salt": caller.cache_salt}
+
+
+def cache_secret(config: GatewayConfig) -> bytes:
+    """The server-side secret that tenant salts derive from: configured, or a random one kept
+    in the data dir (mode 0600) so salts, and so caches, survive restarts."""
+    if config.cache_secret:
+        return config.cache_secret.encode()
+    path = config.data_dir / "cache-secret"
+    if not path.exists():
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Response:
+    """A whole JSON answer: its usage gets `cost_in_usd_ticks` and a ledger row (committed
+    before the answer leaves)."""
+    if answer.status != 200:
+        return relayed_response(answer)
+    data = json.loads(answer.body)
+    usage = engine_calls.usage_from(data.get("usage") or {})
+    model = str(data.get("model", ""))
+    cost = await meter.record(caller, "chat.completions", model, answer.engine_id, usage)
+    if isinstance(data.get("usage"), dict):
+        data["usage"]["cost_in_usd_ticks"] = cost
+    headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
+    return JSONResponse(data, status_code=answer.status, headers=headers)
 
 
 def local_tokenizer(model: str) -> Any:

@@ -102,8 +102,8 @@ def new_message_id() -> str:
     return f"msg_{uuid.uuid4()}"
 
 
-def usage_object(usage: Usage) -> dict[str, Any]:
-    return {
+def usage_object(usage: Usage, cost_in_usd_ticks: int | None = None) -> dict[str, Any]:
+    obj = {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens},
         "output_tokens": usage.completion_tokens,
@@ -112,6 +112,9 @@ def usage_object(usage: Usage) -> dict[str, Any]:
         "num_sources_used": 0,
         "num_server_side_tools_used": 0,
     }
+    if cost_in_usd_ticks is not None:
+        obj["cost_in_usd_ticks"] = cost_in_usd_ticks
+    return obj
 
 
 def message_item(message_id: str, text: str, status: str) -> dict[str, Any]:
@@ -135,7 +138,11 @@ class ResponseDraft:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def object(
-        self, text: str | None = None, finish_reason: str | None = None, usage: Usage | None = None
+        self,
+        text: str | None = None,
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        cost_in_usd_ticks: int | None = None,
     ) -> dict[str, Any]:
         """The response object: in progress (no text yet) or finished."""
         done = finish_reason is not None
@@ -151,7 +158,7 @@ class ResponseDraft:
             "model": self.model,
             "status": status,
             "output": output,
-            "usage": usage_object(usage) if usage else None,
+            "usage": usage_object(usage, cost_in_usd_ticks) if usage else None,
             "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "instructions": body.instructions,
@@ -211,9 +218,11 @@ class ResponseEvents:
             logprobs=[],
         )
 
-    def closing(self, finish_reason: str, usage: Usage) -> Iterator[dict[str, Any]]:
+    def closing(
+        self, finish_reason: str, usage: Usage, cost_in_usd_ticks: int | None = None
+    ) -> Iterator[dict[str, Any]]:
         text = "".join(self.text)
-        final = self.draft.object(text, finish_reason, usage)
+        final = self.draft.object(text, finish_reason, usage, cost_in_usd_ticks)
         ids = {"item_id": self.draft.message_id, "output_index": 0, "content_index": 0}
         yield self._event("response.output_text.done", **ids, text=text, logprobs=[])
         yield self._event(

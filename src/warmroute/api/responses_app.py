@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations, Turn
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses import (
@@ -31,35 +32,38 @@ from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.features import routing_key
+from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
 from warmroute.types import ChatMessage, SamplingParams
 
-DEFAULT_OWNER = "default"
-
 
 class ResponsesService:
-    def __init__(self, conversations: Conversations) -> None:
+    def __init__(self, conversations: Conversations, meter: Meter) -> None:
         self.conversations = conversations
+        self.meter = meter
         self.store = conversations.store
         self.clock = conversations.clock
 
     async def resolve(
-        self, request: Request, raw: dict[str, Any], body: ResponsesBody, owner: str
+        self, request: Request, raw: dict[str, Any], body: ResponsesBody, caller: Caller
     ) -> Turn:
         new = input_messages(body.input)
         if body.instructions is not None:
             new = [ChatMessage("system", body.instructions), *new]
         key = routing_key(request.headers, raw)
-        return await self.conversations.plan(owner, key, new, body.previous_response_id)
+        return await self.conversations.plan(caller.team, key, new, body.previous_response_id)
 
     @staticmethod
-    def engine_body(body: ResponsesBody, turn: Turn, stream: bool) -> dict[str, Any]:
+    def engine_body(
+        body: ResponsesBody, turn: Turn, caller: Caller, stream: bool
+    ) -> dict[str, Any]:
         sampling = SamplingParams(
             max_tokens=body.max_output_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
         )
-        return engine_calls.chat_body(body.model, turn.messages, sampling, stream)
+        chat = engine_calls.chat_body(body.model, turn.messages, sampling, stream)
+        return {**chat, "cache_salt": caller.cache_salt}
 
     async def save(
         self, turn: Turn, draft: ResponseDraft, engine_id: str, text: str, obj: dict[str, Any]
@@ -69,27 +73,31 @@ class ResponsesService:
                 turn, draft.response_id, draft.model, engine_id, text, obj
             )
 
-    async def create(self, request: Request, raw: dict[str, Any], owner: str) -> Response:
+    async def create(self, request: Request, raw: dict[str, Any], caller: Caller) -> Response:
         body = parse_responses_body(raw)
-        turn = await self.resolve(request, raw, body, owner)
+        turn = await self.resolve(request, raw, body, caller)
         gw = self.conversations.gw
         if body.stream:
-            upstream = self.engine_body(body, turn, True)
+            upstream = self.engine_body(body, turn, caller, True)
             stream = await engine_calls.open_stream(gw, turn.decision, upstream)
             draft = ResponseDraft(body, body.model or "")
             headers = {**SSE_HEADERS, ENGINE_HEADER: stream.engine_id}
             return ClosingStream(
-                self.events(turn, draft, stream), stream.aclose, media_type=SSE_MEDIA_TYPE,
-                headers=headers,
+                self.events(turn, draft, stream, caller), stream.aclose,
+                media_type=SSE_MEDIA_TYPE, headers=headers,
             )
-        answer = await engine_calls.complete(gw, turn.decision, self.engine_body(body, turn, False))
+        upstream = self.engine_body(body, turn, caller, False)
+        answer = await engine_calls.complete(gw, turn.decision, upstream)
         draft = ResponseDraft(body, body.model or answer.model)
-        obj = draft.object(answer.text, answer.finish_reason, answer.usage)
+        cost = await self.meter.record(
+            caller, "responses", draft.model, answer.engine_id, answer.usage
+        )
+        obj = draft.object(answer.text, answer.finish_reason, answer.usage, cost)
         await self.save(turn, draft, answer.engine_id, answer.text, obj)
         return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
 
     async def events(
-        self, turn: Turn, draft: ResponseDraft, stream: Streaming
+        self, turn: Turn, draft: ResponseDraft, stream: Streaming, caller: Caller
     ) -> AsyncIterator[bytes]:
         events = ResponseEvents(draft)
         for event in events.opening():
@@ -99,7 +107,10 @@ class ResponsesService:
                 if isinstance(item, engine_calls.TextDelta):
                     yield sse_event(events.delta(item.text))
                     continue
-                closing = list(events.closing(item.finish_reason, item.usage))
+                cost = await self.meter.record(
+                    caller, "responses", draft.model, stream.engine_id, item.usage
+                )
+                closing = list(events.closing(item.finish_reason, item.usage, cost))
                 await self.save(turn, draft, stream.engine_id, "".join(events.text),
                                 closing[-1]["response"])
                 for event in closing:
@@ -141,17 +152,23 @@ class ClosingStream(StreamingResponse):
                 await self.close()
 
 
-def add_responses_routes(app: FastAPI, service: ResponsesService, max_body_bytes: int) -> None:
+def add_responses_routes(
+    app: FastAPI, service: ResponsesService, auth: Authenticator, max_body_bytes: int
+) -> None:
     @app.post("/v1/responses")
     async def create_response(request: Request) -> Response:
+        caller = await auth.caller(request.headers.get("authorization"))
+        await service.meter.admit(caller)
         raw = await read_json_object(request, max_body_bytes)
-        return await service.create(request, raw, DEFAULT_OWNER)
+        return await service.create(request, raw, caller)
 
     @app.get("/v1/responses/{response_id}")
-    async def get_response(response_id: str) -> dict[str, Any]:
-        return await service.get(response_id, DEFAULT_OWNER)
+    async def get_response(response_id: str, request: Request) -> dict[str, Any]:
+        caller = await auth.caller(request.headers.get("authorization"))
+        return await service.get(response_id, caller.team)
 
     @app.delete("/v1/responses/{response_id}")
-    async def delete_response(response_id: str) -> dict[str, Any]:
-        return await service.delete(response_id, DEFAULT_OWNER)
+    async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+        caller = await auth.caller(request.headers.get("authorization"))
+        return await service.delete(response_id, caller.team)
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from warmroute.errors import (
     AuthError,
     EngineUnavailable,
+    InvalidApiKey,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -43,6 +44,7 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     AuthError: WireError(
         401, "The request does not have valid authentication credentials", "UNAUTHENTICATED"
     ),
+    InvalidApiKey: WireError(400, "Client specified an invalid argument", "UNAUTHENTICATED"),
     PermissionDenied: WireError(403, "The caller does not have permission", "PERMISSION_DENIED"),
     NotFound: WireError(404, "Some requested entity was not found", "NOT_FOUND"),
     RateLimited: WireError(429, "Some resource has been exhausted", "RESOURCE_EXHAUSTED"),

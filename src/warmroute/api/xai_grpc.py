@@ -33,16 +33,18 @@ from xai_sdk.proto import (
 )
 
 from warmroute.api import xai_grpc_wire as wire
+from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations, Turn
 from warmroute.api.wire_errors import wire_error_for
 from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.features import CONV_ID_HEADER, validate_key
+from warmroute.gateway.metering import Meter
+from warmroute.gateway.pricing import price_for
 from warmroute.store import DeferredStatus
 from warmroute.types import Usage
 
 log = logging.getLogger(__name__)
-OWNER = "default"
 DEFERRED_TTL_S = 24 * 3600.0
 MAX_MESSAGE_BYTES = 20 * 2**20
 SERVER_OPTIONS = [
@@ -82,12 +84,25 @@ def conversation_key(context: grpc.aio.ServicerContext) -> str | None:
     return validate_key(key, CONV_ID_HEADER) if key else None
 
 
+async def caller_of(auth: Authenticator, context: grpc.aio.ServicerContext) -> Caller:
+    return await auth.caller(metadata(context).get("authorization"))
+
+
 class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
-    def __init__(self, conversations: Conversations) -> None:
+    def __init__(self, conversations: Conversations, auth: Authenticator, meter: Meter) -> None:
         self.conversations = conversations
+        self.auth = auth
+        self.meter = meter
         self.background: set[asyncio.Task[None]] = set()
 
-    async def plan(self, request: Any, context: grpc.aio.ServicerContext) -> Turn:
+    async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = await caller_of(self.auth, context)
+        await self.meter.admit(caller)
+        return caller
+
+    async def plan(
+        self, request: Any, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> Turn:
         messages = wire.request_messages(request)
         wire.request_sampling(request)  # validate before anything runs
         previous = (
@@ -95,22 +110,27 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         )
         if not messages and previous is None:
             raise InvalidRequest("messages must not be empty")
-        return await self.conversations.plan(OWNER, conversation_key(context), messages, previous)
+        key = conversation_key(context)
+        return await self.conversations.plan(caller.team, key, messages, previous)
 
-    def engine_body(self, request: Any, turn: Turn, stream: bool) -> dict[str, Any]:
+    def engine_body(
+        self, request: Any, turn: Turn, caller: Caller, stream: bool
+    ) -> dict[str, Any]:
         sampling = wire.request_sampling(request)
-        return engine_calls.chat_body(request.model or None, turn.messages, sampling, stream)
+        body = engine_calls.chat_body(request.model or None, turn.messages, sampling, stream)
+        return {**body, "cache_salt": caller.cache_salt}
 
-    async def complete(self, request: Any, turn: Turn) -> Any:
-        """Run one turn to the end; store it when asked; return the response proto."""
+    async def complete(self, request: Any, turn: Turn, caller: Caller) -> Any:
+        """Run one turn to the end; meter it; store it when asked; return the response proto."""
         gw = self.conversations.gw
-        body = self.engine_body(request, turn, False)
+        body = self.engine_body(request, turn, caller, False)
         answer = await engine_calls.complete(gw, turn.decision, body)
         response_id = str(uuid.uuid4())
         model = request.model or answer.model
+        cost = await self.meter.record(caller, "grpc", model, answer.engine_id, answer.usage)
         proto = wire.completion_response(
             response_id, model, time.time(), answer.text, answer.finish_reason, answer.usage,
-            engine_id=answer.engine_id,
+            cost, engine_id=answer.engine_id,
         )
         await self.store_turn(request, turn, proto, answer.engine_id, answer.text)
         return proto
@@ -125,17 +145,19 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
 
     @rpc
     async def GetCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        turn = await self.plan(request, context)
-        return await self.complete(request, turn)
+        caller = await self.caller(context)
+        turn = await self.plan(request, context, caller)
+        return await self.complete(request, turn, caller)
 
     async def GetCompletionChunk(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         try:
-            turn = await self.plan(request, context)
+            caller = await self.caller(context)
+            turn = await self.plan(request, context, caller)
             gw = self.conversations.gw
             stream = await engine_calls.open_stream(
-                gw, turn.decision, self.engine_body(request, turn, True)
+                gw, turn.decision, self.engine_body(request, turn, caller, True)
             )
         except WarmrouteError as exc:
             await context.abort(status_code(exc), exc.message)
@@ -150,8 +172,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
                         response_id, model, created, item.text, engine_id=stream.engine_id
                     )
                     continue
+                cost = await self.meter.record(caller, "grpc", model, stream.engine_id, item.usage)
                 last = wire.completion_chunk(
-                    response_id, model, created, "", item.finish_reason, item.usage,
+                    response_id, model, created, "", item.finish_reason, item.usage, cost,
                     engine_id=stream.engine_id,
                 )
                 await self.store_turn(request, turn, final_response(last, "".join(text)),
@@ -166,20 +189,23 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
     async def StartDeferredCompletion(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        turn = await self.plan(request, context)
+        caller = await self.caller(context)
+        turn = await self.plan(request, context, caller)
         request_id = str(uuid.uuid4())
         now = self.conversations.clock()
         store = self.conversations.store()
-        await store.deferred.create(request_id, OWNER, now, now + DEFERRED_TTL_S)
-        task = asyncio.create_task(self.run_deferred(request_id, request, turn))
+        await store.deferred.create(request_id, caller.team, now, now + DEFERRED_TTL_S)
+        task = asyncio.create_task(self.run_deferred(request_id, request, turn, caller))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return deferred_pb2.StartDeferredResponse(request_id=request_id)
 
-    async def run_deferred(self, request_id: str, request: Any, turn: Turn) -> None:
+    async def run_deferred(
+        self, request_id: str, request: Any, turn: Turn, caller: Caller
+    ) -> None:
         store = self.conversations.store()
         try:
-            proto = await self.complete(request, turn)
+            proto = await self.complete(request, turn, caller)
         except WarmrouteError as exc:
             await store.deferred.fail(request_id, {"code": wire_error_for(exc).grpc_code,
                                                    "message": exc.message})
@@ -188,8 +214,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
 
     @rpc
     async def GetDeferredCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = await caller_of(self.auth, context)
         now = self.conversations.clock()
-        found = await self.conversations.store().deferred.get(request.request_id, OWNER, now)
+        found = await self.conversations.store().deferred.get(
+            request.request_id, caller.team, now
+        )
         if found is None:
             raise NotFound(f"Deferred request {request.request_id!r} was not found")
         if found.status is DeferredStatus.FAILED:
@@ -208,8 +237,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
 
     @rpc
     async def GetStoredCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = await caller_of(self.auth, context)
         now = self.conversations.clock()
-        stored = await self.conversations.store().responses.get(request.response_id, OWNER, now)
+        stored = await self.conversations.store().responses.get(
+            request.response_id, caller.team, now
+        )
         if stored is None:
             raise NotFound(f"Response {request.response_id!r} was not found")
         if "grpc" in stored.response:
@@ -227,7 +259,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
     async def DeleteStoredCompletion(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        if not await self.conversations.store().responses.delete(request.response_id, OWNER):
+        caller = await caller_of(self.auth, context)
+        if not await self.conversations.store().responses.delete(request.response_id, caller.team):
             raise NotFound(f"Response {request.response_id!r} was not found")
         return chat_pb2.DeleteStoredCompletionResponse(response_id=request.response_id)
 
@@ -250,50 +283,65 @@ def final_response(last_chunk: Any, text: str) -> Any:
 
 
 class ModelsService(models_pb2_grpc.ModelsServicer):  # type: ignore[misc]
-    def __init__(self, conversations: Conversations, created: float) -> None:
+    def __init__(
+        self, conversations: Conversations, auth: Authenticator, meter: Meter, created: float
+    ) -> None:
         self.gw = conversations.gw
+        self.auth = auth
+        self.meter = meter
         self.created = created
 
     def model(self, name: str) -> Any:
+        price = price_for(self.meter.prices, name)
         return models_pb2.LanguageModel(
             name=name, version="1", input_modalities=[1], output_modalities=[1],
             created=wire.timestamp(self.created), system_fingerprint="fp_warmroute",
+            prompt_text_token_price=price.prompt_text_token_price,
+            cached_prompt_token_price=price.cached_prompt_token_price,
+            completion_text_token_price=price.completion_text_token_price,
         )
 
     @rpc
     async def ListLanguageModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await caller_of(self.auth, context)
         return models_pb2.ListLanguageModelsResponse(
             models=[self.model(name) for name in await self.gw.models()]
         )
 
     @rpc
     async def GetLanguageModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await caller_of(self.auth, context)
         if request.name not in await self.gw.models():
             raise NotFound(f"The model {request.name!r} does not exist")
         return self.model(request.name)
 
 
 class AuthService(auth_pb2_grpc.AuthServicer):  # type: ignore[misc]
-    """Until API keys exist every caller is the development tenant."""
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
 
     @rpc
     async def get_api_key_info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        bearer = metadata(context).get("authorization", "").removeprefix("Bearer ").strip()
-        redacted = f"{bearer[:3]}...{bearer[-4:]}" if len(bearer) > 8 else "***"
+        caller = await caller_of(self.auth, context)
         return auth_pb2.ApiKey(
-            redacted_api_key=redacted, user_id=OWNER, name="development", team_id=OWNER,
-            api_key_id=OWNER, acls=["api-key:model:*", "api-key:endpoint:*"],
+            redacted_api_key=caller.redacted, user_id=caller.team, name=caller.name,
+            team_id=caller.team, api_key_id=caller.key_id,
+            acls=["api-key:model:*", "api-key:endpoint:*"],
+            create_time=wire.timestamp(caller.created_at),
+            modify_time=wire.timestamp(caller.created_at),
         )
 
 
 class TokenizeService(tokenize_pb2_grpc.TokenizeServicer):  # type: ignore[misc]
     """Tokenizes with the tokenizer of a built-in or local-folder model, loaded on first use."""
 
-    def __init__(self, tokenizer_for: Callable[[str], Any]) -> None:
+    def __init__(self, auth: Authenticator, tokenizer_for: Callable[[str], Any]) -> None:
+        self.auth = auth
         self.tokenizer_for = tokenizer_for
 
     @rpc
     async def TokenizeText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await caller_of(self.auth, context)
         tokenizer = await asyncio.to_thread(self.tokenizer_for, request.model)
         ids = tokenizer.encode(request.text, add_special_tokens=False)
         tokens = [
@@ -308,14 +356,20 @@ class TokenizeService(tokenize_pb2_grpc.TokenizeServicer):  # type: ignore[misc]
 
 
 async def start_grpc_server(
-    conversations: Conversations, host: str, port: int, tokenizer_for: Callable[[str], Any]
+    conversations: Conversations,
+    auth: Authenticator,
+    meter: Meter,
+    host: str,
+    port: int,
+    tokenizer_for: Callable[[str], Any],
 ) -> tuple[grpc.aio.Server, ChatService]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    chat = ChatService(conversations)
+    chat = ChatService(conversations, auth, meter)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(conversations, time.time()), server)
-    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(), server)
-    tokenize_pb2_grpc.add_TokenizeServicer_to_server(TokenizeService(tokenizer_for), server)
+    models = ModelsService(conversations, auth, meter, time.time())
+    models_pb2_grpc.add_ModelsServicer_to_server(models, server)
+    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(auth), server)
+    tokenize_pb2_grpc.add_TokenizeServicer_to_server(TokenizeService(auth, tokenizer_for), server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, chat

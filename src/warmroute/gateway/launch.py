@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmroute.config import EngineEndpoint, GatewayConfig, ServeConfig, cpu_count
+from warmroute.config import EngineEndpoint, GatewayConfig, ServeConfig, cpu_count, env_str
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -42,6 +42,16 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-interval", type=float, default=None, dest="probe_interval_s",
                         help="seconds between health probes (default 1)")
     add_store_arguments(parser)
+    add_tenancy_arguments(parser)
+
+
+def add_tenancy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-api-keys", action="store_true",
+                        help="serve callers without an API key as one development tenant")
+    parser.add_argument("--cache-isolation", choices=["team", "key"], default=None,
+                        help="share prefix caches within a team (default) or per key only")
+    parser.add_argument("--redis-url", default=None,
+                        help="redis://… to share rate limits between gateway replicas")
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +69,15 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     overrides: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("host", "port", "grpc_port", "epsilon", "max_body_bytes", "policy",
-                     "cache_salt", "probe_interval_s", "data_dir", "database_url")
+                     "cache_salt", "probe_interval_s", "data_dir", "database_url",
+                     "cache_isolation", "redis_url")
         if getattr(args, name) is not None
     }
+    if args.no_api_keys:
+        overrides["require_api_keys"] = False
+    secret = env_str("CACHE_SECRET")
+    if secret:
+        overrides["cache_secret"] = secret
     if args.response_ttl_days is not None:
         overrides["response_ttl_s"] = args.response_ttl_days * 24 * 3600
     if args.engine:

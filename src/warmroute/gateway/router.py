@@ -82,12 +82,14 @@ class Gateway:
         return policies.choose(features, snapshot, self.config.epsilon, self.rng)
 
     def upstream_payload(self, body: dict[str, Any]) -> bytes:
-        """The body engines get: the client's, with the tenant's `cache_salt` (a client cannot
-        choose another tenant's cache by sending its own salt)."""
+        """The body engines get. Surfaces put the caller's tenant salt in `cache_salt` (a
+        client's own salt never gets this far: `tenant_body` replaces it); without one, the
+        configured default applies."""
         forwarded = dict(body)
-        forwarded.pop("cache_salt", None)
-        if self.config.cache_salt:
-            forwarded["cache_salt"] = self.config.cache_salt
+        if not forwarded.get("cache_salt"):
+            forwarded.pop("cache_salt", None)
+            if self.config.cache_salt:
+                forwarded["cache_salt"] = self.config.cache_salt
         return json.dumps(forwarded, separators=(",", ":"), ensure_ascii=False).encode()
 
     def health(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -136,6 +137,7 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
         for index in range(config.engines):
             engines.append(start_engine(config, index))
         wait_healthy(engines, config.startup_timeout_s)
+        dev_key = asyncio.run(ensure_dev_key(config))
         gateway = GatewayConfig(
             engines=tuple(EngineEndpoint.of(e.url, e.engine_id) for e in engines),
             port=config.port,
@@ -143,8 +145,9 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
             data_dir=config.data_dir,
             database_url=config.database_url,
         )
-        asyncio.run(serve_gateway(gateway, lambda: print(banner(config, engines), file=out,
-                                                        flush=True)))
+        asyncio.run(serve_gateway(
+            gateway, lambda: print(banner(config, engines, dev_key), file=out, flush=True)
+        ))
     except RuntimeError as exc:
         print(f"warmroute serve: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -173,7 +176,26 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
     await task
 
 
-def banner(config: ServeConfig, engines: list[LocalEngine]) -> str:
+async def ensure_dev_key(config: ServeConfig) -> str:
+    """The development API key: created on first start, kept in <data-dir>/dev-key (0600)."""
+    from warmroute.api.auth import create_key
+    from warmroute.store import open_store
+
+    path = config.data_dir / "dev-key"
+    if path.exists():
+        return path.read_text().strip()
+    store = await open_store(config.database_url or str(config.data_dir / "warmroute.db"))
+    try:
+        secret, _ = await create_key(store, name="development", team="dev")
+    finally:
+        await store.close()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+def banner(config: ServeConfig, engines: list[LocalEngine], dev_key: str) -> str:
     url = f"http://127.0.0.1:{config.port}"
     model = EngineConfig(model=config.model).model_name
     lines = [f"warmroute is ready: gateway on {url}"]
@@ -182,9 +204,11 @@ def banner(config: ServeConfig, engines: list[LocalEngine]) -> str:
         f"  gRPC (xAI SDK): 127.0.0.1:{config.grpc_port}" if config.grpc_port else "  gRPC: off",
         "Try:",
         f"  curl {url}/v1/chat/completions \\",
+        f"    -H 'authorization: Bearer {dev_key}' \\",
         "    -H 'content-type: application/json' -H 'x-grok-conv-id: my-first-conversation' \\",
         f"    -d '{{\"model\": \"{model}\", \"max_tokens\": 16, \"messages\": "
         "[{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+        f"The development API key is kept in {config.data_dir / 'dev-key'}.",
         "Ctrl-C stops the gateway and its engines.",
     ]
     return "\n".join(lines)
