@@ -1,4 +1,4 @@
-"""The `warmroute` command: `engine`, `gateway`, `serve`, `bench`, and (as they land) `keys`."""
+"""The `warmroute` command: `engine`, `gateway`, `serve`, `keys`, `usage`, `bench`, `simulate`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from warmroute.bench.commands import register_bench_commands
 from warmroute.config import EngineConfig, warmroute_home
 from warmroute.engine.sim_profile import add_sim_arguments, sim_profile_from_args
+from warmroute.gateway.admin import register_admin_commands
 from warmroute.gateway.launch import (
     add_gateway_arguments,
     add_gateway_bench_arguments,
     add_serve_arguments,
 )
+from warmroute.sim.commands import register_simulate_command
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     serve.set_defaults(func=run_serve)
 
+    register_admin_commands(sub)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_engine = bench_sub.add_parser("engine", help="cold vs warm TTFT; batched decode")
@@ -137,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_gateway_bench_arguments(bench_gateway)
     bench_gateway.set_defaults(func=run_bench_gateway)
+    register_bench_commands(bench_sub)
+    register_simulate_command(sub)
     return parser
 
 

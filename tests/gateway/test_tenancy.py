@@ -1,0 +1,241 @@
+"""API keys, tenant cache isolation, cost and rate limits on every surface (issue 6), through
+a real gateway with keys required, over real engines, with the real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import empty_pb2
+from xai_sdk import Client
+from xai_sdk.chat import user
+from xai_sdk.proto import auth_pb2_grpc
+
+from tests.gateway.harness import MODEL, SYSTEM_PROMPT, Fleet, chat_body, gateway_over
+from tests.procs import free_port
+from warmroute.api.auth import create_key
+from warmroute.gateway.pricing import ModelPrice
+from warmroute.store import open_store
+from warmroute.types import Usage
+
+PRICE = ModelPrice(prompt_text_token_price=30_000, cached_prompt_token_price=7_500,
+                   completion_text_token_price=150_000)
+
+
+@dataclass
+class Tenancy:
+    url: str
+    grpc_host: str
+    data_dir: Path
+    keys: dict[str, str]
+
+    def headers(self, who: str, **extra: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[who]}", **extra}
+
+
+async def make_keys(data_dir: Path, **specs: dict[str, Any]) -> dict[str, str]:
+    store = await open_store(str(data_dir / "warmroute.db"))
+    try:
+        made = {}
+        for who, spec in specs.items():
+            secret, _ = await create_key(store, name=who, **spec)
+            made[who] = secret
+        return made
+    finally:
+        await store.close()
+
+
+async def revoke_all(data_dir: Path, name: str) -> None:
+    store = await open_store(str(data_dir / "warmroute.db"))
+    try:
+        for key in await store.api_keys.list_keys():
+            if key.name == name:
+                await store.api_keys.revoke(key.key_id, time.time())
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def tenancy(fleet: Fleet, tmp_path: Path) -> Iterator[Tenancy]:
+    keys = asyncio.run(make_keys(
+        tmp_path, a1={"team": "team-a"}, a2={"team": "team-a"}, b1={"team": "team-b"},
+        gone={"team": "team-a"}, slow={"team": "team-c", "rpm": 2},
+    ))
+    asyncio.run(revoke_all(tmp_path, "gone"))
+    port = free_port()
+    one_engine = fleet.endpoints()[:1]  # every request meets the same cache
+    with gateway_over(one_engine, data_dir=tmp_path, grpc_port=port, require_api_keys=True,
+                      prices={MODEL: PRICE}) as (url, _):
+        yield Tenancy(url, f"127.0.0.1:{port}", tmp_path, keys)
+
+
+def post(t: Tenancy, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(t.url + path, json=body, headers=headers, timeout=60)
+
+
+HTTP_SURFACES = [
+    ("/v1/chat/completions", chat_body([{"role": "user", "content": "hi"}])),
+    ("/v1/responses", {"model": MODEL, "input": "hi", "max_output_tokens": 2}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), HTTP_SURFACES, ids=["chat", "responses"])
+def test_http_surfaces_refuse_missing_wrong_and_revoked_keys(
+    tenancy: Tenancy, path: str, body: dict[str, Any]
+) -> None:
+    missing = post(tenancy, path, body, {})
+    wrong = post(tenancy, path, body, {"authorization": "Bearer xai-wr-not-a-key-at-all-000"})
+    revoked = post(tenancy, path, body, tenancy.headers("gone"))
+    good = post(tenancy, path, body, tenancy.headers("a1"))
+    assert (missing.status_code, wrong.status_code, revoked.status_code) == (401, 400, 403)
+    for refused in (missing, wrong, revoked):
+        assert set(refused.json()) == {"code", "error"}
+    assert "xai-wr-not-a-key-at-all-000" not in wrong.text
+    assert good.status_code == 200
+
+
+def test_grpc_refuses_missing_wrong_and_revoked_keys(tenancy: Tenancy) -> None:
+    codes = []
+    for key in ("wrong-key-123456789", tenancy.keys["gone"]):
+        chat = Client(api_key=key, api_host=tenancy.grpc_host,
+                      use_insecure_channel=True).chat.create(model=MODEL, max_tokens=2)
+        chat.append(user("hi"))
+        with pytest.raises(grpc.RpcError) as refused:
+            chat.sample()
+        codes.append(refused.value.code())
+    channel = grpc.insecure_channel(tenancy.grpc_host)  # no authorization metadata at all
+    with pytest.raises(grpc.RpcError) as missing:
+        auth_pb2_grpc.AuthStub(channel).get_api_key_info(empty_pb2.Empty())
+    channel.close()
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED]
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = Client(api_key=tenancy.keys["a1"], api_host=tenancy.grpc_host,
+                  use_insecure_channel=True).auth.get_api_key_info()
+    assert info.team_id == "team-a" and info.name == "a1"
+
+
+def test_teams_do_not_share_cache_but_keys_of_a_team_do(tenancy: Tenancy) -> None:
+    prompt = [{"role": "system", "content": f"{uuid.uuid4()} {SYSTEM_PROMPT}"},
+              {"role": "user", "content": "Same long prompt for everyone."}]
+
+    def cached(who: str) -> int:
+        answer = post(tenancy, "/v1/chat/completions", chat_body(prompt), tenancy.headers(who))
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+    assert cached("a1") == 0
+    assert cached("b1") == 0  # same engine, same prompt, other team: no shared entries
+    assert cached("a2") > 0  # another key of team A shares team A's cache
+
+
+def test_stored_responses_are_private_to_their_team(tenancy: Tenancy) -> None:
+    made = post(tenancy, "/v1/responses", {"model": MODEL, "input": "secret plans",
+                                           "max_output_tokens": 2}, tenancy.headers("a1"))
+    response_id = made.json()["id"]
+    b = tenancy.headers("b1")
+    assert httpx.get(f"{tenancy.url}/v1/responses/{response_id}", headers=b).status_code == 404
+    assert httpx.delete(f"{tenancy.url}/v1/responses/{response_id}", headers=b).status_code == 404
+    chained = post(tenancy, "/v1/responses", {"model": MODEL, "input": "more",
+                                              "previous_response_id": response_id}, b)
+    assert chained.status_code == 404
+    same_team = httpx.get(f"{tenancy.url}/v1/responses/{response_id}",
+                          headers=tenancy.headers("a2"))
+    assert same_team.status_code == 200
+
+
+def expected_cost(usage: Usage) -> int:
+    return ((usage.prompt_tokens - usage.cached_tokens) * PRICE.prompt_text_token_price
+            + usage.cached_tokens * PRICE.cached_prompt_token_price
+            + usage.completion_tokens * PRICE.completion_text_token_price)
+
+
+def test_cost_in_usd_ticks_on_every_surface(tenancy: Tenancy) -> None:
+    prompt = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "cost?"}]
+    for _ in range(2):  # the second call has cached tokens, priced lower
+        chat = post(tenancy, "/v1/chat/completions", chat_body(prompt), tenancy.headers("a1"))
+        u = chat.json()["usage"]
+        usage = Usage(u["prompt_tokens"], u["completion_tokens"],
+                      u["prompt_tokens_details"]["cached_tokens"])
+        assert u["cost_in_usd_ticks"] == expected_cost(usage)
+    assert usage.cached_tokens > 0
+    resp = post(tenancy, "/v1/responses", {"model": MODEL, "input": "cost?", "instructions":
+                                           SYSTEM_PROMPT, "max_output_tokens": 3},
+                tenancy.headers("a1")).json()["usage"]
+    assert resp["cost_in_usd_ticks"] == expected_cost(Usage(
+        resp["input_tokens"], resp["output_tokens"], resp["input_tokens_details"]["cached_tokens"]
+    ))
+    chat_grpc = Client(api_key=tenancy.keys["a1"], api_host=tenancy.grpc_host,
+                       use_insecure_channel=True).chat.create(model=MODEL, max_tokens=3)
+    chat_grpc.append(user("cost?"))
+    g = chat_grpc.sample().usage
+    assert g.cost_in_usd_ticks == expected_cost(
+        Usage(g.prompt_tokens, g.completion_tokens, g.cached_prompt_text_tokens))
+    models = httpx.get(tenancy.url + "/v1/language-models", headers=tenancy.headers("a1")).json()
+    assert models["models"][0]["cached_prompt_text_token_price"] == 7_500
+
+
+def test_ledger_holds_each_request(tenancy: Tenancy) -> None:
+    for i in range(3):
+        post(tenancy, "/v1/chat/completions", chat_body([{"role": "user", "content": f"n{i}"}]),
+             tenancy.headers("b1"))
+    report = httpx.get(tenancy.url + "/v1/usage", params={"by": "key"},
+                       headers=tenancy.headers("b1")).json()
+    assert report["team"] == "team-b"
+    assert report["total"]["requests"] == 3
+    assert report["total"]["prompt_tokens"] > 0
+
+
+def first_refusal(send: Any, attempts: int = 7) -> tuple[int, httpx.Response]:
+    """Send until refused; a minute boundary may reset the window once, hence the slack."""
+    for index in range(attempts):
+        answer = send(index)
+        if answer.status_code != 200:
+            return index, answer
+    raise AssertionError("never rate limited")
+
+
+def test_rate_limit_answers_429_with_retry_after(tenancy: Tenancy) -> None:
+    body = chat_body([{"role": "user", "content": "limited"}])
+    index, limited = first_refusal(
+        lambda i: post(tenancy, "/v1/chat/completions", body, tenancy.headers("slow"))
+    )
+    assert index in (2, 3, 4)  # rpm 2: the third request of a window is refused
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "Some resource has been exhausted"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis not reachable at 127.0.0.1:6379: {exc}")
+    return url
+
+
+def test_rate_limit_holds_across_replicas_sharing_redis(
+    fleet: Fleet, tmp_path: Path, redis_url: str
+) -> None:
+    keys = asyncio.run(make_keys(tmp_path, shared={"team": "team-r", "rpm": 2}))
+    headers = {"authorization": f"Bearer {keys['shared']}"}
+    body = chat_body([{"role": "user", "content": "two replicas"}])
+    settings = {"data_dir": tmp_path, "require_api_keys": True, "redis_url": redis_url}
+    with gateway_over(fleet.endpoints(), **settings) as (first, _), \
+            gateway_over(fleet.endpoints(), **settings) as (second, _):
+        replicas = [first, second]
+        index, limited = first_refusal(lambda i: httpx.post(
+            replicas[i % 2] + "/v1/chat/completions", json=body, headers=headers, timeout=60))
+    assert index in (2, 3, 4)
+    assert limited.status_code == 429 and "retry-after" in limited.headers
