@@ -46,6 +46,7 @@ class EngineConfig:
     cache_gb: float | None = None
     dtype: DType = "auto"
     max_running: int = 16
+    max_model_len: int | None = None
     engine_id: str = ""
     served_model_name: str | None = None
     threads: int | None = None
@@ -120,6 +121,9 @@ class GatewayConfig:
     cache_secret: str | None = None
     redis_url: str | None = None
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    # A stream whose engine breaks mid-answer is continued on the next engine at most this
+    # many times (0: the client gets an error event at the first break).
+    max_resumes: int = 2
 
     @property
     def store_url(self) -> str:
@@ -134,6 +138,8 @@ class GatewayConfig:
             raise ValueError("epsilon must be >= 0")
         if self.max_body_bytes < 1 or self.probe_failures_to_eject < 1:
             raise ValueError("max_body_bytes and probe_failures_to_eject must be positive")
+        if self.max_resumes < 0:
+            raise ValueError("max_resumes must be >= 0")
 
     @staticmethod
     def from_toml(path: Path) -> GatewayConfig:

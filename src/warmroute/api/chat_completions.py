@@ -17,8 +17,12 @@ SYSTEM_FINGERPRINT = "fp_warmroute"
 
 
 class StreamOptions(BaseModel):
+    """`include_usage`: a final usage chunk. `continuous_usage_stats` (vLLM's): usage so far
+    on every chunk too."""
+
     model_config = ConfigDict(extra="allow")
     include_usage: bool = False
+    continuous_usage_stats: bool = False
 
 
 class WireMessage(BaseModel):
@@ -46,6 +50,11 @@ class ChatCompletionBody(BaseModel):
     prompt_cache_key: str | None = None
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+    # warmroute extensions that other servers ignore (vLLM knows `return_token_ids`): each
+    # choice carries the `token_ids` its text was generated from; a continued final message
+    # can name the ids it was generated as, so it resumes exactly (see `Engine.prepare`).
+    return_token_ids: bool = False
+    continue_token_ids: list[int] | None = None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -67,6 +76,8 @@ def parse_body(body: dict[str, Any]) -> ChatCompletionBody:
         raise InvalidRequest("stop takes at most 4 sequences")
     if parsed.continue_final_message and parsed.add_generation_prompt:
         raise InvalidRequest("continue_final_message needs add_generation_prompt: false")
+    if parsed.continue_token_ids is not None and not parsed.continue_final_message:
+        raise InvalidRequest("continue_token_ids needs continue_final_message: true")
     return parsed
 
 
@@ -141,9 +152,15 @@ def usage_json(usage: Usage) -> dict[str, Any]:
 
 
 def completion_json(
-    completion_id: str, created: int, model: str, text: str, finish_reason: str, usage: Usage
+    completion_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    token_ids: list[int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    answer: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
@@ -158,6 +175,9 @@ def completion_json(
         ],
         "usage": usage_json(usage),
     }
+    if token_ids is not None:
+        answer["choices"][0]["token_ids"] = token_ids
+    return answer
 
 
 def chunk_json(
@@ -168,8 +188,12 @@ def chunk_json(
     delta: dict[str, Any] | None = None,
     finish_reason: str | None = None,
     usage: Usage | None = None,
+    token_ids: list[int] | None = None,
+    usage_so_far: Usage | None = None,
 ) -> dict[str, Any]:
-    """One `chat.completion.chunk`: a delta, a finish, or (with `usage`) the final usage chunk."""
+    """One `chat.completion.chunk`: a delta, a finish, or (with `usage`) the final usage chunk.
+    `token_ids` and `usage_so_far` are added to a delta or finish chunk when the client asked
+    for them (`return_token_ids`, `stream_options.continuous_usage_stats`)."""
     chunk: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -184,5 +208,9 @@ def chunk_json(
     choice: dict[str, Any] = {"index": 0, "delta": delta or {}}
     if finish_reason is not None:
         choice["finish_reason"] = finish_reason
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
     chunk["choices"] = [choice]
+    if usage_so_far is not None:
+        chunk["usage"] = usage_json(usage_so_far)
     return chunk

@@ -1,5 +1,14 @@
 """The engine's HTTP server: OpenAI/xAI Chat Completions over one `Engine`, plus health,
 models, Prometheus metrics and cache statistics. Thin routes; the engine does the work.
+
+Opt-in request fields, for a gateway that resumes a broken stream on another engine (other
+OpenAI-compatible servers ignore them or, like vLLM, know the first two):
+- `return_token_ids: true`: each choice carries `token_ids`, in a stream exactly the tokens
+  whose text its chunk releases (with any whose text is still held back);
+- `stream_options.continuous_usage_stats: true`: every chunk carries the usage so far;
+- `continue_token_ids: [...]` (with `continue_final_message: true`): the ids the final assistant
+  message was generated as; the engine continues from those very ids, releasing first any of
+  their text beyond the message's content, and accepts `max_tokens: 0` (only that text left).
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -55,16 +65,17 @@ def create_engine_app(
         parsed = cc.parse_body(await read_json_object(request, max_body_bytes))
         if parsed.model is not None and parsed.model != engine.model_name:
             raise NotFound(f"The model {parsed.model!r} does not exist")
-        prepared = engine.prepare(cc.to_chat_request(parsed))
+        prepared = engine.prepare(cc.to_chat_request(parsed), parsed.continue_token_ids)
         completion_id = str(uuid.uuid4())
         headers = {"x-warmroute-engine": engine_id}
         if parsed.stream:
-            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            body = stream_chunks(engine, prepared, completion_id, include_usage)
+            body = stream_chunks(engine, prepared, completion_id, ChunkOptions.of(parsed))
             return StreamingResponse(
                 body, media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, **headers}
             )
-        answer = await complete_unless_disconnected(request, engine, prepared, completion_id)
+        answer = await complete_unless_disconnected(
+            request, engine, prepared, completion_id, parsed.return_token_ids
+        )
         return JSONResponse(answer, headers=headers)
 
     @app.get("/health")
@@ -96,25 +107,33 @@ def model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
 
 
-async def collect(engine: Engine, prepared: Prepared, completion_id: str) -> dict[str, Any]:
+async def collect(
+    engine: Engine, prepared: Prepared, completion_id: str, return_token_ids: bool = False
+) -> dict[str, Any]:
     parts: list[str] = []
+    ids: list[int] = []
     async with contextlib.aclosing(engine.generate(prepared, completion_id)) as events:
         async for event in events:
             if isinstance(event, Delta):
                 parts.append(event.text)
+                ids.extend(event.token_ids)
             else:
                 return cc.completion_json(
                     completion_id, int(time.time()), engine.model_name, "".join(parts),
-                    event.finish_reason, event.usage,
+                    event.finish_reason, event.usage, ids if return_token_ids else None,
                 )
     raise RuntimeError("generation ended without a finish event")
 
 
 async def complete_unless_disconnected(
-    request: Request, engine: Engine, prepared: Prepared, completion_id: str
+    request: Request,
+    engine: Engine,
+    prepared: Prepared,
+    completion_id: str,
+    return_token_ids: bool = False,
 ) -> dict[str, Any]:
     """Run a non-streaming request, aborting it (and freeing its slot) if the client leaves."""
-    work = asyncio.ensure_future(collect(engine, prepared, completion_id))
+    work = asyncio.ensure_future(collect(engine, prepared, completion_id, return_token_ids))
     while not work.done():
         await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
         if not work.done() and await request.is_disconnected():
@@ -125,8 +144,27 @@ async def complete_unless_disconnected(
     return work.result()
 
 
+@dataclass(frozen=True)
+class ChunkOptions:
+    """What a stream's chunks carry besides text: the final usage chunk, usage so far on every
+    chunk (`continuous_usage_stats`) and each delta's token ids (`return_token_ids`)."""
+
+    include_usage: bool = False
+    continuous_usage: bool = False
+    token_ids: bool = False
+
+    @staticmethod
+    def of(parsed: cc.ChatCompletionBody) -> ChunkOptions:
+        options = parsed.stream_options
+        return ChunkOptions(
+            include_usage=bool(options and options.include_usage),
+            continuous_usage=bool(options and options.continuous_usage_stats),
+            token_ids=parsed.return_token_ids,
+        )
+
+
 async def stream_chunks(
-    engine: Engine, prepared: Prepared, completion_id: str, include_usage: bool
+    engine: Engine, prepared: Prepared, completion_id: str, options: ChunkOptions
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     model = engine.model_name
@@ -139,10 +177,17 @@ async def stream_chunks(
         async with contextlib.aclosing(engine.generate(prepared, completion_id)) as events:
             async for event in events:
                 if isinstance(event, Delta):
-                    yield chunk(delta={"content": event.text})
+                    yield chunk(
+                        delta={"content": event.text},
+                        token_ids=list(event.token_ids) if options.token_ids else None,
+                        usage_so_far=event.usage if options.continuous_usage else None,
+                    )
                 elif isinstance(event, Finished):
-                    yield chunk(delta={}, finish_reason=event.finish_reason)
-                    if include_usage:
+                    yield chunk(
+                        delta={}, finish_reason=event.finish_reason,
+                        usage_so_far=event.usage if options.continuous_usage else None,
+                    )
+                    if options.include_usage:
                         yield chunk(usage=event.usage)
     except WarmrouteError as exc:
         yield sse_error_event(exc)

@@ -27,6 +27,7 @@ from warmroute.api.account_app import add_account_routes
 from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations
 from warmroute.api.json_body import read_json_object
+from warmroute.api.openapi import gateway_openapi
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
 from warmroute.api.wire_errors import (
     handle_http_exception,
@@ -44,6 +45,7 @@ from warmroute.gateway.metrics import CONTENT_TYPE
 from warmroute.gateway.policies import RequestFeatures
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.ratelimit import make_rate_limiter
+from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.router import Gateway
 from warmroute.store import Store, open_store
 
@@ -99,6 +101,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     responses = ResponsesService(conversations, meter)
     add_responses_routes(app, responses, auth, gw.config.max_body_bytes)
     add_account_routes(app, auth, meter, gw)
+    app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -106,9 +109,10 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         await meter.admit(caller)
         body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
         features = request_features(request.headers, body)
-        payload = gw.upstream_payload(body)
+        view = ClientView.of(body) if body.get("stream") is True else None
+        payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened = await unless_disconnected(
-            request, place_and_forward(gw, features, payload, body.get("stream") is True)
+            request, place_and_forward(gw, features, payload, view)
         )
         if opened is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -203,13 +207,15 @@ def model_card(name: str, created: int) -> dict[str, Any]:
 
 
 async def place_and_forward(
-    gw: Gateway, features: RequestFeatures, payload: bytes, stream: bool
+    gw: Gateway, features: RequestFeatures, payload: bytes, view: ClientView | None
 ) -> Relayed | Streaming:
     """Place and forward in one step of one task: the proxy takes the chosen engine's
-    in-flight slot before this task yields, so concurrent placements see each other's load."""
+    in-flight slot before this task yields, so concurrent placements see each other's load.
+    A stream (`view`: what its client asked for) is resumed on another engine if its engine
+    breaks mid-answer."""
     decision = gw.route(features)
-    if stream:
-        return await gw.proxy.open_stream(decision, payload)
+    if view is not None:
+        return await gw.proxy.open_stream(decision, payload, view, gw.config.max_resumes)
     return await gw.proxy.complete(decision, payload)
 
 
@@ -237,8 +243,9 @@ def relayed_response(answer: Relayed) -> Response:
 
 
 class RelayedStream(StreamingResponse):
-    """An engine's stream relayed chunk by chunk; the upstream is closed (and its engine slot
-    released) however the response ends: finished, client gone, or engine failed."""
+    """An engine's stream relayed event by event (continued on another engine if its engine
+    breaks); the upstream is closed (and its engine slot released) however the response ends:
+    finished, client gone, or no engine left to continue (an error event ends the stream)."""
 
     def __init__(self, upstream: Streaming) -> None:
         super().__init__(relay(upstream), status_code=upstream.status, headers=upstream.headers)

@@ -3,6 +3,9 @@
 It renders and validates the prompt, hands a `Sequence` to the scheduler's worker thread, turns
 the token events it sends back into text (stop strings, incomplete UTF-8) and reports usage.
 Cancelling the consumer (a client that went away) stops the sequence and frees its blocks.
+A reply cut short on another engine can be continued from the ids it was generated as
+(`prepare(..., continue_token_ids=...)`): the prompt and the detokenizer then start exactly
+where the first generation was, so the continuation is the text it would have produced.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncGenerator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,16 +35,25 @@ DEFAULT_CACHE_GB = 1.0
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request: its prompt ids and output budget."""
+    """A validated request: its prompt ids and output budget. A continuation also has the ids
+    already generated for its final message (the end of `prompt_ids`) and how many characters
+    of their text the client has (`released`); its budget may be 0 (only held-back text left)."""
 
     request: ChatRequest
     prompt_ids: list[int]
     max_tokens: int
+    continued_ids: tuple[int, ...] = ()
+    released: int = 0
 
 
 @dataclass(frozen=True)
 class Delta:
+    """Text now safe to send; `token_ids` are the tokens it was released for (with any whose
+    text is still held back), `usage` the counts so far."""
+
     text: str
+    token_ids: tuple[int, ...] = ()
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,7 @@ class Engine:
             runner=Runner(loaded, num_blocks, config.block_size),
             num_blocks=num_blocks,
             block_size=config.block_size,
-            context_len=loaded.context_len,
+            context_len=min(loaded.context_len, config.max_model_len or loaded.context_len),
             max_running=config.max_running,
         )
 
@@ -128,15 +141,30 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def prepare(self, request: ChatRequest) -> Prepared:
-        """Render and check the request, or raise a 4xx error for what cannot be served."""
+    def prepare(
+        self, request: ChatRequest, continue_token_ids: Seq[int] | None = None
+    ) -> Prepared:
+        """Render and check the request, or raise a 4xx error for what cannot be served.
+
+        `continue_token_ids` (with `continue_final_message`): the ids the final assistant
+        message was generated as; used when they decode to text starting with its content,
+        else that content is tokenized canonically."""
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
         if request.continue_final_message and request.messages[-1].role != "assistant":
             raise InvalidRequest("continue_final_message needs a final assistant message")
-        prompt = self.tokenizer.render(
-            request.messages, request.cache_salt, request.continue_final_message
-        )
+        continued = self._continued_ids(request, continue_token_ids)
+        prompt = None
+        if continued:
+            prompt = self.tokenizer.render_continuation(
+                request.messages, request.cache_salt, continued
+            )
+        if prompt is None:
+            continued = ()
+            prompt = self.tokenizer.render(
+                request.messages, request.cache_salt, request.continue_final_message
+            )
+        released = len(request.messages[-1].content) if continued else 0
         if len(prompt) >= self.context_len:
             raise ContextTooLong(
                 f"the prompt has {len(prompt)} tokens; this model's context is "
@@ -145,21 +173,43 @@ class Engine:
         room = self.context_len - len(prompt)
         max_tokens = request.sampling.max_tokens
         if max_tokens is None:
-            return Prepared(request, prompt, room)
-        if max_tokens <= 0:
+            return Prepared(request, prompt, room, continued, released)
+        if max_tokens < (0 if continued else 1):
             raise InvalidRequest("max_tokens must be at least 1")
         if max_tokens > room:
             raise ContextTooLong(
                 f"max_tokens {max_tokens} plus the prompt's {len(prompt)} tokens exceed this "
                 f"model's context of {self.context_len} tokens"
             )
-        return Prepared(request, prompt, max_tokens)
+        return Prepared(request, prompt, max_tokens, continued, released)
+
+    def _continued_ids(
+        self, request: ChatRequest, ids: Seq[int] | None
+    ) -> tuple[int, ...]:
+        if ids is None:
+            return ()
+        if not request.continue_final_message:
+            raise InvalidRequest("continue_token_ids needs continue_final_message")
+        vocab = self.tokenizer.vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise InvalidRequest(f"continue_token_ids must be token ids below {vocab}")
+        return tuple(ids)
 
     async def generate(
         self, prepared: Prepared, request_id: str | None = None
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Text deltas, then one `Finished`. Closing the iterator early aborts the sequence."""
         request, prompt = prepared.request, prepared.prompt_ids
+        detok = IncrementalDetokenizer(
+            self.tokenizer, request.sampling.stop, prepared.continued_ids, prepared.released
+        )
+        if prepared.max_tokens == 0 or detok.finished_by_stop:  # nothing left to generate
+            usage = Usage(len(prompt), 0, 0)
+            tail = detok.flush()
+            if tail:
+                yield Delta(tail, tuple(detok.take_ids()), usage)
+            yield Finished("stop" if detok.finished_by_stop else "length", usage)
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
 
@@ -176,7 +226,11 @@ class Engine:
             salt=request.cache_salt,
             emit=emit,
         )
-        detok = IncrementalDetokenizer(self.tokenizer, request.sampling.stop)
+
+        def delta(text: str) -> Delta:
+            usage = Usage(len(prompt), consumed, seq.num_cached_tokens)
+            return Delta(text, tuple(detok.take_ids()), usage)
+
         consumed = 0
         reason: str | None = None
         self.scheduler.add(seq)
@@ -187,9 +241,9 @@ class Engine:
                     raise EngineUnavailable(event.error)
                 if event.token_id is not None:
                     consumed += 1
-                    delta = detok.add(event.token_id)
-                    if delta:
-                        yield Delta(delta)
+                    text = detok.add(event.token_id)
+                    if text:
+                        yield delta(text)
                     if detok.finished_by_stop:
                         reason = "stop"
                 elif event.finish_reason is not None:
@@ -198,8 +252,8 @@ class Engine:
             seq.stop_requested = True  # a no-op once finished; aborts it otherwise
         tail = detok.flush()
         if tail:
-            yield Delta(tail)
-        if not request.continue_final_message:
+            yield delta(tail)
+        if prepared.continued_ids or not request.continue_final_message:
             self.tokenizer.remember_generation(request.cache_salt, detok.text, detok.ids)
         yield Finished(reason, Usage(len(prompt), consumed, seq.num_cached_tokens))
 

@@ -4,6 +4,8 @@ Multi-turn cache hits need a re-sent assistant reply to tokenize to the very ids
 generated (the KV was computed for those ids). A model may emit a non-canonical tokenization,
 so the tokenizer remembers recent generations (per salt) and splices the generated ids back in
 where the rendered text allows it on token boundaries; elsewhere canonical tokenization is used.
+A reply continued on another engine (`render_continuation`) comes with the ids it was generated
+as, so its prompt is exactly the one the first engine had reached.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ class ChatTokenizer:
                 ids, offsets = _splice(ids, offsets, start, end, generated)
         return ids
 
+    def render_continuation(
+        self, messages: Sequence[ChatMessage], salt: str, generated: Sequence[int]
+    ) -> list[int] | None:
+        """The prompt that continues the final assistant message from the very ids it was
+        generated as: the conversation before it with the generation prompt, then `generated`.
+        None when `generated` does not decode to text that starts with that message's content
+        (the caller then renders the text canonically)."""
+        final = messages[-1]
+        if final.role != "assistant" or not self.decode(generated).startswith(final.content):
+            return None
+        return self.render(messages[:-1], salt) + list(generated)
+
     def remember_generation(self, salt: str, text: str, ids: Sequence[int]) -> None:
         """Record that `ids` were generated for `text`, if they decode back to it exactly."""
         if not text or self.decode(ids) != text:
@@ -112,16 +126,41 @@ class IncrementalDetokenizer:
 
     Text is held back while it ends in an incomplete UTF-8 sequence, or while its tail could be
     the start of a stop string. `finished_by_stop` is set when a stop string appears; the text
-    is cut before it.
+    is cut before it. `take_ids` hands out, with each released delta, the ids added since the
+    previous one: exactly the tokens whose text has been released so far, plus those whose
+    text is still held back.
+
+    A continuation starts from the state the first generation had reached: `prefix_ids` (the
+    ids already handed out) of which the first `released` characters have been sent; the rest
+    of their text is released with the next delta.
     """
 
-    def __init__(self, tokenizer: ChatTokenizer, stop: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tokenizer: ChatTokenizer,
+        stop: Sequence[str],
+        prefix_ids: Sequence[int] = (),
+        released: int = 0,
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
-        self.ids: list[int] = []
-        self.text = ""
-        self.emitted = 0
+        self.ids: list[int] = list(prefix_ids)
+        self.text = tokenizer.decode(self.ids) if self.ids else ""
+        self.emitted = min(released, len(self.text))
+        self.handed_out = len(self.ids)
         self.finished_by_stop = False
+        for stop_string in self.stop:  # the prefix may already end the answer
+            cut = self.text.find(stop_string)
+            if cut >= 0:
+                self.text = self.text[: max(cut, self.emitted)]
+                self.finished_by_stop = True
+                break
+
+    def take_ids(self) -> list[int]:
+        """The ids added since the last call (call it with each delta released)."""
+        taken = self.ids[self.handed_out :]
+        self.handed_out = len(self.ids)
+        return taken
 
     def add(self, token_id: int) -> str:
         """Add one generated token and return the text that is now safe to send."""

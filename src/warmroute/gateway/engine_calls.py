@@ -3,7 +3,9 @@
 Those surfaces build a neutral conversation; this module turns it into one Chat Completions
 call through the proxy (so placement, failover and metrics are the same as for relayed
 requests) and turns the engine's JSON or SSE answer back into neutral events: text deltas and
-one `Finished` with usage. An engine's 4xx answer becomes the matching exception.
+one `Finished` with usage. A stream whose engine breaks mid-answer is resumed on the next
+engine as a relayed one is (`proxy.Streaming`), so these surfaces see one unbroken answer. An
+engine's 4xx answer becomes the matching exception.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from warmroute.errors import (
 )
 from warmroute.gateway.policies import Decision
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.router import Gateway
 from warmroute.types import ChatMessage, SamplingParams, Usage
 
@@ -107,8 +110,10 @@ async def complete(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Ans
 
 
 async def open_stream(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Streaming:
-    """The engine's stream once its first chunk arrived; the caller must `aclose()` it."""
-    opened = await gw.proxy.open_stream(decision, gw.upstream_payload(body))
+    """The engine's stream once its first chunk arrived (resumed on another engine if its
+    engine breaks mid-answer); the caller must `aclose()` it."""
+    payload = gw.upstream_payload(upstream_stream_body(body))
+    opened = await gw.proxy.open_stream(decision, payload, ClientView(), gw.config.max_resumes)
     if isinstance(opened, Relayed):
         raise engine_error(opened.status, opened.body)
     return opened

@@ -41,6 +41,9 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache salt sent to engines (until API keys bring per-tenant salts)")
     parser.add_argument("--probe-interval", type=float, default=None, dest="probe_interval_s",
                         help="seconds between health probes (default 1)")
+    parser.add_argument("--max-resumes", type=int, default=None,
+                        help="times a stream whose engine breaks mid-answer is continued on "
+                             "another engine (default 2; 0 turns resuming off)")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
 
@@ -70,7 +73,7 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
         name: getattr(args, name)
         for name in ("host", "port", "grpc_port", "epsilon", "max_body_bytes", "policy",
                      "cache_salt", "probe_interval_s", "data_dir", "database_url",
-                     "cache_isolation", "redis_url")
+                     "cache_isolation", "redis_url", "max_resumes")
         if getattr(args, name) is not None
     }
     if args.no_api_keys:

@@ -2,8 +2,9 @@
 
 Counters: routing decisions by reason (each failover move counts once as "failover"),
 failovers and ejections per engine, prompt and cached tokens per engine as the engines
-reported them in `usage`, answers per engine and status. Gauges, read from the membership at
-scrape time: in-flight requests and health per engine.
+reported them in `usage`, answers per engine and status, streams whose engine broke mid-answer
+by outcome (resumed on another engine, or failed when none could continue). Gauges, read from
+the membership at scrape time: in-flight requests and health per engine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from warmroute.gateway.policies import REASONS
 from warmroute.gateway.usage import TokenUsage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RESUME_OUTCOMES = ("resumed", "failed")
 
 
 class GatewayMetrics:
@@ -60,10 +62,19 @@ class GatewayMetrics:
             ["engine", "status"],
             registry=self.registry,
         )
+        self.stream_resumes = Counter(
+            "warmroute_gateway_stream_resumes",
+            "Streams whose engine broke mid-answer, by outcome: resumed on another engine, "
+            "or failed (no engine could continue; the client got an error event)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(MembershipCollector(membership))
         membership.listeners.append(self.on_membership_change)
         for reason in REASONS:  # every series exists from the start, at 0
             self.decisions.labels(reason)
+        for outcome in RESUME_OUTCOMES:
+            self.stream_resumes.labels(outcome)
         for engine_id in membership.engines:
             for counter in (self.failovers, self.ejections, self.prompt_tokens,
                             self.cached_tokens):

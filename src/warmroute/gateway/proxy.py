@@ -5,7 +5,11 @@ anything has reached the client ejects that engine and moves the request to the 
 once (a dead engine is never retried); a 4xx is the engine's answer and passes through
 unchanged. "Before anything has reached the client" means: for a JSON answer, before the whole
 body is in (it is buffered, so a crash mid-answer still fails over); for a stream, before its
-first chunk. After that, bytes are relayed as they arrive, never re-framed.
+first chunk. After that, a stream's events are relayed as they arrive; if its engine breaks
+(transport error, an error event, the stream ending before `[DONE]`), the engine is ejected and
+the answer is continued on the next healthy engine of the decision and spliced into the same
+client stream (`resume.py`), at most `max_resumes` times; failing that, the client gets an error
+event, never a silently truncated stream.
 
 In-flight counts are held from the moment an engine is tried until its answer is done (for a
 stream: until `Streaming.aclose`). This module is the only one that talks to engines about
@@ -15,7 +19,9 @@ requests; it knows HTTP, not the wire formats of errors (the app turns exception
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -25,8 +31,11 @@ from warmroute.errors import EngineUnavailable
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
+from warmroute.gateway.resume import ClientView, StreamSplice
 from warmroute.gateway.usage import SseUsageTap, TokenUsage, usage_of_json
 
+log = logging.getLogger(__name__)
+DEFAULT_MAX_RESUMES = 2
 ENGINE_HEADER = "x-warmroute-engine"
 CHAT_PATH = "/v1/chat/completions"
 UPSTREAM_HEADERS = (("content-type", "application/json"), ("accept-encoding", "identity"))
@@ -59,8 +68,8 @@ class Relayed:
 
 
 @dataclass
-class Streaming:
-    """A stream whose first chunk has arrived. Iterate `chunks()`, then always `aclose()`."""
+class Upstream:
+    """One engine's stream whose first chunk has arrived. Iterate `chunks()`, then `aclose()`."""
 
     engine_id: str
     status: int
@@ -72,7 +81,7 @@ class Streaming:
     tap: SseUsageTap = field(default_factory=SseUsageTap)
     closed: bool = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The upstream bytes as they arrive; raises `UpstreamBroken` if the engine fails."""
         if self.first:
             self.tap.feed(self.first)
@@ -91,9 +100,89 @@ class Streaming:
         if self.closed:
             return
         self.closed = True
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
             await self.response.aclose()
         self.proxy.finished(self.engine_id, self.status, self.tap.usage())
+
+
+@dataclass
+class Streaming:
+    """A client's stream: its engine's events, continued on the next engine whenever one
+    breaks mid-answer. Iterate `chunks()` (raises `UpstreamBroken` when no engine can
+    continue), then always `aclose()`."""
+
+    proxy: Proxy
+    decision: Decision
+    payload: bytes
+    current: Upstream
+    splice: StreamSplice
+    max_resumes: int = DEFAULT_MAX_RESUMES
+    broken: list[str] = field(default_factory=list)
+
+    @property
+    def engine_id(self) -> str:
+        """The engine serving the answer now (after a resume: the one continuing it)."""
+        return self.current.engine_id
+
+    @property
+    def status(self) -> int:
+        return self.current.status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.current.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            cause = "ended its stream before [DONE]"
+            try:
+                async with contextlib.aclosing(self.current.chunks()) as raw_chunks:
+                    async for raw in raw_chunks:
+                        out = self.splice.feed(raw)
+                        if out:
+                            yield out
+                        if self.splice.failed is not None:
+                            cause = f"sent {self.splice.failed}"
+                            break
+            except UpstreamBroken:
+                cause = "failed mid-stream"
+            if self.splice.done:
+                return
+            await self._broke(cause)
+            if not self.splice.needs_engine:
+                yield self.splice.closing()
+                return
+            body = self.splice.continuation_body(json.loads(self.payload))
+            if body is None:
+                yield self.splice.closing()
+                return
+            await self._resume(body, cause)
+
+    async def _broke(self, cause: str) -> None:
+        engine_id = self.current.engine_id
+        log.warning("engine %s %s; the answer goes on elsewhere", engine_id, cause)
+        self.proxy.membership.eject(engine_id, f"mid-stream: {cause}")
+        self.broken.append(engine_id)
+        await self.current.aclose()
+
+    async def _resume(self, body: dict[str, object], cause: str) -> None:
+        """Continue on the next engine, or raise `UpstreamBroken` for the client."""
+        failed = f"engine {self.current.engine_id} {cause}"
+        if not self.splice.view.resumable or len(self.broken) > self.max_resumes:
+            self.proxy.metrics.stream_resumes.labels("failed").inc()
+            raise UpstreamBroken(f"{failed}; the answer cannot be resumed")
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            self.current = await self.proxy.resume_stream(self.decision, self.broken, payload)
+        except EngineUnavailable as exc:
+            self.proxy.metrics.stream_resumes.labels("failed").inc()
+            raise UpstreamBroken(f"{failed}; no engine could continue: {exc.message}") from exc
+        self.proxy.metrics.stream_resumes.labels("resumed").inc()
+        self.splice.begin_continuation()
+
+    async def aclose(self) -> None:
+        """Close the engine stream in use. Safe to call twice, and under cancellation."""
+        await self.current.aclose()
 
 
 class Proxy:
@@ -110,9 +199,37 @@ class Proxy:
         assert isinstance(answer, Relayed)
         return answer
 
-    async def open_stream(self, decision: Decision, payload: bytes) -> Relayed | Streaming:
-        """A streaming request: the first engine whose stream starts (or that answers 4xx)."""
-        return await self._forward(decision, payload, stream=True)
+    async def open_stream(
+        self,
+        decision: Decision,
+        payload: bytes,
+        view: ClientView | None = None,
+        max_resumes: int = DEFAULT_MAX_RESUMES,
+    ) -> Relayed | Streaming:
+        """A streaming request: the first engine whose stream starts (or that answers 4xx).
+        `payload` should ask for what a resume needs (`resume.upstream_stream_body`); `view`
+        is what the client asked for (default: usage, as the neutral surfaces want)."""
+        answer = await self._forward(decision, payload, stream=True)
+        if isinstance(answer, Relayed):
+            return answer
+        splice = StreamSplice(view or ClientView())
+        return Streaming(self, decision, payload, answer, splice, max_resumes)
+
+    async def resume_stream(
+        self, decision: Decision, broken: Sequence[str], payload: bytes
+    ) -> Upstream:
+        """Continue a broken stream: the decision's next healthy engines (then any other
+        healthy one), never one that broke it; no waiting for a health probe."""
+        healthy = self.membership.healthy_ids()
+        ranked = [e for e in decision.ranked if e in healthy and e not in broken]
+        ranked += [e for e in healthy if e not in ranked and e not in broken]
+        answer = await self._try_in_order(ranked, payload, stream=True, moved=True)
+        if isinstance(answer, Relayed):
+            message = answer.body.decode(errors="replace")[:200]
+            raise EngineUnavailable(
+                f"engine {answer.engine_id} answered HTTP {answer.status}: {message}"
+            )
+        return answer
 
     def finished(self, engine_id: str, status: int, usage: TokenUsage | None) -> None:
         self.membership.release(engine_id)
@@ -121,13 +238,20 @@ class Proxy:
 
     async def _forward(
         self, decision: Decision, payload: bytes, stream: bool
-    ) -> Relayed | Streaming:
+    ) -> Relayed | Upstream:
         self.metrics.decisions.labels(decision.reason).inc()
+        return await self._try_in_order(decision.ranked, payload, stream, moved=False)
+
+    async def _try_in_order(
+        self, ranked: Sequence[str], payload: bytes, stream: bool, moved: bool
+    ) -> Relayed | Upstream:
+        """The first of `ranked` that answers; each move past the placement counts as a
+        failover, and an engine ejected meanwhile is skipped (never retry a dead engine)."""
         failures: list[str] = []
-        for engine_id in decision.ranked:
-            if failures:
+        for engine_id in ranked:
+            if failures or moved:
                 if engine_id not in self.membership.healthy_ids():
-                    continue  # ejected meanwhile by another request: never retry a dead engine
+                    continue
                 self.metrics.decisions.labels(FAILOVER).inc()
             self.membership.acquire(engine_id)
             try:
@@ -144,9 +268,9 @@ class Proxy:
             if isinstance(answer, Relayed):
                 self.finished(engine_id, answer.status, usage_of_json(answer.body))
             return answer
-        raise EngineUnavailable("no engine could answer: " + "; ".join(failures))
+        raise EngineUnavailable("no engine could answer: " + ("; ".join(failures) or "none left"))
 
-    async def _attempt(self, engine_id: str, payload: bytes, stream: bool) -> Relayed | Streaming:
+    async def _attempt(self, engine_id: str, payload: bytes, stream: bool) -> Relayed | Upstream:
         url = self.membership.url(engine_id) + CHAT_PATH
         request = self.client.build_request("POST", url, content=payload, headers=UPSTREAM_HEADERS)
         try:
@@ -162,7 +286,7 @@ class Proxy:
                 return Relayed(engine_id, response.status_code, headers, body)
             upstream = response.aiter_raw()
             first = await anext(upstream, b"")
-            return Streaming(
+            return Upstream(
                 engine_id, response.status_code, headers, response, upstream, first, self
             )
         except httpx.TransportError as exc:

@@ -1,0 +1,172 @@
+"""Continuing a reply from the ids it was generated as (issue 8, the engine's side).
+
+Each delta carries the ids it was released for, so a client holding the deltas up to any point
+holds the ids too; an engine given those ids (`continue_token_ids`) resumes from exactly the
+prompt and detokenizer state the first generation had reached: the continuation is the text an
+uninterrupted run produces (float32, temperature 0), held-back text included. From the text
+alone it is not, where the model's ids are not the canonical tokenization of their text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from warmroute.config import EngineConfig
+from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.engine.tokenizer import IncrementalDetokenizer
+from warmroute.errors import InvalidRequest
+from warmroute.types import ChatMessage, ChatRequest, SamplingParams
+
+# builtin:tiny answers this with newlines one token each: not the canonical tokenization.
+NON_CANONICAL = (ChatMessage("user", "Écris-moi un poème sur les caches"),)
+MAX_TOKENS = 60
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_config: EngineConfig) -> Iterator[Engine]:
+    eng = Engine.from_config(tiny_config)
+    eng.start()
+    yield eng
+    eng.stop()
+    eng.pool.check_integrity()
+
+
+def request(
+    messages: Sequence[ChatMessage], max_tokens: int, stop: tuple[str, ...] = (),
+    continued: bool = False,
+) -> ChatRequest:
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
+    return ChatRequest(tuple(messages), sampling, continue_final_message=continued)
+
+
+async def run(
+    engine: Engine, chat: ChatRequest, ids: Sequence[int] | None = None
+) -> tuple[list[Delta], Finished]:
+    deltas: list[Delta] = []
+    async for event in engine.generate(engine.prepare(chat, ids)):
+        if isinstance(event, Delta):
+            deltas.append(event)
+        else:
+            return deltas, event
+    raise AssertionError("no finish event")
+
+
+async def resume(
+    engine: Engine, messages: Sequence[ChatMessage], delivered: list[Delta], max_tokens: int,
+    stop: tuple[str, ...] = (), with_ids: bool = True,
+) -> tuple[str, Finished]:
+    """Continue after `delivered`, as the gateway does: their text, and (optionally) ids."""
+    text = "".join(d.text for d in delivered)
+    ids = [i for d in delivered for i in d.token_ids]
+    chat = request([*messages, ChatMessage("assistant", text)], max_tokens - len(ids), stop,
+                   continued=True)
+    deltas, finished = await run(engine, chat, ids if with_ids else None)
+    return text + "".join(d.text for d in deltas), finished
+
+
+async def test_continuing_from_the_ids_gives_the_uninterrupted_text(engine: Engine) -> None:
+    deltas, finished = await run(engine, request(NON_CANONICAL, MAX_TOKENS))
+    whole = "".join(d.text for d in deltas)
+    ids = [i for d in deltas for i in d.token_ids]
+    assert engine.tokenizer.decode(ids) == whole and len(ids) == finished.usage.completion_tokens
+    assert engine.tokenizer.encode(whole) != ids  # not canonical: text alone would not do
+    text_only_exact = []
+    for cut in (1, 3, 10, 30, len(deltas) - 1):
+        text, resumed = await resume(engine, NON_CANONICAL, deltas[:cut], MAX_TOKENS)
+        assert text == whole, cut
+        delivered = sum(len(d.token_ids) for d in deltas[:cut])
+        assert delivered + resumed.usage.completion_tokens == finished.usage.completion_tokens
+        assert resumed.finish_reason == finished.finish_reason == "length"
+        assert resumed.usage.prompt_tokens == finished.usage.prompt_tokens + delivered
+        text_only, _ = await resume(engine, NON_CANONICAL, deltas[:cut], MAX_TOKENS,
+                                    with_ids=False)
+        text_only_exact.append(text_only == whole)
+    assert not all(text_only_exact)
+
+
+async def test_text_held_back_for_a_stop_string_is_not_lost(engine: Engine) -> None:
+    messages = (ChatMessage("user", "Écris-moi un poème sur les caches, numéro 0"),)
+    stop = ("algorithm!",)  # every "algorithm" might start it: held back one delta
+    deltas, finished = await run(engine, request(messages, MAX_TOKENS, stop))
+    whole = "".join(d.text for d in deltas)
+    held = [cut for cut in range(1, len(deltas))
+            if engine.tokenizer.decode([i for d in deltas[:cut] for i in d.token_ids])
+            != "".join(d.text for d in deltas[:cut])]
+    assert held, "no delta held text back"
+    for cut in held[:3] + held[-2:]:
+        text, resumed = await resume(engine, messages, deltas[:cut], MAX_TOKENS, stop)
+        assert text == whole, cut
+        assert resumed.finish_reason == finished.finish_reason
+
+
+async def test_no_budget_left_releases_only_the_held_back_text(engine: Engine) -> None:
+    messages = (ChatMessage("user", "Écris-moi un poème sur les caches, numéro 0"),)
+    stop = ("algorithm!",)
+    deltas, _ = await run(engine, request(messages, 40, stop))
+    whole = "".join(d.text for d in deltas)
+    # Everything but the last delta (the final flush) was delivered, every id with it.
+    text, resumed = await resume(engine, messages, deltas[:-1], 40, stop)
+    assert sum(len(d.token_ids) for d in deltas[:-1]) == 40
+    assert text == whole and resumed.finish_reason == "length"
+    assert resumed.usage.completion_tokens == 0
+
+
+async def test_a_stop_string_already_delivered_ends_at_once(engine: Engine) -> None:
+    deltas, _ = await run(engine, request(NON_CANONICAL, MAX_TOKENS))
+    ids = [i for d in deltas[:20] for i in d.token_ids]
+    text = "".join(d.text for d in deltas[:20])
+    stop = (text[-3:],)
+    cut_at = text.find(stop[0])
+    chat = request([*NON_CANONICAL, ChatMessage("assistant", text[:cut_at])], 50, stop,
+                   continued=True)
+    more, finished = await run(engine, chat, ids)
+    assert more == [] and finished.finish_reason == "stop"
+    assert finished.usage.completion_tokens == 0
+
+
+def test_ids_that_do_not_spell_the_message_fall_back_to_its_text(engine: Engine) -> None:
+    chat = request([*NON_CANONICAL, ChatMessage("assistant", "Bonjour")], 8, continued=True)
+    canonical = engine.prepare(chat)
+    mismatched = engine.prepare(chat, engine.tokenizer.encode("Au revoir"))
+    assert mismatched.continued_ids == () and mismatched.prompt_ids == canonical.prompt_ids
+    spelled = [engine.tokenizer.encode(c)[0] for c in "Bonjour"]
+    prepared = engine.prepare(chat, spelled)
+    assert prepared.continued_ids == tuple(spelled)
+    assert prepared.prompt_ids[-len(spelled):] == spelled
+    assert prepared.prompt_ids != canonical.prompt_ids
+
+
+@pytest.mark.parametrize(
+    ("continued", "ids", "max_tokens"),
+    [(False, [5], 8), (True, [-1], 8), (True, [10**9], 8), (True, None, 0)],
+    ids=["without continue_final_message", "negative id", "id beyond vocab", "zero budget"],
+)
+def test_bad_continuations_are_refused(
+    engine: Engine, continued: bool, ids: list[int] | None, max_tokens: int
+) -> None:
+    last = ChatMessage("assistant", "x")
+    chat = request([*NON_CANONICAL, last], max_tokens, continued=continued)
+    with pytest.raises(InvalidRequest):
+        engine.prepare(chat, ids)
+
+
+def test_each_delta_hands_out_the_ids_added_since_the_last(engine: Engine) -> None:
+    tok = engine.tokenizer
+    ids = [tok.encode(ch)[0] for ch in "abXYcXYZd"]
+    detok = IncrementalDetokenizer(tok, stop=["XYZ"])
+    handed: list[int] = []
+    released = ""
+    for token in ids:
+        delta = detok.add(token)
+        if delta:
+            released += delta
+            handed += detok.take_ids()
+        if detok.finished_by_stop:
+            break
+    assert released == "abXYc"
+    assert handed == ids[:5]  # "XY" held back, then released with "c": their ids with it
+    assert detok.ids == ids[:8]  # the stop string's own ids release no text
+    seeded = IncrementalDetokenizer(tok, ["XYZ"], prefix_ids=ids[:4], released=2)
+    assert seeded.flush() == "XY" and seeded.take_ids() == []
