@@ -171,6 +171,7 @@ def test_a_broken_stream_goes_on_on_the_next_engine(
     assert all("usage" not in c and "token_ids" not in c["choices"][0]
                for c in chunks if c["choices"])
     # 5 delivered tokens, then 6 and an end-of-sequence token from the continuing engine.
+    assert chunks[-1]["usage"].pop("cost_in_usd_ticks") > 0  # priced by the gateway
     assert chunks[-1]["usage"] == {"prompt_tokens": 20, "completion_tokens": 5 + 7,
                                    "total_tokens": 32, "prompt_tokens_details": {
                                        "cached_tokens": 16}}

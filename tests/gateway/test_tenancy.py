@@ -4,6 +4,8 @@ a real gateway with keys required, over real engines, with the real clients."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from xai_sdk.chat import user
 from xai_sdk.proto import auth_pb2_grpc
 
 from tests.gateway.harness import MODEL, SYSTEM_PROMPT, Fleet, chat_body, gateway_over
-from tests.procs import free_port
+from tests.procs import free_port, start
 from warmroute.api.auth import create_key
 from warmroute.gateway.pricing import ModelPrice
 from warmroute.store import open_store
@@ -239,3 +241,63 @@ def test_rate_limit_holds_across_replicas_sharing_redis(
             replicas[i % 2] + "/v1/chat/completions", json=body, headers=headers, timeout=60))
     assert index in (2, 3, 4)
     assert limited.status_code == 429 and "retry-after" in limited.headers
+
+
+def stream_usage(url: str, key: str, text: str) -> dict[str, Any]:
+    body = chat_body([{"role": "user", "content": text}], max_tokens=6, stream=True,
+                     stream_options={"include_usage": True})
+    usage: dict[str, Any] = {}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {key}"}) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("data: {") and '"usage"' in line:
+                event = json.loads(line[6:])
+                if event.get("choices") == []:
+                    usage = event["usage"]
+    return usage
+
+
+def cut_off_stream(url: str, key: str) -> None:
+    body = chat_body([{"role": "user", "content": "talk for long"}], max_tokens=2000,
+                     stream=True, temperature=1.0)
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {key}"}) as answer:
+        for seen, _ in enumerate(answer.iter_lines()):
+            if seen > 6:
+                break  # the client goes away mid-answer
+
+
+@pytest.mark.slow
+def test_ledger_survives_sigkill_with_every_request(fleet: Fleet, tmp_path: Path) -> None:
+    keys = asyncio.run(make_keys(tmp_path, whole={"team": "t"}, partial={"team": "t"}))
+    port = free_port()
+    engines = [f"--engine={i}={fleet.url(i)}" for i in fleet.ids]
+    args = ["gateway", *engines, "--port", str(port), "--data-dir", str(tmp_path)]
+    gateway = start(args, tmp_path / "gateway.log", port)
+    seen: list[dict[str, Any]] = []
+    try:
+        gateway.wait_healthy(timeout=60)
+        for i in range(2):
+            answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=60,
+                                json=chat_body([{"role": "user", "content": f"whole {i}"}]),
+                                headers={"authorization": f"Bearer {keys['whole']}"})
+            seen.append(answer.json()["usage"])
+            seen.append(stream_usage(gateway.url, keys["whole"], f"streamed {i}"))
+        cut_off_stream(gateway.url, keys["partial"])
+        time.sleep(1.0)  # the gateway notices the client left and writes its row
+        gateway.kill(signal.SIGKILL)
+        gateway = start(args, tmp_path / "gateway-2.log", port)
+        gateway.wait_healthy(timeout=60)
+        report = httpx.get(gateway.url + "/v1/usage", params={"by": "key"}, timeout=10,
+                           headers={"authorization": f"Bearer {keys['whole']}"}).json()
+    finally:
+        gateway.kill()
+    rows = {row["requests"]: row for row in report["groups"]}
+    assert sorted(rows) == [1, 4]
+    whole, partial = rows[4], rows[1]
+    assert all(u.get("cost_in_usd_ticks", 0) > 0 for u in seen)
+    assert whole["prompt_tokens"] == sum(u["prompt_tokens"] for u in seen)
+    assert whole["completion_tokens"] == sum(u["completion_tokens"] for u in seen)
+    assert whole["cached_tokens"] == sum(u["prompt_tokens_details"]["cached_tokens"] for u in seen)
+    assert whole["cost_in_usd_ticks"] == sum(u["cost_in_usd_ticks"] for u in seen)
+    assert 1 <= partial["completion_tokens"] < 2000

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,7 +46,7 @@ from warmroute.gateway.metrics import CONTENT_TYPE
 from warmroute.gateway.policies import RequestFeatures
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.ratelimit import make_rate_limiter
-from warmroute.gateway.resume import ClientView, upstream_stream_body
+from warmroute.gateway.resume import ClientView, encode_event, upstream_stream_body
 from warmroute.gateway.router import Gateway
 from warmroute.store import Store, open_store
 
@@ -117,7 +118,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         if opened is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if isinstance(opened, Streaming):
-            return RelayedStream(opened)
+            return RelayedStream(opened, StreamMeter(meter, caller, opened))
         return await metered_response(opened, meter, caller)
 
     @app.get("/health")
@@ -247,8 +248,10 @@ class RelayedStream(StreamingResponse):
     breaks); the upstream is closed (and its engine slot released) however the response ends:
     finished, client gone, or no engine left to continue (an error event ends the stream)."""
 
-    def __init__(self, upstream: Streaming) -> None:
-        super().__init__(relay(upstream), status_code=upstream.status, headers=upstream.headers)
+    def __init__(self, upstream: Streaming, metering: StreamMeter) -> None:
+        super().__init__(
+            relay(upstream, metering), status_code=upstream.status, headers=upstream.headers
+        )
         self.upstream = upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,9 +261,68 @@ class RelayedStream(StreamingResponse):
             await self.upstream.aclose()
 
 
-async def relay(upstream: Streaming) -> AsyncIterator[bytes]:
+class StreamMeter:
+    """The ledger row of one streamed answer: written (and its cost put into the client's usage
+    chunk) before the usage chunk or `[DONE]` leaves, or, for a stream cut off by its client or
+    by a failure, with what was delivered when it ended."""
+
+    def __init__(self, meter: Meter, caller: Caller, upstream: Streaming) -> None:
+        self.meter = meter
+        self.caller = caller
+        self.upstream = upstream
+        self.recorded = False
+
+    async def before_sending(self, chunk: bytes) -> bytes:
+        if self.recorded:
+            return chunk
+        events = parse_events(chunk)
+        final = next((e for e in events if e.get("choices") == [] and "usage" in e), None)
+        if final is None and not self.upstream.splice.done:
+            return chunk
+        cost = await self.record(final["usage"] if final else None)
+        if final is None:
+            return chunk
+        final["usage"]["cost_in_usd_ticks"] = cost
+        return b"".join(encode_event(e) if isinstance(e, dict) else e for e in events)
+
+    async def record(self, usage: dict[str, Any] | None) -> int:
+        self.recorded = True
+        splice = self.upstream.splice
+        counts = engine_calls.usage_from(usage or splice.final_usage())
+        if counts.total_tokens == 0:
+            return 0  # nothing reached an engine's output or the client: nothing to bill
+        model = str((splice.template or {}).get("model", ""))
+        return await self.meter.record(
+            self.caller, "chat.completions", model, self.upstream.engine_id, counts
+        )
+
+    async def cut_off(self) -> None:
+        """The stream ended early: bill what was delivered (shielded from cancellation)."""
+        if not self.recorded:
+            with anyio.CancelScope(shield=True):
+                await self.record(None)
+
+
+def parse_events(chunk: bytes) -> list[Any]:
+    """SSE bytes as a list: each `data:` JSON event as a dict, anything else as its bytes."""
+    out: list[Any] = []
+    for block in chunk.split(b"\n\n"):
+        if not block:
+            continue
+        payload = block[len(b"data: "):] if block.startswith(b"data: ") else None
+        try:
+            event = json.loads(payload) if payload and payload != b"[DONE]" else None
+        except ValueError:
+            event = None
+        out.append(event if isinstance(event, dict) else block + b"\n\n")
+    return out
+
+
+async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[bytes]:
     try:
         async for chunk in upstream.chunks():
-            yield chunk
+            yield await metering.before_sending(chunk)
     except UpstreamBroken as exc:
         yield sse_error_event(exc)
+    finally:
+        await metering.cut_off()
