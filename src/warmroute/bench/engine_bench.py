@@ -50,6 +50,9 @@ class Timing:
         return self.first - self.start
 
 
+SAMPLE_S = 0.005
+
+
 def _nothing() -> None:
     return None
 
@@ -111,26 +114,27 @@ async def measure(engine: Engine, prompt_tokens: int, shared: int, decode: int) 
 async def decode_rate(
     engine: Engine, prompts: Sequence[tuple[ChatMessage, ...]], decode: int
 ) -> float:
-    """Tokens/s generated while every request decodes together: from the moment the last one
-    has its first token (prefills run one at a time) to the moment the first one finishes."""
-    marks: list[tuple[float, int]] = []
-    started = 0
+    """Tokens/s generated while all the requests decode together: the scheduler's own token
+    count, sampled every few milliseconds, over the span where every request was running
+    (prefills run one at a time, so the span starts after the last one)."""
+    samples: list[tuple[float, int, int]] = []
+    stats = engine.scheduler.stats
 
-    def snapshot() -> None:
-        marks.append((time.perf_counter(), engine.scheduler.stats.generated_tokens))
+    async def sample() -> None:
+        while True:
+            samples.append((time.perf_counter(), stats.generated_tokens,
+                            engine.scheduler.num_running))
+            await asyncio.sleep(SAMPLE_S)
 
-    def on_first() -> None:
-        nonlocal started
-        started += 1
-        if started == len(prompts):
-            snapshot()
-
-    def on_end() -> None:
-        if len(marks) == 1:
-            snapshot()
-
-    await asyncio.gather(*(timed_request(engine, p, decode, on_first, on_end) for p in prompts))
-    (t0, n0), (t1, n1) = marks
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.gather(*(timed_request(engine, p, decode) for p in prompts))
+    finally:
+        sampler.cancel()
+    together = [(t, n) for t, n, running in samples if running == len(prompts)]
+    if len(together) < 2 or together[-1][0] <= together[0][0]:
+        raise RuntimeError("the requests never decoded together; raise --decode-tokens")
+    (t0, n0), (t1, n1) = together[0], together[-1]
     return (n1 - n0) / (t1 - t0)
 
 
