@@ -71,7 +71,8 @@ def synthetic_chats(p: ChatParams) -> Workload:
     if p.conversations < 1 or p.turns < 1 or p.system_prompts < 1 or p.rate <= 0:
         raise ValueError("conversations, turns, system prompts and rate must be positive")
     rng = random.Random(p.seed)
-    systems = [seeded_words(f"system-{p.seed}-{k}", p.system_tokens) for k in range(p.system_prompts)]
+    systems = [seeded_words(f"system-{p.seed}-{k}", p.system_tokens)
+               for k in range(p.system_prompts)]
     low = max(1, min(p.min_turns or p.turns, p.turns))
     conversations: list[Conversation] = []
     clock = 0.0

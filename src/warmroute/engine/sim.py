@@ -97,7 +97,8 @@ def sim_engine_kwargs(config: EngineConfig, profile: SimProfile | None = None) -
     if config.cache_blocks is not None:
         num_blocks = config.cache_blocks
     elif config.cache_gb is not None:
-        num_blocks = int(config.cache_gb * 2**30) // (profile.kv_bytes_per_token * config.block_size)
+        block_bytes = profile.kv_bytes_per_token * config.block_size
+        num_blocks = int(config.cache_gb * 2**30) // block_bytes
     else:
         num_blocks = profile.default_cache_tokens // config.block_size
     tokenizer = SimTokenizer()

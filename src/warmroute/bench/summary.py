@@ -1,0 +1,112 @@
+"""From request records to the figures a report compares: one `Summary` per (target, scenario).
+
+- hit rate: cached / prompt tokens over successful requests;
+- TTFT p50/p90/p99 over successful requests; throughput: successful requests per second of run;
+- balance: the busiest engine's requests over the average of the fleet's engines;
+- sticky: the share of conversations with two or more answered turns that stayed on one engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from warmroute.bench.client import RequestRecord
+
+COLUMNS = (
+    "target", "scenario", "requests", "failed", "hit rate", "TTFT p50", "TTFT p90", "TTFT p99",
+    "throughput", "max/avg per engine", "sticky",
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    target: str
+    scenario: str
+    requests: int
+    failed: int
+    hit_rate: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    throughput_rps: float
+    max_over_avg: float
+    sticky: float
+    prompt_tokens: int
+    cached_tokens: int
+    duration_s: float
+    per_engine: dict[str, int] = field(default_factory=dict)
+
+    def row(self) -> dict[str, str]:
+        """The report's columns (`COLUMNS`), formatted."""
+        return {
+            "target": self.target,
+            "scenario": self.scenario,
+            "requests": str(self.requests),
+            "failed": str(self.failed),
+            "hit rate": f"{self.hit_rate:.3f}",
+            "TTFT p50": ms(self.ttft_p50_s),
+            "TTFT p90": ms(self.ttft_p90_s),
+            "TTFT p99": ms(self.ttft_p99_s),
+            "throughput": f"{self.throughput_rps:.2f} req/s",
+            "max/avg per engine": f"{self.max_over_avg:.2f}",
+            "sticky": f"{self.sticky:.1%}",
+        }
+
+
+def ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def stickiness(records: Iterable[RequestRecord]) -> float:
+    engines: dict[str, set[str]] = {}
+    answered: Counter[str] = Counter()
+    for r in records:
+        if r.ok and r.engine:
+            engines.setdefault(r.conv_id, set()).add(r.engine)
+            answered[r.conv_id] += 1
+    multi = [c for c, n in answered.items() if n >= 2]
+    return sum(1 for c in multi if len(engines[c]) == 1) / len(multi) if multi else 1.0
+
+
+def summarize(
+    target: str,
+    scenario: str,
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    engine_ids: Sequence[str] = (),
+) -> Summary:
+    ok = [r for r in records if r.ok]
+    prompt = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens for r in ok)
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    per_engine: Counter[str] = Counter({e: 0 for e in engine_ids})
+    per_engine.update(r.engine for r in ok if r.engine)
+    average = sum(per_engine.values()) / len(per_engine) if per_engine else 0.0
+    return Summary(
+        target=target,
+        scenario=scenario,
+        requests=len(records),
+        failed=len(records) - len(ok),
+        hit_rate=cached / prompt if prompt else 0.0,
+        ttft_p50_s=quantile(ttfts, 0.50),
+        ttft_p90_s=quantile(ttfts, 0.90),
+        ttft_p99_s=quantile(ttfts, 0.99),
+        throughput_rps=len(ok) / duration_s if duration_s > 0 else 0.0,
+        max_over_avg=max(per_engine.values()) / average if average else 0.0,
+        sticky=stickiness(records),
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        duration_s=duration_s,
+        per_engine=dict(sorted(per_engine.items())),
+    )

@@ -1,0 +1,119 @@
+"""`warmroute simulate`: flags, the run over each policy, and the printed report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("warmroute", "warmroute-keyless", "round-robin", "oracle")
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    from warmroute.bench.traces import default_trace_dir
+    from warmroute.engine.sim_profile import PROFILES
+
+    parser.add_argument("--engines", type=int, default=1000)
+    parser.add_argument("--trace", default="conversation",
+                        help="conversation, synthetic (Mooncake files) or a path to a JSONL trace")
+    parser.add_argument("--trace-dir", type=Path, default=None,
+                        help=f"where the named traces live (default {default_trace_dir()})")
+    parser.add_argument("--window", type=float, default=None,
+                        help="only the trace's first WINDOW seconds (default: all of it)")
+    parser.add_argument("--max-requests", type=int, default=None)
+    parser.add_argument("--cache-blocks", type=int, default=1000,
+                        help="each engine's prefix cache, in 512-token trace blocks")
+    parser.add_argument("--epsilon", type=float, default=0.25)
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="trace time multiplied by this (0.1 = ten times the load)")
+    parser.add_argument("--sim-profile", choices=sorted(PROFILES), default="gpu")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help=f"comma-separated, from {', '.join(POLICIES)}")
+    parser.add_argument("--slack", type=int, default=0,
+                        help="also run warmroute with the what-if bound max(cap, average + SLACK)")
+    parser.add_argument("--churn-keys", type=int, default=2000,
+                        help="conversation keys sampled for the join/leave measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
+def run_simulate_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from warmroute.bench.traces import load_mooncake, resolve_trace
+    from warmroute.engine.sim_profile import sim_profile
+    from warmroute.sim.churn import measure_churn
+    from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
+    from warmroute.sim.routers import OracleRouter, PolicyRouter, Router
+
+    console = Console(width=max(150, Console().width))
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if not names or any(n not in POLICIES for n in names):
+        raise SystemExit(f"--policies: choose from {', '.join(POLICIES)}")
+    if args.engines < 2:
+        raise SystemExit("--engines must be at least 2")
+    path = resolve_trace(args.trace, args.trace_dir)
+    if not path.is_file():
+        raise SystemExit(f"no trace at {path}: name one with --trace PATH or --trace-dir DIR")
+    requests = load_mooncake(path, args.window, args.max_requests)
+    params = SimParams(engines=args.engines, cache_blocks=args.cache_blocks,
+                       epsilon=args.epsilon, time_scale=args.time_scale,
+                       profile=sim_profile(args.sim_profile), seed=args.seed)
+    ids = engine_ids(params.engines)
+    console.print(f"{len(requests)} requests from {path.name} over {params.engines} engines, "
+                  f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}")
+    results = []
+    for name in names:
+        router: Router = (OracleRouter(params.epsilon) if name == "oracle" else
+                          PolicyRouter(name, ids, params.epsilon, random.Random(params.seed)))
+        with console.status(f"simulating {name} …"):
+            results.append(simulate(requests, router, params))
+    if args.slack > 0 and "warmroute" in names:
+        what_if = PolicyRouter("warmroute", ids, params.epsilon, random.Random(params.seed),
+                               slack=args.slack)
+        with console.status(f"simulating {what_if.name} …"):
+            results.append(simulate(requests, what_if, params))
+    ceiling = ceiling_hit_rate(requests)
+    keys = sorted({r.conv_id for r in requests})
+    sample = random.Random(args.seed).sample(keys, min(args.churn_keys, len(keys)))
+    with console.status("measuring churn …"):
+        churn = measure_churn(sample, ids, params.epsilon, args.seed)
+
+    table = Table(title=f"warmroute simulate — {params.engines} engines, {len(requests)} "
+                        f"requests of {path.name}; ceiling (one infinite cache) {ceiling:.3f}")
+    for column in ("policy", "hit rate", "max/avg per engine", "sticky", "TTFT p50",
+                   "TTFT p99", "µs/decision (mean, p99)", "decisions/s", "µs/snapshot",
+                   "sim wall"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for r in results:
+        table.add_row(r.policy, f"{r.hit_rate:.3f}", f"{r.max_over_avg:.2f}", f"{r.sticky:.1%}",
+                      f"{r.ttft_p50_s * 1000:.0f} ms", f"{r.ttft_p99_s * 1000:.0f} ms",
+                      f"{r.decision_us_mean:.0f}, {r.decision_us_p99:.0f}",
+                      f"{r.decisions_per_s:,.0f}", f"{r.snapshot_us_mean:.0f}",
+                      f"{r.wall_s:.1f} s")
+    console.print(table)
+    console.print(f"keys moved (warmroute keyed, {churn.keys} keys): engine leaves "
+                  f"{churn.moved_on_leave:.4f} (ideal {churn.ideal_leave:.4f}), engine joins "
+                  f"{churn.moved_on_join:.4f} (ideal {churn.ideal_join:.4f})")
+    if args.json is not None:
+        document: dict[str, Any] = {
+            "trace": str(path), "requests": len(requests), "ceiling": ceiling,
+            "params": {**dataclasses.asdict(params)},
+            "results": [dataclasses.asdict(r) for r in results],
+            "churn": {**dataclasses.asdict(churn), "ideal_leave": churn.ideal_leave,
+                      "ideal_join": churn.ideal_join},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=1, default=str))
+        console.print(f"figures: {args.json}")
+    return 0
+
+
+def register_simulate_command(sub: Any) -> None:
+    simulate = sub.add_parser("simulate", help="discrete-event routing simulation at fleet scale")
+    add_simulate_arguments(simulate)
+    simulate.set_defaults(func=run_simulate_command)

@@ -1,0 +1,150 @@
+"""The discrete-event simulator: real cache accounting, the gateway's policies, the oracle,
+the ceiling, churn on join/leave, and the `warmroute simulate` command."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.bench.helpers import trace_file
+from warmroute.bench.traces import TraceRequest, load_mooncake
+from warmroute.cli import main
+from warmroute.engine.sim_profile import GPU
+from warmroute.gateway.policies import preference
+from warmroute.sim.churn import measure_churn
+from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
+from warmroute.sim.engine import SimulatedEngine, block_keys
+from warmroute.sim.routers import OracleRouter, PolicyRouter
+
+
+def req(index: int, t_ms: int, blocks: list[int], conv: int, length: int | None = None,
+        out: int = 10) -> TraceRequest:
+    return TraceRequest(index, t_ms, length or 512 * len(blocks), out, tuple(blocks), conv)
+
+
+def test_engine_accounting_uses_the_real_prefix_cache() -> None:
+    engine = SimulatedEngine(0, num_blocks=4, block_tokens=512, profile=GPU)
+    keys = block_keys([0, 1, 2])
+    first = engine.admit(keys, 1536, 11, now=0.0)
+    assert first.cached_tokens == 0
+    assert first.first_token_at == pytest.approx(GPU.prefill_s(1536))
+    assert first.done_at == pytest.approx(first.first_token_at + 10 * GPU.decode_step_s(1))
+    engine.finish(first)
+    again = engine.admit(block_keys([0, 1, 2, 3]), 2000, 1, now=10.0)
+    assert again.cached_tokens == 3 * 512  # ids 0-2 were published; 3 is new
+    assert engine.matched_blocks(block_keys([0, 1, 9]), 2000) == 2
+    engine.finish(again)
+    engine.admit(block_keys([7, 8, 9, 10]), 2048, 1, now=20.0)  # evicts the LRU blocks
+    assert engine.matched_blocks(block_keys([0, 1, 2]), 2000) == 0
+    engine.check_integrity()
+
+
+def test_ceiling_counts_leading_blocks_seen_before() -> None:
+    reqs = [req(0, 0, [0, 1], 0), req(1, 1, [0, 1, 2], 0), req(2, 2, [0, 5], 1)]
+    # 0 + 2 blocks + 1 block (0) of 1024 + 1536 + 1024 tokens
+    assert ceiling_hit_rate(reqs) == pytest.approx(3 * 512 / 3584)
+
+
+def small_params(**changes: object) -> SimParams:
+    base: dict[str, object] = {"engines": 4, "cache_blocks": 64, "time_scale": 1.0}
+    return SimParams(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def conversations(n: int, turns: int) -> list[TraceRequest]:
+    """n conversations sharing block 0, each turn extending the last, one turn a minute."""
+    out: list[TraceRequest] = []
+    for t in range(turns):
+        for c in range(n):
+            blocks = [0] + [1000 * (c + 1) + k for k in range(2 * (t + 1))]
+            out.append(req(len(out), 60_000 * t + 100 * c, blocks, c))
+    return out
+
+
+def test_keyed_policy_keeps_conversations_and_beats_round_robin() -> None:
+    reqs = conversations(13, 4)  # 13: round-robin must not line up with 4 engines
+    params = small_params()
+    ids = engine_ids(params.engines)
+    keyed = simulate(reqs, PolicyRouter("warmroute", ids, 0.25, random.Random(0)), params)
+    floor = simulate(reqs, PolicyRouter("round-robin", ids, 0.25, random.Random(0)), params)
+    assert keyed.sticky == 1.0  # turns a minute apart: nothing in flight, nothing spills
+    assert keyed.hit_rate > floor.hit_rate
+    assert keyed.requests == floor.requests == 52
+    assert keyed.decision_us_mean > 0 and keyed.decisions_per_s > 0
+    placed = {preference(f"conv-{c}", ids)[0] for c in range(13)}
+    assert len(placed) > 1
+
+
+def test_oracle_places_on_the_longest_prefix_under_the_cap() -> None:
+    params = small_params(engines=3)
+    engines = [SimulatedEngine(i, 64, 512, GPU) for i in range(3)]
+    oracle = OracleRouter(0.25)
+    warm = block_keys([0, 1, 2])
+    engines[2].admit(warm, 1536, 1, 0.0)
+    engines[2].in_flight = 0
+    oracle.placed(2, warm)
+    shallow = block_keys([0])
+    engines[1].admit(shallow, 512, 1, 0.0)
+    engines[1].in_flight = 0
+    oracle.placed(1, shallow)
+    request = req(0, 0, [0, 1, 2, 3], 0)
+    assert oracle.place(request, block_keys(request.hash_ids), engines) == 2
+    engines[2].in_flight = 5  # over the cap: the next longest prefix under it
+    assert oracle.place(request, block_keys(request.hash_ids), engines) == 1
+    unrelated = req(1, 0, [50, 51], 1)
+    engines[0].in_flight = 1
+    assert oracle.place(unrelated, block_keys(unrelated.hash_ids), engines) == 1  # least loaded
+    assert params.engines == 3
+
+
+def test_churn_moves_about_one_nth_of_keys() -> None:
+    keys = [f"conv-{i}" for i in range(3000)]
+    churn = measure_churn(keys, engine_ids(20), 0.25)
+    assert churn.moved_on_leave == pytest.approx(1 / 20, abs=0.015)
+    assert churn.moved_on_join == pytest.approx(1 / 21, abs=0.015)
+
+
+def test_on_the_mooncake_trace_stickiness_matches_the_readme() -> None:
+    """README: 4,000-block LRU caches at 4 engines give 0.251 for pure conversation stickiness
+    and 0.110 for random placement; the first 3,000 requests land close to that."""
+    reqs = load_mooncake(trace_file("conversation"), max_requests=3000)
+    params = small_params(cache_blocks=4000, epsilon=1e6)  # no load bound: pure stickiness
+    ids = engine_ids(4)
+    sticky = simulate(reqs, PolicyRouter("warmroute", ids, 1e6, random.Random(0)), params)
+    floor = simulate(reqs, PolicyRouter("round-robin", ids, 1e6, random.Random(0)), params)
+    ceiling = ceiling_hit_rate(reqs)
+    assert floor.hit_rate < sticky.hit_rate < ceiling
+    assert sticky.sticky == 1.0 and sticky.max_over_avg < 1.2
+    assert 0.18 < sticky.hit_rate < 0.33 and 0.05 < floor.hit_rate < 0.16
+
+
+def test_simulate_command_writes_its_figures(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(
+        json.dumps({"timestamp": r.timestamp_ms, "input_length": r.input_length,
+                    "output_length": r.output_length, "hash_ids": list(r.hash_ids)}) + "\n"
+        for r in conversations(10, 3)))
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
+                 "--churn-keys", "10", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert [r["policy"] for r in figures["results"]] == [
+        "warmroute", "warmroute-keyless", "round-robin", "oracle"]
+    assert figures["requests"] == 30 and 0 < figures["ceiling"] <= 1
+    assert figures["churn"]["keys"] == 10
+
+
+def test_slack_what_if_raises_the_cap_to_average_plus_slack() -> None:
+    from warmroute.gateway.policies import EngineLoad, load_cap
+
+    ids = engine_ids(8)
+    router = PolicyRouter("warmroute", ids, 0.25, random.Random(0), slack=2)
+    assert router.name == "warmroute (slack 2)"
+    snapshot = tuple(EngineLoad(e, 1) for e in ids)  # 8 in flight: average 9/8 with the new one
+    assert load_cap(8, 8, 0.25) == 2
+    assert load_cap(8, 8, router.epsilon_for(snapshot)) == 4  # ⌈9/8 + 2⌉
+    busy = tuple(EngineLoad(e, 40) for e in ids)
+    assert router.epsilon_for(busy) == 0.25  # under load the multiplicative bound rules
+    assert PolicyRouter("warmroute", ids, 0.25, random.Random(0)).epsilon_for(snapshot) == 0.25
