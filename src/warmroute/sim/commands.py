@@ -9,7 +9,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("warmroute", "warmroute-keyless", "round-robin", "oracle")
+POLICIES = ("warmroute", "warmroute-keyless", "round-robin", "oracle", "oracle-in-flight")
+DEFAULT_POLICIES = POLICIES[:4]
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="trace time multiplied by this (0.1 = ten times the load)")
     parser.add_argument("--sim-profile", choices=sorted(PROFILES), default="gpu")
-    parser.add_argument("--policies", default=",".join(POLICIES),
+    parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help=f"comma-separated, from {', '.join(POLICIES)}")
     parser.add_argument("--slack", type=int, default=0,
                         help="also run warmroute with the what-if bound max(cap, average + SLACK)")
@@ -68,8 +69,12 @@ def run_simulate_command(args: argparse.Namespace) -> int:
                   f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}")
     results = []
     for name in names:
-        router: Router = (OracleRouter(params.epsilon) if name == "oracle" else
-                          PolicyRouter(name, ids, params.epsilon, random.Random(params.seed)))
+        router: Router
+        if name.startswith("oracle"):
+            router = OracleRouter(params.epsilon, "in-flight" if name.endswith("flight") else
+                                  "served")
+        else:
+            router = PolicyRouter(name, ids, params.epsilon, random.Random(params.seed))
         with console.status(f"simulating {name} …"):
             results.append(simulate(requests, router, params))
     if args.slack > 0 and "warmroute" in names:
