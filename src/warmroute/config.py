@@ -103,6 +103,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     epsilon: float = 0.25
+    # Additive floor on the load cap (0: the plain ⌈(1+ε)·average⌉ bound; see policies.load_cap).
+    load_slack: int = 0
     policy: RoutingPolicy = "sticky"
     max_body_bytes: int = GATEWAY_DEFAULT_MAX_BODY_BYTES
     cache_salt: str = "warmroute-default-tenant"
@@ -138,6 +140,8 @@ class GatewayConfig:
             raise ValueError("epsilon must be >= 0")
         if self.max_body_bytes < 1 or self.probe_failures_to_eject < 1:
             raise ValueError("max_body_bytes and probe_failures_to_eject must be positive")
+        if self.load_slack < 0:
+            raise ValueError("load_slack must be >= 0")
         if self.max_resumes < 0:
             raise ValueError("max_resumes must be >= 0")
 

@@ -167,3 +167,24 @@ def test_round_robin_cycles_over_engines_ignoring_keys() -> None:
     firsts = [round_robin(turn, engines).engine_id for turn in range(6)]
     assert firsts == ["a", "b", "c", "a", "b", "c"]
     assert round_robin(1, engines).ranked == ("b", "c", "a")
+
+
+@pytest.mark.parametrize(("total", "engines", "slack", "cap"), [
+    (0, 4, 0, 1), (3, 4, 0, 2), (3, 4, 4, 5), (39, 4, 4, 14), (39, 4, 0, 13), (11, 3, 2, 6),
+])
+def test_load_slack_is_an_additive_floor_on_the_cap(
+    total: int, engines: int, slack: int, cap: int
+) -> None:
+    assert load_cap(total, engines, EPS, slack) == cap
+
+
+def test_slack_keeps_a_busy_first_choice_at_low_load() -> None:
+    key = "warm-conversation"
+    pref = preference(key, ["e1", "e2", "e3"])
+    loads = {pref[0]: 2, pref[1]: 0, pref[2]: 0}  # without slack the cap is 2: it spills
+    assert choose(RequestFeatures(key=key), snapshot(loads), EPS, RNG).reason == "spilled"
+    kept = choose(RequestFeatures(key=key), snapshot(loads), EPS, RNG, slack=2)
+    assert (kept.reason, kept.engine_id) == ("keyed", pref[0])
+    loads = {pref[0]: 4, pref[1]: 0, pref[2]: 0}  # ceil(5/3) + 2 = 4: full even with slack
+    assert choose(RequestFeatures(key=key), snapshot(loads), EPS, RNG, slack=2).reason == (
+        "spilled")

@@ -34,6 +34,8 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve xAI's gRPC API on this port too (default: HTTP only)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="bounded-load slack: cap = ceil((1+eps) x average) (default 0.25)")
+    parser.add_argument("--load-slack", type=int, default=None,
+                        help="cap = max(ceil((1+eps) x avg), ceil(avg) + slack) (default 0)")
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--policy", choices=["sticky", "round-robin"], default=None,
                         help="sticky (default) or the round-robin baseline")
@@ -71,7 +73,8 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     config = GatewayConfig.from_toml(args.config) if args.config else GatewayConfig()
     overrides: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("host", "port", "grpc_port", "epsilon", "max_body_bytes", "policy",
+        for name in ("host", "port", "grpc_port", "epsilon", "load_slack", "max_body_bytes",
+                     "policy",
                      "cache_salt", "probe_interval_s", "data_dir", "database_url",
                      "cache_isolation", "redis_url", "max_resumes")
         if getattr(args, name) is not None

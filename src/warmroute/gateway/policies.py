@@ -67,10 +67,13 @@ def preference(key: str, engine_ids: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(engine_ids, key=lambda e: (hrw_score(key, e), e), reverse=True))
 
 
-def load_cap(total_in_flight: int, engines: int, epsilon: float) -> int:
+def load_cap(total_in_flight: int, engines: int, epsilon: float, slack: int = 0) -> int:
     """⌈(1+ε)·average⌉, the average counting the request being placed: an engine with fewer
-    than this many requests in flight may take one more."""
-    return math.ceil((1.0 + epsilon) * (total_in_flight + 1) / engines - FLOAT_SLACK)
+    than this many requests in flight may take one more. A `slack` k raises the cap to at
+    least ⌈average⌉ + k, so that at low load (cap 1–2) a busy first choice is not "full"."""
+    average = (total_in_flight + 1) / engines
+    bounded = math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
+    return max(bounded, math.ceil(average - FLOAT_SLACK) + slack) if slack else bounded
 
 
 def choose(
@@ -78,12 +81,13 @@ def choose(
     snapshot: Sequence[EngineLoad],
     epsilon: float,
     rng: random.Random,
+    slack: int = 0,
 ) -> Decision:
     """Rank the healthy engines in `snapshot` for one request; raise if there are none."""
     if not snapshot:
         raise EngineUnavailable("no healthy engine is available")
     loads = {e.engine_id: e.in_flight for e in snapshot}
-    cap = load_cap(sum(loads.values()), len(loads), epsilon)
+    cap = load_cap(sum(loads.values()), len(loads), epsilon, slack)
     if features.key is not None:
         pref = preference(features.key, list(loads))
         for index, engine_id in enumerate(pref):

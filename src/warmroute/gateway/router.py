@@ -79,7 +79,9 @@ class Gateway:
         snapshot = self.membership.snapshot()
         if self.config.policy == "round-robin":
             return policies.round_robin(next(self.turns), snapshot)
-        return policies.choose(features, snapshot, self.config.epsilon, self.rng)
+        return policies.choose(
+            features, snapshot, self.config.epsilon, self.rng, self.config.load_slack
+        )
 
     def upstream_payload(self, body: dict[str, Any]) -> bytes:
         """The body engines get. Surfaces put the caller's tenant salt in `cache_salt` (a
