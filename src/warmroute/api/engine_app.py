@@ -13,7 +13,6 @@ OpenAI-compatible servers ignore them or, like vLLM, know the first two):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -29,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from warmroute.api import chat_completions as cc
+from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, read_json_object
+from warmroute.api.models import model_card
 from warmroute.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, sse_data
 from warmroute.api.wire_errors import (
     handle_http_exception,
@@ -39,8 +40,6 @@ from warmroute.api.wire_errors import (
 )
 from warmroute.engine.llm import Delta, Engine, Finished, Prepared
 from warmroute.errors import NotFound, WarmrouteError
-
-DISCONNECT_POLL_S = 0.25
 
 
 def create_engine_app(
@@ -73,9 +72,11 @@ def create_engine_app(
             return StreamingResponse(
                 body, media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, **headers}
             )
-        answer = await complete_unless_disconnected(
-            request, engine, prepared, completion_id, parsed.return_token_ids
+        answer = await unless_disconnected(
+            request, collect(engine, prepared, completion_id, parsed.return_token_ids)
         )
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(answer, headers=headers)
 
     @app.get("/health")
@@ -103,10 +104,6 @@ def create_engine_app(
     return app
 
 
-def model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
-
-
 async def collect(
     engine: Engine, prepared: Prepared, completion_id: str, return_token_ids: bool = False
 ) -> dict[str, Any]:
@@ -123,25 +120,6 @@ async def collect(
                     event.finish_reason, event.usage, ids if return_token_ids else None,
                 )
     raise RuntimeError("generation ended without a finish event")
-
-
-async def complete_unless_disconnected(
-    request: Request,
-    engine: Engine,
-    prepared: Prepared,
-    completion_id: str,
-    return_token_ids: bool = False,
-) -> dict[str, Any]:
-    """Run a non-streaming request, aborting it (and freeing its slot) if the client leaves."""
-    work = asyncio.ensure_future(collect(engine, prepared, completion_id, return_token_ids))
-    while not work.done():
-        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-        if not work.done() and await request.is_disconnected():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            return {}
-    return work.result()
 
 
 @dataclass(frozen=True)

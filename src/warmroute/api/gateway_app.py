@@ -14,22 +14,24 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
 
 from warmroute.api.account_app import add_account_routes
 from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations
+from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import read_json_object
+from warmroute.api.models import model_card
 from warmroute.api.openapi import gateway_openapi
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
+from warmroute.api.sse import ClosingStream
 from warmroute.api.wire_errors import (
     handle_http_exception,
     handle_unexpected_error,
@@ -39,7 +41,6 @@ from warmroute.api.wire_errors import (
 from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
 from warmroute.config import GatewayConfig
 from warmroute.errors import NotFound, StoreUnavailable, WarmrouteError
-from warmroute.gateway import engine_calls
 from warmroute.gateway.features import request_features
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.metrics import CONTENT_TYPE
@@ -48,12 +49,10 @@ from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.ratelimit import make_rate_limiter
 from warmroute.gateway.resume import ClientView, encode_event, upstream_stream_body
 from warmroute.gateway.router import Gateway
+from warmroute.gateway.usage import usage_from
 from warmroute.store import Store, open_store
 
 log = logging.getLogger(__name__)
-DISCONNECT_POLL_S = 0.25
-CLIENT_CLOSED_REQUEST = 499
-T = TypeVar("T")
 
 
 def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
@@ -113,12 +112,12 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened = await unless_disconnected(
-            request, place_and_forward(gw, features, payload, view)
+            request, place_and_forward(gw, features, payload, view), close_if_streaming
         )
         if opened is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         if isinstance(opened, Streaming):
-            return RelayedStream(opened, StreamMeter(meter, caller, opened))
+            return relayed_stream(opened, StreamMeter(meter, caller, opened))
         return await metered_response(opened, meter, caller)
 
     @app.get("/health")
@@ -168,7 +167,7 @@ async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Res
     if answer.status != 200:
         return relayed_response(answer)
     data = json.loads(answer.body)
-    usage = engine_calls.usage_from(data.get("usage") or {})
+    usage = usage_from(data.get("usage") or {})
     model = str(data.get("model", ""))
     cost = await meter.record(caller, "chat.completions", model, answer.engine_id, usage)
     if isinstance(data.get("usage"), dict):
@@ -203,10 +202,6 @@ async def purge_expired(store: Store, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "warmroute"}
-
-
 async def place_and_forward(
     gw: Gateway, features: RequestFeatures, payload: bytes, view: ClientView | None
 ) -> Relayed | Streaming:
@@ -220,45 +215,23 @@ async def place_and_forward(
     return await gw.proxy.complete(decision, payload)
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Await `work`, cancelling it (and so its upstream request) if the client goes away."""
-    task = asyncio.ensure_future(work)
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    finished_anyway = await task
-                    if isinstance(finished_anyway, Streaming):
-                        await finished_anyway.aclose()
-                return None
-        return task.result()
-    finally:
-        if not task.done():  # we were cancelled ourselves
-            task.cancel()
+async def close_if_streaming(answer: Relayed | Streaming) -> None:
+    if isinstance(answer, Streaming):
+        await answer.aclose()
 
 
 def relayed_response(answer: Relayed) -> Response:
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-class RelayedStream(StreamingResponse):
+def relayed_stream(upstream: Streaming, metering: StreamMeter) -> ClosingStream:
     """An engine's stream relayed event by event (continued on another engine if its engine
     breaks); the upstream is closed (and its engine slot released) however the response ends:
     finished, client gone, or no engine left to continue (an error event ends the stream)."""
-
-    def __init__(self, upstream: Streaming, metering: StreamMeter) -> None:
-        super().__init__(
-            relay(upstream, metering), status_code=upstream.status, headers=upstream.headers
-        )
-        self.upstream = upstream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.upstream.aclose()
+    return ClosingStream(
+        relay(upstream, metering), upstream.aclose, status_code=upstream.status,
+        headers=upstream.headers,
+    )
 
 
 class StreamMeter:
@@ -273,8 +246,8 @@ class StreamMeter:
         self.recorded = False
 
     async def before_sending(self, chunk: bytes) -> bytes:
-        if self.recorded:
-            return chunk
+        if self.recorded or (b'"usage"' not in chunk and not self.upstream.splice.done):
+            return chunk  # the common case, checked without parsing: relayed as it came
         events = parse_events(chunk)
         final = next((e for e in events if e.get("choices") == [] and "usage" in e), None)
         if final is None and not self.upstream.splice.done:
@@ -288,7 +261,7 @@ class StreamMeter:
     async def record(self, usage: dict[str, Any] | None) -> int:
         self.recorded = True
         splice = self.upstream.splice
-        counts = engine_calls.usage_from(usage or splice.final_usage())
+        counts = usage_from(usage or splice.final_usage())
         if counts.total_tokens == 0:
             return 0  # nothing reached an engine's output or the client: nothing to bill
         model = str((splice.template or {}).get("model", ""))

@@ -8,14 +8,13 @@ to the engine that produced that response, where the conversation's KV is cached
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from warmroute.api.auth import Authenticator, Caller
 from warmroute.api.conversations import Conversations, Turn
@@ -27,7 +26,7 @@ from warmroute.api.responses import (
     input_messages,
     parse_responses_body,
 )
-from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE
+from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, ClosingStream
 from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
@@ -133,23 +132,6 @@ class ResponsesService:
 def sse_event(event: dict[str, Any]) -> bytes:
     data = json.dumps(event, separators=(",", ":"))
     return f"event: {event['type']}\ndata: {data}\n\n".encode()
-
-
-class ClosingStream(StreamingResponse):
-    """A streaming response that always runs `close` when it ends, however it ends."""
-
-    def __init__(
-        self, content: AsyncIterator[bytes], close: Callable[[], Any], **kwargs: Any
-    ) -> None:
-        super().__init__(content, **kwargs)
-        self.close = close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.close()
 
 
 def add_responses_routes(

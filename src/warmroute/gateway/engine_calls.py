@@ -25,6 +25,7 @@ from warmroute.gateway.policies import Decision
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.router import Gateway
+from warmroute.gateway.usage import usage_from
 from warmroute.types import ChatMessage, SamplingParams, Usage
 
 ENGINE_ERRORS: dict[int, type[WarmrouteError]] = {404: NotFound, 413: PayloadTooLarge}
@@ -83,15 +84,6 @@ def engine_error(status: int, body: bytes) -> WarmrouteError:
     except (ValueError, AttributeError):
         message = body.decode(errors="replace")
     return ENGINE_ERRORS.get(status, InvalidRequest)(message)
-
-
-def usage_from(data: dict[str, Any]) -> Usage:
-    details = data.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(data.get("prompt_tokens", 0)),
-        completion_tokens=int(data.get("completion_tokens", 0)),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-    )
 
 
 async def complete(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Answer:

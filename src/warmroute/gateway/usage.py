@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from warmroute.types import Usage
+
 DATA_PREFIX = b"data:"
 USAGE_MARK = b'"usage"'
 MAX_LINE_BYTES = 2**20
@@ -20,6 +22,16 @@ MAX_LINE_BYTES = 2**20
 class TokenUsage:
     prompt_tokens: int
     cached_tokens: int
+
+
+def usage_from(data: dict[str, Any]) -> Usage:
+    """All three counts of a usage object known to be one (engines' answers we asked for)."""
+    details = data.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens", 0)),
+        completion_tokens=int(data.get("completion_tokens", 0)),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+    )
 
 
 def usage_of(answer: object) -> TokenUsage | None:
