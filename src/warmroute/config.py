@@ -68,7 +68,8 @@ class EngineConfig:
 
 
 GATEWAY_DEFAULT_MAX_BODY_BYTES = 20 * 2**20
-RoutingPolicy = Literal["sticky", "round-robin"]
+RoutingPolicy = Literal["cache-aware", "hash", "round-robin"]
+ROUTING_POLICIES: tuple[RoutingPolicy, ...] = ("cache-aware", "hash", "round-robin")
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,10 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     epsilon: float = 0.25
-    # Additive floor on the load cap (0: the plain ⌈(1+ε)·average⌉ bound; see policies.load_cap).
-    load_slack: int = 0
-    policy: RoutingPolicy = "sticky"
+    # Additive floor on the in-flight cap: max(⌈(1+ε)·average⌉, ⌈average⌉ + slack), so that at
+    # low load a conversation's busy home is not "full" (SMG's prefix_hash uses average + 10).
+    load_slack: int = 10
+    policy: RoutingPolicy = "cache-aware"
     max_body_bytes: int = GATEWAY_DEFAULT_MAX_BODY_BYTES
     cache_salt: str = "warmroute-default-tenant"
     probe_interval_s: float = 1.0
@@ -142,6 +144,8 @@ class GatewayConfig:
             raise ValueError("max_body_bytes and probe_failures_to_eject must be positive")
         if self.load_slack < 0:
             raise ValueError("load_slack must be >= 0")
+        if self.policy not in ROUTING_POLICIES:
+            raise ValueError(f"policy must be one of {list(ROUTING_POLICIES)}, got {self.policy!r}")
         if self.max_resumes < 0:
             raise ValueError("max_resumes must be >= 0")
 

@@ -84,7 +84,14 @@ class Fleet:
 def gateway_over(
     endpoints: tuple[EngineEndpoint, ...], **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
-    """A real gateway on a free port; yields its base URL and its `Gateway`."""
+    """A real gateway on a free port; yields its base URL and its `Gateway`.
+
+    Unless a test names its policy, the gateway runs the stateless `hash` policy with the plain
+    ⌈(1+ε)·average⌉ cap (no slack): tests of the proxy, failover, resume and tenancy then know
+    in advance where a key lands (`policies.preference`). The default `cache-aware` policy has
+    its own tests, which pass `policy="cache-aware"`."""
+    settings.setdefault("policy", "hash")
+    settings.setdefault("load_slack", 0)
     settings.setdefault("probe_interval_s", 0.25)
     settings.setdefault("require_api_keys", False)
     data_dir = Path(tempfile.mkdtemp(prefix="warmroute-gateway-"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmroute.errors import NotFound
+from warmroute.gateway.features import prompt_chunks
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.gateway.router import Gateway
 from warmroute.store import Store, StoredResponse
@@ -64,8 +65,11 @@ class Conversations:
             history, previous_engine = await self.history(previous_id, owner)
         # Placement and the engine's in-flight slot must not be separated by an await: callers
         # forward right after planning, within the same task step.
-        decision = prefer(self.gw.route(RequestFeatures(key=key)), previous_engine, self.gw)
-        return Turn([*history, *new_messages], list(new_messages), decision, owner, previous_id)
+        messages = [*history, *new_messages]
+        chunks = prompt_chunks([{"role": m.role, "content": m.content} for m in messages])
+        features = RequestFeatures(key=key, chunks=chunks)
+        decision = prefer(self.gw.route(features), previous_engine, self.gw)
+        return Turn(messages, list(new_messages), decision, owner, previous_id)
 
     async def save(
         self,

@@ -81,7 +81,8 @@ def create_engine_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "engine_id": engine_id, "model": engine.model_name}
+        return {"status": "ok", "engine_id": engine_id, "model": engine.model_name,
+                "cache_tokens": engine.cache_tokens, "chars_per_token": engine.chars_per_token}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

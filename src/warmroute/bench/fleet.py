@@ -2,7 +2,7 @@
 
 `SimFleet` starts N `warmroute engine --model sim` processes on ports chosen once, so every
 target sees the same engine ids and URLs, and restarts them fresh (cold caches) for every run.
-`launch_gateway` starts a `warmroute gateway` over them (`--policy sticky` for warmroute,
+`launch_gateway` starts a `warmroute gateway` over them (`--policy cache-aware` for warmroute,
 `--policy round-robin` for the floor) and waits until it sees every engine healthy. Every
 child gets SIGTERM if this process dies (PR_SET_PDEATHSIG), and `stop` ends them all.
 """

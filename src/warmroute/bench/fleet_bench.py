@@ -49,7 +49,8 @@ class BenchParams:
 
 
 def warmroute_targets(epsilon: float) -> dict[str, TargetSpec]:
-    """warmroute (keyed by `x-grok-conv-id`), warmroute without keys, and round-robin."""
+    """warmroute (keyed by `x-grok-conv-id`), warmroute without keys, warmroute's stateless
+    `hash` policy (keyed), and round-robin."""
 
     def gateway(policy: str) -> Launcher:
         def launch(fleet: SimFleet, log: Path) -> AbstractContextManager[Launched]:
@@ -57,8 +58,9 @@ def warmroute_targets(epsilon: float) -> dict[str, TargetSpec]:
         return launch
 
     return {
-        "warmroute": TargetSpec("warmroute", DEFAULT_KEY_HEADER, gateway("sticky")),
-        "warmroute-keyless": TargetSpec("warmroute-keyless", None, gateway("sticky")),
+        "warmroute": TargetSpec("warmroute", DEFAULT_KEY_HEADER, gateway("cache-aware")),
+        "warmroute-keyless": TargetSpec("warmroute-keyless", None, gateway("cache-aware")),
+        "warmroute-hash": TargetSpec("warmroute-hash", DEFAULT_KEY_HEADER, gateway("hash")),
         "round-robin": TargetSpec("round-robin", DEFAULT_KEY_HEADER, gateway("round-robin")),
     }
 

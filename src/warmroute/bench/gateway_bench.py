@@ -1,7 +1,7 @@
 """`warmroute bench gateway`: what conversation-sticky routing buys, and what the gateway costs.
 
 In one run, on 4 local engines (child processes, cores divided among them) behind two gateways
-(child processes: `--policy sticky` and `--policy round-robin`, each with its own cache salt so
+(child processes: `--policy cache-aware` and `--policy round-robin`, each with its own cache salt so
 neither warms the other's cache):
 
 1. the same multi-turn workload through each gateway (conversations sharing a system prompt,
@@ -230,7 +230,7 @@ def measure_and_report(
 ) -> int:
     runs: dict[str, Run] = {}
     eps = args.epsilon
-    with gateway_process(engines, "sticky", "bench-sticky", logs, eps) as sticky_url, \
+    with gateway_process(engines, "cache-aware", "bench-sticky", logs, eps) as sticky_url, \
             gateway_process(engines, "round-robin", "bench-round-robin", logs, eps) as rr_url:
         for name, url in (("conversation ids (sticky)", sticky_url), ("round-robin", rr_url)):
             console.print(f"workload through the {name} gateway …")

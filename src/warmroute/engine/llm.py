@@ -93,6 +93,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.context_len = context_len
         self.block_size = block_size
+        self._prompt_chars = 0  # message text and the tokens it rendered to, for health
+        self._prompt_tokens = 0
         self.pool = BlockPool(num_blocks)
         self.cache = PrefixCache(self.pool, block_size)
         self.decode_batch_counts: dict[int, int] = {}
@@ -165,6 +167,8 @@ class Engine:
                 request.messages, request.cache_salt, request.continue_final_message
             )
         released = len(request.messages[-1].content) if continued else 0
+        self._prompt_chars += sum(len(m.content) for m in request.messages)
+        self._prompt_tokens += len(prompt)
         if len(prompt) >= self.context_len:
             raise ContextTooLong(
                 f"the prompt has {len(prompt)} tokens; this model's context is "
@@ -258,6 +262,17 @@ class Engine:
         yield Finished(reason, Usage(len(prompt), consumed, seq.num_cached_tokens))
 
     # -- statistics ---------------------------------------------------------------------------
+
+    @property
+    def cache_tokens(self) -> int:
+        return self.pool.num_blocks * self.block_size
+
+    @property
+    def chars_per_token(self) -> float:
+        """Characters of message text per prompt token seen so far (4.0 before any)."""
+        if self._prompt_tokens < 1 or self._prompt_chars < 1:
+            return 4.0
+        return round(self._prompt_chars / self._prompt_tokens, 3)
 
     def stats(self) -> dict[str, Any]:
         s = self.scheduler.stats

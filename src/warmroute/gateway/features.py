@@ -11,6 +11,10 @@ the first 1 KiB of the first other message. So
   opening), gets the same digest, so it lands where its prefix is cached.
 
 Requests whose openings agree on all of that are one hot prefix; the load cap spreads them.
+
+For the `cache-aware` policy the whole prompt is also cut into `CHUNK_BYTES`-byte chunks
+of a canonical rendering (role, then content, per message) with chained digests
+(`prompt_chunks`), so the gateway's prefix index can tell which engine holds how much of it.
 This module reads the raw body (a dict) and does no validation beyond the key: engines judge the
 rest, and their 4xx answers pass through.
 """
@@ -30,13 +34,34 @@ CONV_ID_HEADER = "x-grok-conv-id"
 MAX_KEY_CHARS = 256
 OPENING_CHARS = 1024
 LEADING_ROLES = ("system", "developer")
+CHUNK_BYTES = 256
+MAX_CHUNKS = 4096  # 1 MiB of prompt text; a longer prompt's tail is not indexed
 
 
 def request_features(headers: Mapping[str, str], body: Mapping[str, Any]) -> RequestFeatures:
     key = routing_key(headers, body)
+    messages = body.get("messages")
+    chunks = prompt_chunks(messages)
     if key is not None:
-        return RequestFeatures(key=key)
-    return RequestFeatures(affinity=affinity_digest(body.get("messages")))
+        return RequestFeatures(key=key, chunks=chunks)
+    return RequestFeatures(affinity=affinity_digest(messages), chunks=chunks)
+
+
+def prompt_chunks(messages: object, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:
+    """Chained 64-bit digests of the prompt's full `chunk_bytes`-byte chunks (UTF-8): digest k
+    covers chunks 0..k, so two prompts share digest k exactly when they share that prefix."""
+    if not isinstance(messages, list) or not messages:
+        return ()
+    text = "".join(f"{role}\x1f{content}\x1e" for role, content in map(role_and_text, messages))
+    data = text.encode("utf-8", "surrogatepass")
+    out: list[int] = []
+    previous = b""
+    limit = min(len(data) // chunk_bytes, MAX_CHUNKS)
+    for index in range(limit):
+        chunk = data[index * chunk_bytes : (index + 1) * chunk_bytes]
+        previous = hashlib.blake2b(previous + chunk, digest_size=8).digest()
+        out.append(int.from_bytes(previous, "big"))
+    return tuple(out)
 
 
 def routing_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:

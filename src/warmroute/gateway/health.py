@@ -2,7 +2,8 @@
 
 A 200 answer admits (or keeps) the engine; `probe_failures_to_eject` failures in a row eject it.
 All it asks of an engine is `GET /health` with status 200 (vLLM and SGLang answer so too); a
-JSON body naming a `model` is remembered for `GET /v1/models`, and nothing else is read.
+JSON body naming a `model` is remembered for `GET /v1/models`, and warmroute engines'
+`cache_tokens` and `chars_per_token` size the gateway's picture of their prefix caches.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import httpx
 from warmroute.gateway.membership import Membership
 
 log = logging.getLogger(__name__)
+DEFAULT_CHARS_PER_TOKEN = 4.0
 
 
 class HealthProber:
@@ -38,7 +40,10 @@ class HealthProber:
         if response.status_code != 200:
             self.membership.probe_failed(engine_id, f"probe: HTTP {response.status_code}")
             return
-        self.membership.probe_succeeded(engine_id, started_at, model_named(response))
+        body = json_body(response)
+        self.membership.probe_succeeded(
+            engine_id, started_at, model_named(body), cache_chars(body)
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="warmroute-health-prober")
@@ -58,11 +63,25 @@ class HealthProber:
             await asyncio.sleep(max(0.0, next_round - loop.time()))
 
 
-def model_named(response: httpx.Response) -> str | None:
-    """The `model` field of a JSON health answer, if there is one."""
+def json_body(response: httpx.Response) -> dict[str, object]:
     try:
         body = response.json()
     except ValueError:
-        return None
-    model = body.get("model") if isinstance(body, dict) else None
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def model_named(body: dict[str, object]) -> str | None:
+    """The `model` field of a JSON health answer, if there is one."""
+    model = body.get("model")
     return model if isinstance(model, str) and model else None
+
+
+def cache_chars(body: dict[str, object]) -> int | None:
+    """About how many characters of prompt the engine's prefix cache holds, if it says."""
+    tokens, ratio = body.get("cache_tokens"), body.get("chars_per_token")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        return None
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio < 64:
+        ratio = DEFAULT_CHARS_PER_TOKEN
+    return int(tokens * ratio)

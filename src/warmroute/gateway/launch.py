@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmroute.config import EngineEndpoint, GatewayConfig, ServeConfig, cpu_count, env_str
+from warmroute.config import (
+    ROUTING_POLICIES,
+    EngineEndpoint,
+    GatewayConfig,
+    ServeConfig,
+    cpu_count,
+    env_str,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -35,10 +42,12 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, default=None,
                         help="bounded-load slack: cap = ceil((1+eps) x average) (default 0.25)")
     parser.add_argument("--load-slack", type=int, default=None,
-                        help="cap = max(ceil((1+eps) x avg), ceil(avg) + slack) (default 0)")
+                        help="cap = max(ceil((1+eps) x avg), ceil(avg) + slack) (default 10)")
     parser.add_argument("--max-body-bytes", type=int, default=None)
-    parser.add_argument("--policy", choices=["sticky", "round-robin"], default=None,
-                        help="sticky (default) or the round-robin baseline")
+    parser.add_argument("--policy", choices=ROUTING_POLICIES, default=None,
+                        help="cache-aware (default: conversations stay, new ones go where their "
+                             "prefix is warm), hash (stateless rendezvous + bounded load), or "
+                             "the round-robin baseline")
     parser.add_argument("--cache-salt", default=None,
                         help="cache salt sent to engines (until API keys bring per-tenant salts)")
     parser.add_argument("--probe-interval", type=float, default=None, dest="probe_interval_s",

@@ -30,6 +30,7 @@ class EngineState:
     probe_failures: int = 0
     ejected_at: float = float("-inf")
     model: str | None = None
+    cache_chars: int | None = None  # about how much prompt text its prefix cache holds
 
     @property
     def engine_id(self) -> str:
@@ -54,6 +55,10 @@ class Membership:
             EngineLoad(s.engine_id, s.in_flight) for s in self.engines.values() if s.healthy
         )
 
+    def loads(self) -> dict[str, int]:
+        """The healthy engines' in-flight counts, for the cache-aware placer."""
+        return {s.engine_id: s.in_flight for s in self.engines.values() if s.healthy}
+
     def healthy_ids(self) -> list[str]:
         return [s.engine_id for s in self.engines.values() if s.healthy]
 
@@ -75,9 +80,12 @@ class Membership:
             state.healthy = False
             self._notify(state, cause)
 
-    def probe_succeeded(self, engine_id: str, started_at: float, model: str | None) -> None:
+    def probe_succeeded(self, engine_id: str, started_at: float, model: str | None,
+                        cache_chars: int | None = None) -> None:
         state = self.engines[engine_id]
         state.probe_failures = 0
+        if cache_chars is not None:
+            state.cache_chars = cache_chars
         if model and not state.endpoint.model:
             state.model = model
         if not state.healthy and started_at > state.ejected_at:

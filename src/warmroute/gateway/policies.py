@@ -16,16 +16,20 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from warmroute.errors import EngineUnavailable
 
-Reason = Literal["keyed", "spilled", "keyless-affinity", "least-loaded", "round-robin"]
+Reason = Literal[
+    "keyed", "spilled", "keyless-affinity", "least-loaded", "round-robin",
+    "sticky", "prefix", "rehomed",
+]
 FAILOVER = "failover"
 REASONS: tuple[str, ...] = (
-    "keyed", "spilled", "keyless-affinity", "least-loaded", "round-robin", FAILOVER,
+    "keyed", "spilled", "keyless-affinity", "least-loaded", "round-robin",
+    "sticky", "prefix", "rehomed", FAILOVER,
 )
 FLOAT_SLACK = 1e-9
 
@@ -40,10 +44,13 @@ class EngineLoad:
 
 @dataclass(frozen=True)
 class RequestFeatures:
-    """What placement may look at: the routing key, else an affinity digest of the prompt."""
+    """What placement may look at: the routing key, an affinity digest of the prompt's opening
+    (the `hash` policy's keyless path) and the prompt's chained chunk digests (the
+    `cache-aware` policy's prefix index)."""
 
     key: str | None = None
     affinity: str | None = None
+    chunks: tuple[Hashable, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,11 @@ import httpx
 
 from warmroute.config import GatewayConfig
 from warmroute.gateway import policies
+from warmroute.gateway.features import CHUNK_BYTES
 from warmroute.gateway.health import HealthProber
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
+from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.gateway.proxy import Proxy
 
@@ -42,6 +44,8 @@ class Gateway:
         self.membership = Membership(config.engines, config.probe_failures_to_eject, clock)
         self.metrics = GatewayMetrics(self.membership)
         self.turns = itertools.count()
+        self.placer = CacheAwarePlacer(PlacementParams(config.epsilon, config.load_slack))
+        self.membership.listeners.append(self._membership_changed)
         self._client: httpx.AsyncClient | None = None
         self._probe_client: httpx.AsyncClient | None = None
         self._prober: HealthProber | None = None
@@ -76,12 +80,28 @@ class Gateway:
                 await client.aclose()
 
     def route(self, features: RequestFeatures) -> Decision:
+        if self.config.policy == "cache-aware":
+            self._size_index()
+            return self.placer.place(features, self.membership.loads())
         snapshot = self.membership.snapshot()
         if self.config.policy == "round-robin":
             return policies.round_robin(next(self.turns), snapshot)
         return policies.choose(
             features, snapshot, self.config.epsilon, self.rng, self.config.load_slack
         )
+
+    def _size_index(self) -> None:
+        """Bound each engine's picture by what its cache holds, as its health answer says."""
+        index = self.placer.index
+        for state in self.membership.engines.values():
+            if state.cache_chars is not None:
+                chunks = max(1, state.cache_chars // CHUNK_BYTES)
+                if index.capacity.get(state.engine_id) != chunks:
+                    index.set_capacity(state.engine_id, chunks)
+
+    def _membership_changed(self, engine_id: str, healthy: bool, cause: str) -> None:
+        if not healthy:
+            self.placer.engine_lost(engine_id)
 
     def upstream_payload(self, body: dict[str, Any]) -> bytes:
         """The body engines get. Surfaces put the caller's tenant salt in `cache_salt` (a

@@ -9,8 +9,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("warmroute", "warmroute-keyless", "round-robin", "oracle", "oracle-in-flight")
-DEFAULT_POLICIES = POLICIES[:4]
+POLICIES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-robin", "oracle",
+            "oracle-in-flight")
+DEFAULT_POLICIES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-robin", "oracle")
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +34,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sim-profile", choices=sorted(PROFILES), default="gpu")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help=f"comma-separated, from {', '.join(POLICIES)}")
-    parser.add_argument("--slack", type=int, default=0,
-                        help="also run warmroute with the what-if bound max(cap, average + SLACK)")
+    parser.add_argument("--slack", type=int, default=10,
+                        help="in-flight cap max(ceil((1+eps) avg), ceil(avg) + SLACK), as the "
+                             "gateway's --load-slack")
     parser.add_argument("--churn-keys", type=int, default=2000,
                         help="conversation keys sampled for the join/leave measurement")
     parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +68,8 @@ def run_simulate_command(args: argparse.Namespace) -> int:
                        profile=sim_profile(args.sim_profile), seed=args.seed)
     ids = engine_ids(params.engines)
     console.print(f"{len(requests)} requests from {path.name} over {params.engines} engines, "
-                  f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}")
+                  f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}, "
+                  f"in-flight slack {args.slack}")
     results = []
     for name in names:
         router: Router
@@ -74,19 +77,16 @@ def run_simulate_command(args: argparse.Namespace) -> int:
             router = OracleRouter(params.epsilon, "in-flight" if name.endswith("flight") else
                                   "served")
         else:
-            router = PolicyRouter(name, ids, params.epsilon, random.Random(params.seed))
+            router = PolicyRouter(name, ids, params.epsilon, random.Random(params.seed),
+                                  slack=args.slack, cache_blocks=params.cache_blocks)
         with console.status(f"simulating {name} …"):
             results.append(simulate(requests, router, params))
-    if args.slack > 0 and "warmroute" in names:
-        what_if = PolicyRouter("warmroute", ids, params.epsilon, random.Random(params.seed),
-                               slack=args.slack)
-        with console.status(f"simulating {what_if.name} …"):
-            results.append(simulate(requests, what_if, params))
     ceiling = ceiling_hit_rate(requests)
     keys = sorted({r.conv_id for r in requests})
     sample = random.Random(args.seed).sample(keys, min(args.churn_keys, len(keys)))
     with console.status("measuring churn …"):
-        churn = measure_churn(sample, ids, params.epsilon, args.seed)
+        churns = [measure_churn(sample, ids, params.epsilon, args.seed, policy)
+                  for policy in ("cache-aware", "hash")]
 
     table = Table(title=f"warmroute simulate — {params.engines} engines, {len(requests)} "
                         f"requests of {path.name}; ceiling (one infinite cache) {ceiling:.3f}")
@@ -101,16 +101,17 @@ def run_simulate_command(args: argparse.Namespace) -> int:
                       f"{r.decisions_per_s:,.0f}", f"{r.snapshot_us_mean:.0f}",
                       f"{r.wall_s:.1f} s")
     console.print(table)
-    console.print(f"keys moved (warmroute keyed, {churn.keys} keys): engine leaves "
-                  f"{churn.moved_on_leave:.4f} (ideal {churn.ideal_leave:.4f}), engine joins "
-                  f"{churn.moved_on_join:.4f} (ideal {churn.ideal_join:.4f})")
+    for churn in churns:
+        console.print(f"keys moved ({churn.policy}, {churn.keys} keys): engine leaves "
+                      f"{churn.moved_on_leave:.4f} (ideal {churn.ideal_leave:.4f}), engine "
+                      f"joins {churn.moved_on_join:.4f} (ideal {churn.ideal_join:.4f})")
     if args.json is not None:
         document: dict[str, Any] = {
             "trace": str(path), "requests": len(requests), "ceiling": ceiling,
             "params": {**dataclasses.asdict(params)},
             "results": [dataclasses.asdict(r) for r in results],
-            "churn": {**dataclasses.asdict(churn), "ideal_leave": churn.ideal_leave,
-                      "ideal_join": churn.ideal_join},
+            "churn": [{**dataclasses.asdict(c), "ideal_leave": c.ideal_leave,
+                       "ideal_join": c.ideal_join} for c in churns],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=1, default=str))

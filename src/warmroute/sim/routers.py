@@ -1,10 +1,11 @@
 """Placement in the simulation: the gateway's own policy functions, plus an offline oracle.
 
-- `PolicyRouter` builds the same `EngineLoad` snapshot the gateway's membership does and calls
-  `policies.choose` (keyed on the conversation id, or keyless on `features.affinity_digest` of
-  the very messages the bench would send) or `policies.round_robin`, timing each decision;
-  With `slack=k` it evaluates a what-if bound of max(⌈(1+ε)·avg⌉, avg + k), by passing
-  `choose` the ε that yields it;
+- `PolicyRouter` builds the same load view the gateway's membership does and calls the
+  gateway's `CacheAwarePlacer` ("warmroute" keyed on the conversation id, "warmroute-keyless"
+  without it; the prompt's chunks are the trace's full-block prefix ids and each engine's
+  picture holds as many blocks as its cache), `policies.choose` ("warmroute-hash": stateless
+  rendezvous on the key) or `policies.round_robin`, timing each decision. `slack=k` raises the
+  in-flight cap to at least ⌈average⌉ + k (`--load-slack`);
 - `OracleRouter` is the load-bounded longest-prefix reference: among engines under the same
   ⌈(1+ε)·average⌉ cap, the one whose cache holds the longest prefix of the request (it reads the
   engines' caches, which a router cannot), ties to the least loaded, then the least used. The
@@ -23,10 +24,13 @@ from typing import Protocol
 from warmroute.bench.textgen import BlockText
 from warmroute.bench.traces import TraceRequest
 from warmroute.gateway import features, policies
-from warmroute.gateway.policies import EngineLoad, RequestFeatures
+from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
+from warmroute.gateway.policies import Decision, EngineLoad, RequestFeatures
+from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.sim.engine import SimulatedEngine
 
 AFFINITY_WORDS = 300  # more than the 1 KiB of the first user message the digest reads
+POLICY_NAMES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-robin")
 
 
 class Router(Protocol):
@@ -43,60 +47,71 @@ class Router(Protocol):
 
 
 class PolicyRouter:
-    """warmroute's `choose` (keyed or keyless) or the round-robin floor, as the gateway runs it."""
+    """warmroute's placement (cache-aware, keyed or keyless; or stateless hashing) or the
+    round-robin floor, as the gateway runs it."""
 
     def __init__(self, name: str, engine_ids: Sequence[str], epsilon: float,
-                 rng: random.Random, slack: int = 0) -> None:
-        if name not in ("warmroute", "warmroute-keyless", "round-robin"):
+                 rng: random.Random, slack: int = 0, cache_blocks: int = 1000,
+                 block_tokens: int = 512) -> None:
+        if name not in POLICY_NAMES:
             raise ValueError(f"unknown policy {name!r}")
-        self.name = name if not slack else f"{name} (slack {slack})"
-        self.keyed = name == "warmroute"
-        self.round_robin = name == "round-robin"
-        self.slack = slack
+        self.name = name
+        self.kind = name
+        self.block_tokens = block_tokens
         self.ids = list(engine_ids)
         self.index = {engine_id: i for i, engine_id in enumerate(self.ids)}
         self.epsilon = epsilon
+        self.slack = slack
         self.rng = rng
         self.turns = itertools.count()
         self.blocks = BlockText()
+        self.placer = CacheAwarePlacer(PlacementParams(epsilon, slack),
+                                       PrefixIndex(max(1, cache_blocks)))
         self.decision_s: list[float] = []
-        self.snapshot_s: list[float] = []  # building the `EngineLoad` tuple, as membership does
+        self.snapshot_s: list[float] = []  # building the load view, as membership does
 
     def features(self, request: TraceRequest) -> RequestFeatures:
-        if self.keyed:
+        full = request.hash_ids[: request.input_length // self.block_tokens]
+        if self.kind == "warmroute":
+            return RequestFeatures(key=request.conv_id, chunks=full)
+        if self.kind == "warmroute-keyless":
+            return RequestFeatures(chunks=full)
+        if self.kind == "warmroute-hash":
             return RequestFeatures(key=request.conv_id)
+        return RequestFeatures(affinity=self.affinity(request))
+
+    def affinity(self, request: TraceRequest) -> str | None:
+        """The `hash` policy's keyless digest of the very messages the bench would send."""
         ids = request.hash_ids
         system = " ".join(self.blocks.block(ids[0])) if ids else ""
         user_words = min(AFFINITY_WORDS, max(0, request.input_length - self.blocks.block_tokens))
         user = " ".join(self.blocks.block(ids[1], user_words)) if len(ids) > 1 else "continue"
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return RequestFeatures(affinity=features.affinity_digest(messages))
+        return features.affinity_digest(messages)
 
     def place(self, request: TraceRequest, keys: Sequence[bytes],
               engines: Sequence[SimulatedEngine]) -> int:
-        wanted = None if self.round_robin else self.features(request)
+        wanted = self.features(request)
         started = time.perf_counter()
-        snapshot = tuple(EngineLoad(self.ids[e.index], e.in_flight) for e in engines)
-        decided = time.perf_counter()
-        if wanted is None:
-            decision = policies.round_robin(next(self.turns), snapshot)
+        decision: Decision
+        if self.kind in ("warmroute", "warmroute-keyless"):
+            loads = {self.ids[e.index]: e.in_flight for e in engines}
+            decided = time.perf_counter()
+            decision = self.placer.place(wanted, loads)
         else:
-            decision = policies.choose(wanted, snapshot, self.epsilon_for(snapshot), self.rng)
+            snapshot = tuple(EngineLoad(self.ids[e.index], e.in_flight) for e in engines)
+            decided = time.perf_counter()
+            if self.kind == "round-robin":
+                decision = policies.round_robin(next(self.turns), snapshot)
+            else:
+                decision = policies.choose(wanted, snapshot, self.epsilon, self.rng, self.slack)
         done = time.perf_counter()
         self.snapshot_s.append(decided - started)
         self.decision_s.append(done - decided)
         return self.index[decision.engine_id]
 
-    def epsilon_for(self, snapshot: Sequence[EngineLoad]) -> float:
-        """ε, or with `slack` the smallest ε ≥ it whose cap is at least average + slack: a what-if
-        for an additive floor on the bound, evaluated with the unchanged `choose`."""
-        if not self.slack:
-            return self.epsilon
-        placed = sum(e.in_flight for e in snapshot) + 1
-        return max(self.epsilon, self.slack * len(snapshot) / placed)
-
     def placed(self, engine: int, keys: Sequence[bytes]) -> None:
-        """Policies keep no state."""
+        """The placer recorded its choice already; the other policies keep no state."""
 
 
 class OracleRouter:
