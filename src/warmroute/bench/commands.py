@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmroute.bench.traces import default_trace_dir, load_mooncake, resolve_trace
+from warmroute.bench.traces import (
+    TraceRequest,
+    default_trace_dir,
+    load_mooncake,
+    resolve_trace,
+)
 from warmroute.bench.workload import (
     ChatParams,
     TraceParams,
@@ -26,6 +31,8 @@ from warmroute.bench.workload import (
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from warmroute.bench.fleet import EngineParams
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,18 +64,26 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_workload(args: argparse.Namespace) -> Workload:
+    return build_workload_and_trace(args)[0]
+
+
+def build_workload_and_trace(
+    args: argparse.Namespace,
+) -> tuple[Workload, list[TraceRequest] | None]:
+    """The workload and, for `--workload trace`, the (trimmed) trace requests it replays."""
     if args.workload == "chats":
         return synthetic_chats(ChatParams(
             conversations=args.conversations, turns=args.turns, min_turns=args.min_turns,
             system_prompts=args.system_prompts, system_tokens=args.system_tokens,
             user_tokens=args.user_tokens, think_s=args.think_time, rate=args.rate,
             max_tokens=args.max_tokens, seed=args.seed,
-        ))
+        )), None
     path = resolve_trace(args.trace, args.trace_dir)
     if not path.is_file():
         raise SystemExit(f"no trace at {path}: name one with --trace PATH or --trace-dir DIR")
     requests = load_mooncake(path, args.window, args.max_requests)
-    return trace_workload(path.stem, requests, TraceParams(args.speedup, args.max_output_tokens))
+    params = TraceParams(args.speedup, args.max_output_tokens)
+    return trace_workload(path.stem, requests, params), requests
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +142,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
 
     quiet_http_client_logs()
     console = wide_console()
-    workload = build_workload(args)
+    workload, trace = build_workload_and_trace(args)
     known = warmroute_targets(args.epsilon)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -151,13 +166,34 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         fault_at_s=args.fault_at, fault_engine=args.fault_engine - 1, epsilon=args.epsilon,
         concurrency=args.concurrency, timeout_s=args.timeout, progress=not args.no_progress,
     )
+    reference = None
+    if trace is not None:
+        with console.status("reference figures (ceiling, oracle) …"):
+            reference = trace_reference(args, trace, params.engines)
     directory = out_dir(args)
     runs = run_fleet_bench(workload, specs, params, directory, console)
     meta = {"command": "bench fleet", "workload": workload.name, **workload.params,
             "requests": workload.num_requests, "engines": vars(params.engines),
             "targets": [s.name for s in specs], "scenarios": list(params.scenarios),
             "epsilon": params.epsilon, "concurrency": params.concurrency}
+    if reference is not None:
+        meta["reference"] = reference
     return finish(console, directory, meta, runs, args.no_plots)
+
+
+def trace_reference(args: argparse.Namespace, trace: list[TraceRequest],
+                    engines: EngineParams) -> dict[str, Any]:
+    """Ceiling and load-bounded oracle, offline, on the requests exactly as they are replayed."""
+    from warmroute.bench.offline import reference_figures, replayed_requests, trace_cache_blocks
+    from warmroute.engine.sim_profile import sim_profile
+
+    profile = sim_profile(engines.profile, engines.prefill_ms_per_token,
+                          engines.decode_ms_per_token)
+    return reference_figures(
+        replayed_requests(trace, args.max_output_tokens), engines.count,
+        trace_cache_blocks(engines.cache_blocks, engines.block_size, profile),
+        args.epsilon, 1.0 / args.speedup, profile,
+    )
 
 
 def finish(console: Console, directory: Path, meta: dict[str, Any], runs: list[Any],
@@ -165,7 +201,7 @@ def finish(console: Console, directory: Path, meta: dict[str, Any], runs: list[A
     from warmroute.bench.report import plot_all, print_report, write_results
 
     write_results(directory / "results.json", meta, runs)
-    print_report(console, runs, title_of(meta))
+    print_report(console, runs, title_of(meta), meta)
     console.print(f"results: {directory / 'results.json'}")
     if not no_plots and runs:
         for path in plot_all(runs, directory):
@@ -217,7 +253,7 @@ def run_report_command(args: argparse.Namespace) -> int:
 
     console = wide_console()
     meta, runs = read_results(args.results)
-    print_report(console, runs, title_of(meta))
+    print_report(console, runs, title_of(meta), meta)
     if not args.no_plots and runs:
         for path in plot_all(runs, args.results.parent):
             console.print(f"plot: {path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,12 +81,25 @@ def results_table(runs: Sequence[BenchRun], title: str) -> Table:
     return table
 
 
-def print_report(console: Console, runs: Sequence[BenchRun], title: str) -> None:
+def print_report(console: Console, runs: Sequence[BenchRun], title: str,
+                 meta: Mapping[str, Any] | None = None) -> None:
     console.print(results_table(runs, title))
     for run in runs:
         if run.killed:
             at = f"{run.fault_at_s:.1f} s" if run.fault_at_s is not None else "never (run ended)"
             console.print(f"  {run.label}: killed {run.killed} at {at}")
+    reference = (meta or {}).get("reference")
+    if isinstance(reference, Mapping):
+        console.print(reference_line(reference), highlight=False, soft_wrap=True)
+
+
+def reference_line(reference: Mapping[str, Any]) -> str:
+    """The offline figures of a trace replay (`bench.offline`), for under the table."""
+    return (f"reference (offline, same requests): ceiling {reference['ceiling']:.3f}, "
+            f"load-bounded longest-prefix oracle {reference['oracle_hit_rate']:.3f} "
+            f"(max/avg {reference['oracle_max_over_avg']:.2f}, "
+            f"sticky {reference['oracle_sticky']:.1%}), "
+            f"cache {reference['cache_blocks_512']} blocks of 512 tokens per engine")
 
 
 def plot_all(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
