@@ -1,0 +1,165 @@
+"""The default `cache-aware` policy over real engines: conversations stay on one warm engine and
+new ones spread; keyless traffic spreads and repeats hit; a hot conversation is bounded; an
+engine killed mid-run costs no request, and its conversations settle on a new home that they
+keep when the old engine returns."""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.gateway.harness import (
+    Fleet,
+    cached_tokens,
+    chat_body,
+    gateway_over,
+    metric,
+    opening,
+    wait_for,
+)
+from tests.gateway.test_sticky import BLOCK, converse
+from warmroute.gateway.policies import load_cap
+
+pytestmark = pytest.mark.slow
+POLICY = "cache-aware"
+
+
+def test_conversations_stay_on_one_warm_engine_and_spread(fleet: Fleet) -> None:
+    keys = [f"aware-conversation-{i}" for i in range(30)]
+    with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=10) as (url, gateway), \
+            httpx.Client(timeout=60) as client:
+        answers = converse(client, url, keys, turns=4, key_in="header")
+        metrics = client.get(url + "/metrics").text
+        homes = {k: str(gateway.placer.home_of(k)) for k in keys}
+    per_engine: Counter[str] = Counter()
+    for key in keys:
+        engines = {engine for engine, _ in answers[key]}
+        assert engines == {homes[key]}, key
+        per_engine[homes[key]] += 1
+        for turn in range(1, 4):
+            previous = answers[key][turn - 1][1]["usage"]["prompt_tokens"]
+            assert cached_tokens(answers[key][turn][1]) >= BLOCK * (previous // BLOCK) - BLOCK
+    assert set(per_engine) == set(fleet.ids)
+    assert max(per_engine.values()) <= math.ceil(1.25 * 30 / len(fleet.ids)) + 1, per_engine
+    decisions = {r: metric(metrics, "warmroute_gateway_routing_decisions_total", reason=r)
+                 for r in ("sticky", "prefix", "least-loaded")}
+    assert decisions["sticky"] == 90
+    assert decisions["prefix"] + decisions["least-loaded"] == 30
+
+
+def test_keyless_requests_spread_and_repeats_hit(fleet: Fleet) -> None:
+    with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=10) as (url, _), \
+            httpx.Client(timeout=60) as client:
+        served: Counter[str] = Counter()
+        for i in range(30):
+            body = chat_body(opening(f"Keyless question {i}: how do routers pick engines?"))
+            response = client.post(url + "/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            served[response.headers["x-warmroute-engine"]] += 1
+        assert set(served) == set(fleet.ids)
+        assert max(served.values()) <= 1.5 * 30 / len(fleet.ids), served
+
+        unique = [{"role": "user", "content": "A prompt seen nowhere else. " * 30}]
+        repeats = [client.post(url + "/v1/chat/completions", json=chat_body(unique))
+                   for _ in range(3)]
+        assert len({r.headers["x-warmroute-engine"] for r in repeats}) == 1
+        first, *later = (r.json() for r in repeats)
+        assert cached_tokens(first) == 0
+        for answer in later:
+            prompt = answer["usage"]["prompt_tokens"]
+            assert prompt - BLOCK <= cached_tokens(answer) < prompt
+
+
+def test_a_hot_conversation_is_bounded_and_keeps_its_home(fleet: Fleet) -> None:
+    key = "the-hot-aware-conversation"
+    with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=0) as (url, gateway):
+        membership = gateway.membership
+        loads_seen: list[dict[str, int]] = []
+        acquire = membership.acquire
+
+        def recording_acquire(engine_id: str) -> None:
+            acquire(engine_id)
+            loads_seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
+
+        membership.acquire = recording_acquire  # type: ignore[method-assign]
+
+        def client_run(client_index: int) -> list[str]:
+            with httpx.Client(timeout=60) as client:
+                out = []
+                for i in range(5):
+                    body = chat_body(opening(f"client {client_index} request {i}"), max_tokens=8)
+                    response = client.post(url + "/v1/chat/completions", json=body,
+                                           headers={"x-grok-conv-id": key})
+                    assert response.status_code == 200, response.text
+                    out.append(response.headers["x-warmroute-engine"])
+                return out
+
+        with ThreadPoolExecutor(6) as pool:
+            served = [e for run in pool.map(client_run, range(6)) for e in run]
+        home = gateway.placer.home_of(key)
+        assert home is not None
+        metrics = httpx.get(url + "/metrics").text
+    for loads in loads_seen:
+        bound = load_cap(sum(loads.values()) - 1, len(loads), 0.25) + 1
+        assert max(loads.values()) <= bound, loads
+    spilled = len([e for e in served if e != home])
+    assert spilled > 0, "six concurrent clients never overlapped"
+    assert served.count(home) > len(served) / len(fleet.ids)
+    assert metric(metrics, "warmroute_gateway_routing_decisions_total", reason="spilled") == spilled
+
+
+def test_sigkill_of_a_home_fails_no_request_and_its_conversations_settle(fleet: Fleet) -> None:
+    keys = [f"aware-failover-{i}" for i in range(12)]
+
+    def ask(client: httpx.Client, url: str, key: str) -> tuple[int, str, float]:
+        started = time.monotonic()
+        response = client.post(url + "/v1/chat/completions", headers={"x-grok-conv-id": key},
+                               json=chat_body(opening(f"{key}: hello"), max_tokens=4))
+        return response.status_code, response.headers.get("x-warmroute-engine", ""), started
+
+    with gateway_over(fleet.endpoints(), policy=POLICY) as (url, gateway), \
+            httpx.Client(timeout=60) as client:
+        before = {k: ask(client, url, k) for k in keys}
+        assert all(status == 200 for status, _, _ in before.values())
+        victim = before[keys[0]][1]
+        moved = [k for k in keys if before[k][1] == victim]
+        outcomes: list[tuple[str, int, str, float]] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(timeout=60) as own:
+                while not stop.is_set():
+                    outcomes.extend((k, *ask(own, url, k)) for k in keys)
+
+        runner = threading.Thread(target=traffic)
+        runner.start()
+        try:
+            wait_for(lambda: len(outcomes) >= len(keys), 30, "a round of traffic")
+            killed_at = time.monotonic()
+            fleet.procs[victim].kill(signal.SIGKILL)
+            wait_for(lambda: len([o for o in outcomes if o[3] > killed_at]) >= 2 * len(keys),
+                     60, "two rounds after the kill")
+        finally:
+            stop.set()
+            runner.join()
+        assert [o[1] for o in outcomes] == [200] * len(outcomes)
+        new_homes = {k: gateway.placer.home_of(k) for k in moved}
+        assert victim not in new_homes.values()
+        for key, _, engine, started in outcomes:
+            if started > killed_at + 2.0:  # once ejected, each conversation is at one home
+                assert engine == gateway.placer.home_of(key), key
+        fleet.restart(victim)
+        wait_for(lambda: victim in gateway.membership.healthy_ids(), 10, "re-admission")
+        after = {k: ask(client, url, k) for k in keys}
+        metrics = client.get(url + "/metrics").text
+    for key in keys:
+        assert after[key][1] == (new_homes[key] if key in moved else before[key][1]), key
+    assert metric(metrics, "warmroute_gateway_routing_decisions_total", reason="rehomed") == len(
+        moved)
