@@ -99,7 +99,8 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--cache-blocks", type=int, default=None,
                        help="each engine's prefix cache, in 16-token blocks")
     fleet.add_argument("--targets", default="warmroute,round-robin",
-                       help="comma-separated: warmroute, warmroute-keyless, round-robin")
+                       help="comma-separated: warmroute, warmroute-keyless, warmroute-hash, "
+                            "round-robin")
     fleet.add_argument("--peers", action="store_true",
                        help="also sglang-router, SMG and vllm-router (installed under --data-dir)")
     fleet.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
