@@ -167,7 +167,9 @@ async def test_client_disconnect_frees_slot_and_blocks(live_engine: Proc) -> Non
 
 
 def test_health_models_cache(live_engine: Proc) -> None:
-    assert httpx.get(live_engine.url + "/health").json()["status"] == "ok"
+    health = httpx.get(live_engine.url + "/health").json()
+    assert health["status"] == "ok"
+    assert health["cache_tokens"] > 0 and 0 < health["chars_per_token"] < 64
     models = httpx.get(live_engine.url + "/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["builtin:tiny"]

@@ -60,3 +60,33 @@ def test_in_flight_counts_show_in_the_snapshot() -> None:
     m.release("a")
     m.release("b")  # never below zero
     assert {e.engine_id: e.in_flight for e in m.snapshot()} == {"a": 1, "b": 0}
+
+
+def test_health_answers_size_the_gateways_picture_of_each_cache() -> None:
+    from warmroute.config import GatewayConfig
+    from warmroute.gateway.features import CHUNK_BYTES
+    from warmroute.gateway.policies import RequestFeatures
+    from warmroute.gateway.router import Gateway
+
+    gateway = Gateway(GatewayConfig(engines=(EngineEndpoint.of("http://h:1", "a"),
+                                             EngineEndpoint.of("http://h:2", "b"))))
+    m = gateway.membership
+    m.probe_succeeded("a", m.clock(), None, cache_chars=10 * CHUNK_BYTES)
+    m.probe_succeeded("b", m.clock(), None)  # an engine that does not say: the default
+    decision = gateway.route(RequestFeatures(key="k", chunks=tuple(range(30))))
+    index = gateway.placer.index
+    assert index.capacity_of("a") == 10
+    assert index.capacity_of("b") == index.default_capacity
+    assert index.size(decision.engine_id) == (10 if decision.engine_id == "a" else 30)
+    m.eject(decision.engine_id, "test")  # an ejected engine's picture is dropped
+    assert index.size(decision.engine_id) == 0
+
+
+def test_cache_size_is_read_from_a_health_answer() -> None:
+    from warmroute.gateway.health import DEFAULT_CHARS_PER_TOKEN, cache_chars
+
+    assert cache_chars({"cache_tokens": 1000, "chars_per_token": 5.0}) == 5000
+    assert cache_chars({"cache_tokens": 1000}) == int(1000 * DEFAULT_CHARS_PER_TOKEN)
+    assert cache_chars({"cache_tokens": 1000, "chars_per_token": "x"}) == 4000
+    for bad in ({}, {"cache_tokens": 0}, {"cache_tokens": "9"}, {"cache_tokens": True}):
+        assert cache_chars(bad) is None
