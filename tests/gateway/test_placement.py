@@ -166,3 +166,16 @@ def test_served_counts_decay_so_balance_follows_recent_traffic() -> None:
     for i in range(8):
         p.place(RequestFeatures(key=f"k{i}"), idle())
     assert sum(p.served.values()) == 4.0  # eight placements, halved once
+
+
+def test_in_a_large_fleet_new_conversations_still_spread_and_reach_a_newcomer() -> None:
+    """Past 2 x SAMPLE eligible engines the least loaded is taken from a window of the fleet
+    chosen by the request's hash: the spread stays even and a joining engine gets its share."""
+    fleet = {f"e{i}": 0 for i in range(200)}
+    p = placer()
+    homes = Counter(p.place(RequestFeatures(key=f"c{i}"), fleet).engine_id for i in range(2000))
+    assert set(homes) == set(fleet)
+    assert max(homes.values()) <= 11  # 10 on average; the balance cap is ceil(1.05 x avg)
+    grown = {**fleet, "newcomer": 0}
+    later = Counter(p.place(RequestFeatures(key=f"n{i}"), grown).engine_id for i in range(100))
+    assert later["newcomer"] >= 5  # it starts empty, so it is the least served of windows

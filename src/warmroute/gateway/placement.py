@@ -25,10 +25,11 @@ new conversations' tie-breaks), so a simulator drives this very object.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -59,6 +60,9 @@ class CacheAwarePlacer:
         self.served: dict[str, float] = {}
         self._since_decay = 0
         self._hashes: dict[str, int] = {}
+        self._order: list[str] = []  # every engine seen, in a fixed order (for windows)
+        self._ordinal: dict[str, int] = {}
+        self._known = 0
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -86,7 +90,11 @@ class CacheAwarePlacer:
 
     def _new_placement(self, features: RequestFeatures, loads: Mapping[str, int], cap: int,
                        exclude: str | None = None) -> tuple[str, Reason]:
-        open_ = {e for e, n in loads.items() if n < cap and e != exclude}
+        if max(loads.values()) < cap:  # the common case, at C speed
+            open_ = set(loads)
+            open_.discard(exclude)
+        else:
+            open_ = {e for e, n in loads.items() if n < cap and e != exclude}
         if features.chunks:
             # Where most of the prompt is cached already, it goes there under the hot-spot
             # bound ⌈(1+ε)·average served⌉: a keyless conversation's own history, a document
@@ -108,24 +116,48 @@ class CacheAwarePlacer:
     def _under_served_cap(self, pool: set[str], loads: Mapping[str, int],
                           epsilon: float) -> set[str]:
         """Those of `pool` that have served fewer than ⌈(1+ε)·average⌉ recent requests."""
+        if not pool:
+            return pool
         served = self.served
         total = sum(map(served.get, loads, repeat(0.0)))
         cap = math.ceil((1.0 + epsilon) * (total + 1) / len(loads) - FLOAT_SLACK)
+        if max(map(served.get, pool, repeat(0.0))) < cap:
+            return pool
         return {e for e in pool if served.get(e, 0.0) < cap}
 
     def _least_loaded(self, pool: set[str], loads: Mapping[str, int],
                       features: RequestFeatures) -> str:
-        """Fewest in flight, then fewest recently served, then a stable hash of the request."""
-        fewest = min(map(loads.__getitem__, pool))
-        tied = [e for e in pool if loads[e] == fewest]
+        """Fewest in flight, then fewest recently served, then a stable hash of the request.
+        In a large pool, among a window of the fleet chosen by the request's hash (the least
+        loaded of a few dozen random choices balances almost as well as of all)."""
+        salt = zlib.crc32(tie_salt(features).encode())
+        candidates: Collection[str] = pool
+        if len(pool) > 2 * SAMPLE:
+            candidates = self._window(pool, salt, loads)
+        fewest = min(map(loads.__getitem__, candidates))
+        tied = [e for e in candidates if loads[e] == fewest]
         if len(tied) > 1:
             served = self.served
             least = min(map(served.get, tied, repeat(0.0)))
             tied = [e for e in tied if served.get(e, 0.0) <= least + FLOAT_SLACK]
         if len(tied) == 1:
             return tied[0]
-        salt = zlib.crc32(tie_salt(features).encode())
         return max(tied, key=lambda e: (self._engine_hash(e) ^ salt, e))
+
+    def _window(self, pool: set[str], salt: int, loads: Mapping[str, int]) -> Collection[str]:
+        """Up to `SAMPLE` members of `pool` from a stretch of the fleet's fixed order that
+        starts where `salt` says; the whole pool if the stretch holds too few of them."""
+        if len(self._order) < len(loads) or self._known != len(loads):
+            for engine_id in loads:
+                if engine_id not in self._ordinal:
+                    self._ordinal[engine_id] = len(self._order)
+                    self._order.append(engine_id)
+            self._known = len(loads)
+        order = self._order
+        start = salt % len(order)
+        stretch = itertools.islice(itertools.chain(order[start:], order[:start]), 4 * SAMPLE)
+        picked = list(itertools.islice((e for e in stretch if e in pool), SAMPLE))
+        return picked if len(picked) >= SAMPLE // 4 else pool
 
     def _engine_hash(self, engine_id: str) -> int:
         value = self._hashes.get(engine_id)
@@ -139,9 +171,9 @@ class CacheAwarePlacer:
         head = (chosen, *(e for e in first if e != chosen and e in loads))
         others: Iterable[str] = loads
         if len(loads) > SAMPLE:
-            ids = list(loads)
-            offset = self._engine_hash(chosen) % len(ids)
-            others = (ids * 2)[offset : offset + SAMPLE]
+            start = self._engine_hash(chosen) % len(loads)
+            others = itertools.islice(itertools.chain(itertools.islice(loads, start, None),
+                                                      loads), SAMPLE)
         rest = heapq.nsmallest(
             MAX_ALTERNATIVES, (e for e in others if e not in head), key=lambda e: (loads[e], e)
         )

@@ -14,7 +14,7 @@ depth times the (shrinking) number of holders, not the fleet size times the prom
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container, Hashable, Sequence
+from collections.abc import Hashable, Sequence, Set
 
 DEFAULT_CAPACITY_CHUNKS = 1 << 16
 
@@ -61,7 +61,7 @@ class PrefixIndex:
         for chunk in self.recency.pop(engine_id, OrderedDict()):
             self._drop_holder(chunk, engine_id)
 
-    def match(self, chunks: Sequence[Hashable], eligible: Container[str]) -> tuple[int, set[str]]:
+    def match(self, chunks: Sequence[Hashable], eligible: Set[str]) -> tuple[int, set[str]]:
         """The longest leading run of `chunks` some eligible engine holds, and every eligible
         engine that holds that run: (depth in chunks, engines). (0, empty) when none holds
         even the first chunk."""
@@ -71,10 +71,7 @@ class PrefixIndex:
             holders = self.holders.get(chunk)
             if not holders:
                 break
-            if candidates is None:
-                candidates = {e for e in holders if e in eligible}
-            else:
-                candidates = candidates & holders
+            candidates = holders & eligible if candidates is None else candidates & holders
             if not candidates:
                 break
             depth, best = level, candidates
