@@ -249,7 +249,8 @@ class StreamMeter:
         if self.recorded or (b'"usage"' not in chunk and not self.upstream.splice.done):
             return chunk  # the common case, checked without parsing: relayed as it came
         events = parse_events(chunk)
-        final = next((e for e in events if e.get("choices") == [] and "usage" in e), None)
+        final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
+                      and "usage" in e), None)
         if final is None and not self.upstream.splice.done:
             return chunk
         cost = await self.record(final["usage"] if final else None)

@@ -1,0 +1,56 @@
+"""The gateway's stream metering: the ledger row is written once, before the usage chunk or
+the end of the stream leaves, whatever shape the engine's chunks come in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from warmroute.api.gateway_app import StreamMeter, parse_events
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    async def record(self, caller: Any, surface: str, model: str, engine: str,
+                     counts: Any) -> int:
+        self.rows.append((surface, model, engine, counts.total_tokens))
+        return 42
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def upstream(done: bool) -> Any:
+    splice = SimpleNamespace(
+        done=done, template={"model": "sim"},
+        final_usage=lambda: {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    )
+    return SimpleNamespace(splice=splice, engine_id="e1")
+
+
+def test_the_last_answer_chunk_and_done_in_one_read_are_metered_once() -> None:
+    """A client that did not ask for usage: the finish chunk and `[DONE]` may arrive in one
+    read after the stream is done; that chunk passes unchanged and is billed once."""
+    meter = Meter()
+    stream = StreamMeter(meter, SimpleNamespace(), upstream(done=True))  # type: ignore[arg-type]
+    chunk = event({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + b"data: [DONE]\n\n"
+    assert asyncio.run(stream.before_sending(chunk)) == chunk
+    assert meter.rows == [("chat.completions", "sim", "e1", 8)]
+    assert asyncio.run(stream.before_sending(b"data: [DONE]\n\n")) == b"data: [DONE]\n\n"
+    assert len(meter.rows) == 1
+
+
+def test_the_usage_chunk_gets_its_cost() -> None:
+    meter = Meter()
+    stream = StreamMeter(meter, SimpleNamespace(), upstream(done=False))  # type: ignore[arg-type]
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    chunk = event({"choices": [], "usage": usage}) + b"data: [DONE]\n\n"
+    sent = parse_events(asyncio.run(stream.before_sending(chunk)))
+    assert sent[0]["usage"]["cost_in_usd_ticks"] == 42
+    assert sent[1] == b"data: [DONE]\n\n"
+    assert meter.rows == [("chat.completions", "sim", "e1", 8)]
