@@ -36,8 +36,14 @@ def test_conversations_stay_on_one_warm_engine_and_spread(fleet: Fleet) -> None:
     with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=10) as (url, gateway), \
             httpx.Client(timeout=60) as client:
         answers = converse(client, url, keys, turns=4, key_in="header")
+        body = chat_body(opening("one streamed turn"), stream=True)
+        with client.stream("POST", url + "/v1/chat/completions", json=body,
+                           headers={"x-grok-conv-id": keys[0]}) as streamed:
+            assert b"[DONE]" in b"".join(streamed.iter_bytes())
         metrics = client.get(url + "/metrics").text
         homes = {k: str(gateway.placer.home_of(k)) for k in keys}
+        # every request's prefill work came off its engine's queue again
+        assert set(gateway.membership.queued().values()) == {0.0}
     per_engine: Counter[str] = Counter()
     for key in keys:
         engines = {engine for engine, _ in answers[key]}
@@ -50,7 +56,7 @@ def test_conversations_stay_on_one_warm_engine_and_spread(fleet: Fleet) -> None:
     assert max(per_engine.values()) <= math.ceil(1.25 * 30 / len(fleet.ids)) + 1, per_engine
     decisions = {r: metric(metrics, "warmroute_gateway_routing_decisions_total", reason=r)
                  for r in ("sticky", "prefix", "least-loaded")}
-    assert decisions["sticky"] == 90
+    assert decisions["sticky"] == 91
     assert decisions["prefix"] + decisions["least-loaded"] == 30
 
 
@@ -84,8 +90,8 @@ def test_a_hot_conversation_is_bounded_and_keeps_its_home(fleet: Fleet) -> None:
         loads_seen: list[dict[str, int]] = []
         acquire = membership.acquire
 
-        def recording_acquire(engine_id: str) -> None:
-            acquire(engine_id)
+        def recording_acquire(engine_id: str, work: float = 0.0) -> None:
+            acquire(engine_id, work)
             loads_seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
 
         membership.acquire = recording_acquire  # type: ignore[method-assign]

@@ -24,8 +24,8 @@ def test_a_hot_key_is_bounded_and_spills_to_its_second_choice(fleet: Fleet) -> N
         loads_seen: list[dict[str, int]] = []
         acquire = membership.acquire
 
-        def recording_acquire(engine_id: str) -> None:
-            acquire(engine_id)
+        def recording_acquire(engine_id: str, work: float = 0.0) -> None:
+            acquire(engine_id, work)
             loads_seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
 
         membership.acquire = recording_acquire  # type: ignore[method-assign]

@@ -90,3 +90,17 @@ def test_cache_size_is_read_from_a_health_answer() -> None:
     assert cache_chars({"cache_tokens": 1000, "chars_per_token": "x"}) == 4000
     for bad in ({}, {"cache_tokens": 0}, {"cache_tokens": "9"}, {"cache_tokens": True}):
         assert cache_chars(bad) is None
+
+
+def test_queued_prefill_work_is_added_on_acquire_and_taken_off_once_prefilled() -> None:
+    clock = Clock()
+    m, _ = membership(clock)
+    m.probe_succeeded("a", clock(), None)
+    m.acquire("a", 5.0)
+    m.acquire("a", 2.0)
+    assert m.queued() == {"a": 7.0} and m.loads() == {"a": 2}
+    m.prefilled("a", 5.0)
+    m.release("a")
+    assert m.queued() == {"a": 2.0} and m.loads() == {"a": 1}
+    m.prefilled("a", 9.0)  # never below zero
+    assert m.queued() == {"a": 0.0}

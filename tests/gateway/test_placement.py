@@ -179,3 +179,24 @@ def test_in_a_large_fleet_new_conversations_still_spread_and_reach_a_newcomer() 
     grown = {**fleet, "newcomer": 0}
     later = Counter(p.place(RequestFeatures(key=f"n{i}"), grown).engine_id for i in range(100))
     assert later["newcomer"] >= 5  # it starts empty, so it is the least served of windows
+
+
+def test_among_equally_warm_engines_the_shortest_prefill_queue_wins() -> None:
+    p = placer()
+    shared = (1, 2)
+    for engine in IDS:  # every engine holds the shared prefix
+        p.index.insert(engine, shared)
+    queued = {"e1": 40.0, "e2": 3.0, "e3": 12.0, "e4": 9.0}
+    decision = p.place(RequestFeatures(key="new", chunks=(*shared, 7, 8)), idle(), queued)
+    assert (decision.engine_id, decision.reason) == ("e2", "prefix")
+    assert decision.work == 3.0  # two uncached chunks plus one
+    p.index.insert("e1", (*shared, 7))  # a deeper prefix beats a shorter queue
+    deeper = p.place(RequestFeatures(key="other", chunks=(*shared, 7, 9)), idle(), queued)
+    assert (deeper.engine_id, deeper.work) == ("e1", 2.0)
+
+
+def test_a_sticky_decision_carries_the_work_its_home_still_has_to_do() -> None:
+    p = placer()
+    home = p.place(RequestFeatures(key="c", chunks=(1, 2, 3)), idle()).engine_id
+    turn = p.place(RequestFeatures(key="c", chunks=(1, 2, 3, 4, 5)), idle(), {home: 99.0})
+    assert (turn.engine_id, turn.reason, turn.work) == (home, "sticky", 3.0)

@@ -27,6 +27,7 @@ class EngineState:
     endpoint: EngineEndpoint
     healthy: bool = False
     in_flight: int = 0
+    queued: float = 0.0  # prefill work placed here whose first token has not come back yet
     probe_failures: int = 0
     ejected_at: float = float("-inf")
     model: str | None = None
@@ -59,14 +60,25 @@ class Membership:
         """The healthy engines' in-flight counts, for the cache-aware placer."""
         return {s.engine_id: s.in_flight for s in self.engines.values() if s.healthy}
 
+    def queued(self) -> dict[str, float]:
+        """The healthy engines' outstanding prefill work, for the cache-aware placer."""
+        return {s.engine_id: s.queued for s in self.engines.values() if s.healthy}
+
     def healthy_ids(self) -> list[str]:
         return [s.engine_id for s in self.engines.values() if s.healthy]
 
     def url(self, engine_id: str) -> str:
         return self.engines[engine_id].endpoint.url
 
-    def acquire(self, engine_id: str) -> None:
-        self.engines[engine_id].in_flight += 1
+    def acquire(self, engine_id: str, work: float = 0.0) -> None:
+        state = self.engines[engine_id]
+        state.in_flight += 1
+        state.queued += work
+
+    def prefilled(self, engine_id: str, work: float) -> None:
+        """A request's first token came back (or it ended): its prefill is off the queue."""
+        state = self.engines[engine_id]
+        state.queued = max(0.0, state.queued - work)
 
     def release(self, engine_id: str) -> None:
         state = self.engines[engine_id]

@@ -9,17 +9,22 @@ cache-aware router reaches the longest-prefix oracle but moves conversations):
    ⌈(1+ε)·average⌉ (with the additive `slack` floor). A full home spills this one request
    ("spilled") and keeps its home; a home that failed is replaced ("rehomed").
 2. **A new conversation is placed where its prefix is warm, within the load bound.** Among the
-   engines under the in-flight cap *and* under the balance cap on recent requests served,
-   ⌈(1+ε)·average⌉ again, the ones whose caches (as `PrefixIndex` pictures them) hold the
-   longest leading run of the prompt win ("prefix"); with no run at all, or ties, the least
-   loaded (in flight, then recently served, then a stable hash) wins ("least-loaded").
+   engines under the in-flight cap *and* under a balance cap on recent requests served,
+   ⌈1.05·average⌉ (`balance_epsilon`), the ones whose caches (as `PrefixIndex` pictures them)
+   hold the longest leading run of the prompt win ("prefix"; "least-loaded" when none holds
+   any). Where at least half the prompt is cached, those engines may take it up to the looser
+   hot-spot cap ⌈(1+ε)·average served⌉ (a keyless conversation's own history, a document many
+   conversations share). Among equals, the engine with the least prefill queued ahead wins
+   (`queued`: the work of requests whose first token has not come back, in prompt chunks; the
+   first token then comes soonest), then fewer in flight, fewer served, a stable hash.
    Keyless requests are always placed this way, so a keyless conversation follows its own
-   growing prefix, and a shared system prompt spreads under the balance cap.
+   growing prefix, and a shared system prompt spreads under the caps.
 
 State is small and local: a bounded LRU of conversation → home, the prefix index, and per-engine
 served counts halved every `decay_every` requests so the balance follows recent traffic. The
-clock never enters; `place` is synchronous and cheap (linear in the healthy engines only for
-new conversations' tie-breaks), so a simulator drives this very object.
+clock never enters; `place` is synchronous and cheap (in a large fleet a new conversation's
+choice looks at a window of a few dozen engines chosen by its hash, not all of them), so a
+simulator drives this very object. Each decision carries its `work`, the prefill it queues.
 """
 
 from __future__ import annotations
@@ -66,52 +71,76 @@ class CacheAwarePlacer:
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def place(self, features: RequestFeatures, loads: Mapping[str, int]) -> Decision:
-        """Choose among the healthy engines `loads` (engine → requests in flight) and record
-        the choice (home, prefix index, served count)."""
+    def place(self, features: RequestFeatures, loads: Mapping[str, int],
+              queued: Mapping[str, float] | None = None) -> Decision:
+        """Choose among the healthy engines `loads` (engine → requests in flight; `queued`:
+        engine → prefill work placed there whose first token has not come back) and record the
+        choice (home, prefix index, served count). The decision's `work` is this request's."""
         if not loads:
             raise EngineUnavailable("no healthy engine is available")
+        queue = queued if queued is not None else {}
         cap = load_cap(sum(loads.values()), len(loads), self.params.epsilon, self.params.slack)
         key = features.key
         home = self.homes.get(key) if key is not None else None
         if home is not None and home in loads:
             if loads[home] < cap:
-                decision = Decision(self._ranked(home, loads), "sticky")
-                self._record(features, decision.engine_id, rehome=False)
+                work = self._work(features, home)
+                decision = Decision(self._ranked(home, loads), "sticky", work)
+                self._record(features, home, rehome=False)
                 return decision
-            chosen, _ = self._new_placement(features, loads, cap, exclude=home)
-            decision = Decision(self._ranked(chosen, loads, home), "spilled")
+            chosen, _, work = self._new_placement(features, loads, queue, cap, exclude=home)
+            decision = Decision(self._ranked(chosen, loads, home), "spilled", work)
             self._record(features, chosen, rehome=False)
             return decision
-        chosen, reason = self._new_placement(features, loads, cap)
-        decision = Decision(self._ranked(chosen, loads), "rehomed" if home else reason)
+        chosen, reason, work = self._new_placement(features, loads, queue, cap)
+        decision = Decision(self._ranked(chosen, loads), "rehomed" if home else reason, work)
         self._record(features, chosen, rehome=True)
         return decision
 
-    def _new_placement(self, features: RequestFeatures, loads: Mapping[str, int], cap: int,
-                       exclude: str | None = None) -> tuple[str, Reason]:
+    def _work(self, features: RequestFeatures, engine_id: str) -> float:
+        """The prefill `engine_id` would do for this prompt, in chunks (at least one)."""
+        return float(len(features.chunks) - self.index.matched_depth(engine_id, features.chunks)
+                     + 1)
+
+    def _new_placement(
+        self, features: RequestFeatures, loads: Mapping[str, int], queued: Mapping[str, float],
+        cap: int, exclude: str | None = None,
+    ) -> tuple[str, Reason, float]:
+        """Among the engines under the in-flight cap and the balance cap (or, where most of
+        the prompt is cached, under the looser hot-spot cap), those holding the longest
+        prefix of the prompt; of those, the one with the least prefill queued ahead (so the
+        first token comes soonest), then fewer in flight, fewer served, a stable hash."""
         if max(loads.values()) < cap:  # the common case, at C speed
             open_ = set(loads)
             open_.discard(exclude)
         else:
             open_ = {e for e, n in loads.items() if n < cap and e != exclude}
-        if features.chunks:
-            # Where most of the prompt is cached already, it goes there under the hot-spot
-            # bound ⌈(1+ε)·average served⌉: a keyless conversation's own history, a document
-            # shared by many conversations (a shared system prompt that is most of short
-            # requests spreads at that bound, not at the tight balance one).
-            depth, warm = self.index.match(features.chunks, open_)
-            if 2 * depth >= len(features.chunks):
-                homes = self._under_served_cap(warm, loads, self.params.epsilon)
-                if homes:
-                    return self._least_loaded(homes, loads, features), "prefix"
-        eligible = self._under_served_cap(open_, loads, self.params.balance_epsilon)
-        if not eligible:
-            eligible = open_ or {e for e in loads if e != exclude} or set(loads)
-        depth, warm = self.index.match(features.chunks, eligible)
-        if depth > 0:
-            return self._least_loaded(warm, loads, features), "prefix"
-        return self._least_loaded(eligible, loads, features), "least-loaded"
+        chunks = features.chunks
+        depth, warm = self.index.match(chunks, open_) if chunks else (0, set[str]())
+        salt = zlib.crc32(tie_salt(features).encode())
+        pool: set[str] = set()
+        if 2 * depth >= len(chunks) > 0:
+            # Where most of the prompt is cached already, it goes there up to the hot-spot
+            # bound ⌈(1+ε)·average served⌉, past the tight balance bound: a keyless
+            # conversation's own history, a document shared by many conversations.
+            pool = self._under_served_cap(warm, loads, self.params.epsilon)
+        if not pool:
+            eligible = self._under_served_cap(open_, loads, self.params.balance_epsilon)
+            if not eligible:
+                eligible = open_ or {e for e in loads if e != exclude} or set(loads)
+            pool = eligible & warm or eligible
+        candidates = self._window(pool, salt, loads) if len(pool) > 2 * SAMPLE else pool
+        depths = {e: depth if e in warm else self.index.matched_depth(e, chunks)
+                  for e in candidates}
+        served = self.served
+
+        def rank(engine_id: str) -> tuple[int, float, int, float, int]:
+            return (-depths[engine_id], queued.get(engine_id, 0.0), loads[engine_id],
+                    served.get(engine_id, 0.0), -(self._engine_hash(engine_id) ^ salt))
+
+        chosen = min(candidates, key=rank)
+        reason: Reason = "prefix" if depths[chosen] else "least-loaded"
+        return chosen, reason, float(len(chunks) - depths[chosen] + 1)
 
     def _under_served_cap(self, pool: set[str], loads: Mapping[str, int],
                           epsilon: float) -> set[str]:
@@ -124,25 +153,6 @@ class CacheAwarePlacer:
         if max(map(served.get, pool, repeat(0.0))) < cap:
             return pool
         return {e for e in pool if served.get(e, 0.0) < cap}
-
-    def _least_loaded(self, pool: set[str], loads: Mapping[str, int],
-                      features: RequestFeatures) -> str:
-        """Fewest in flight, then fewest recently served, then a stable hash of the request.
-        In a large pool, among a window of the fleet chosen by the request's hash (the least
-        loaded of a few dozen random choices balances almost as well as of all)."""
-        salt = zlib.crc32(tie_salt(features).encode())
-        candidates: Collection[str] = pool
-        if len(pool) > 2 * SAMPLE:
-            candidates = self._window(pool, salt, loads)
-        fewest = min(map(loads.__getitem__, candidates))
-        tied = [e for e in candidates if loads[e] == fewest]
-        if len(tied) > 1:
-            served = self.served
-            least = min(map(served.get, tied, repeat(0.0)))
-            tied = [e for e in tied if served.get(e, 0.0) <= least + FLOAT_SLACK]
-        if len(tied) == 1:
-            return tied[0]
-        return max(tied, key=lambda e: (self._engine_hash(e) ^ salt, e))
 
     def _window(self, pool: set[str], salt: int, loads: Mapping[str, int]) -> Collection[str]:
         """Up to `SAMPLE` members of `pool` from a stretch of the fleet's fixed order that

@@ -55,8 +55,12 @@ class RequestFeatures:
 
 @dataclass(frozen=True)
 class Decision:
+    """`work`: the prefill this request is expected to queue on its engine (prompt chunks the
+    engine is not thought to hold, plus one); the cache-aware placer balances on it."""
+
     ranked: tuple[str, ...]
     reason: Reason
+    work: float = 0.0
 
     @property
     def engine_id(self) -> str:

@@ -78,6 +78,7 @@ class Upstream:
     upstream: AsyncIterator[bytes]
     first: bytes
     proxy: Proxy
+    work: float = 0.0
     tap: SseUsageTap = field(default_factory=SseUsageTap)
     closed: bool = False
 
@@ -88,6 +89,7 @@ class Upstream:
             yield self.first
         try:
             async for chunk in self.upstream:
+                self.prefilled()  # engines send the role chunk at once, then the first token
                 self.tap.feed(chunk)
                 yield chunk
         except httpx.TransportError as exc:
@@ -100,9 +102,15 @@ class Upstream:
         if self.closed:
             return
         self.closed = True
+        self.prefilled()
         with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
             await self.response.aclose()
         self.proxy.finished(self.engine_id, self.status, self.tap.usage())
+
+    def prefilled(self) -> None:
+        if self.work:
+            self.proxy.membership.prefilled(self.engine_id, self.work)
+            self.work = 0.0
 
 
 @dataclass
@@ -223,7 +231,8 @@ class Proxy:
         healthy = self.membership.healthy_ids()
         ranked = [e for e in decision.ranked if e in healthy and e not in broken]
         ranked += [e for e in healthy if e not in ranked and e not in broken]
-        answer = await self._try_in_order(ranked, payload, stream=True, moved=True)
+        answer = await self._try_in_order(ranked, payload, stream=True, moved=True,
+                                          work=decision.work)
         if isinstance(answer, Relayed):
             message = answer.body.decode(errors="replace")[:200]
             raise EngineUnavailable(
@@ -240,10 +249,12 @@ class Proxy:
         self, decision: Decision, payload: bytes, stream: bool
     ) -> Relayed | Upstream:
         self.metrics.decisions.labels(decision.reason).inc()
-        return await self._try_in_order(decision.ranked, payload, stream, moved=False)
+        return await self._try_in_order(decision.ranked, payload, stream, moved=False,
+                                         work=decision.work)
 
     async def _try_in_order(
-        self, ranked: Sequence[str], payload: bytes, stream: bool, moved: bool
+        self, ranked: Sequence[str], payload: bytes, stream: bool, moved: bool,
+        work: float = 0.0,
     ) -> Relayed | Upstream:
         """The first of `ranked` that answers; each move past the placement counts as a
         failover, and an engine ejected meanwhile is skipped (never retry a dead engine)."""
@@ -253,24 +264,28 @@ class Proxy:
                 if engine_id not in self.membership.healthy_ids():
                     continue
                 self.metrics.decisions.labels(FAILOVER).inc()
-            self.membership.acquire(engine_id)
+            self.membership.acquire(engine_id, work)
             try:
-                answer = await self._attempt(engine_id, payload, stream)
+                answer = await self._attempt(engine_id, payload, stream, work)
             except EngineFailed as failure:
+                self.membership.prefilled(engine_id, work)
                 self.membership.release(engine_id)
                 self.membership.eject(engine_id, failure.cause)
                 self.metrics.failovers.labels(engine_id).inc()
                 failures.append(f"{engine_id}: {failure.cause}")
                 continue
             except BaseException:
+                self.membership.prefilled(engine_id, work)
                 self.membership.release(engine_id)
                 raise
             if isinstance(answer, Relayed):
+                self.membership.prefilled(engine_id, work)
                 self.finished(engine_id, answer.status, usage_of_json(answer.body))
             return answer
         raise EngineUnavailable("no engine could answer: " + ("; ".join(failures) or "none left"))
 
-    async def _attempt(self, engine_id: str, payload: bytes, stream: bool) -> Relayed | Upstream:
+    async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
+                       work: float = 0.0) -> Relayed | Upstream:
         url = self.membership.url(engine_id) + CHAT_PATH
         request = self.client.build_request("POST", url, content=payload, headers=UPSTREAM_HEADERS)
         try:
@@ -287,7 +302,7 @@ class Proxy:
             upstream = response.aiter_raw()
             first = await anext(upstream, b"")
             return Upstream(
-                engine_id, response.status_code, headers, response, upstream, first, self
+                engine_id, response.status_code, headers, response, upstream, first, self, work
             )
         except httpx.TransportError as exc:
             await close_quietly(response)

@@ -82,7 +82,7 @@ class Gateway:
     def route(self, features: RequestFeatures) -> Decision:
         if self.config.policy == "cache-aware":
             self._size_index()
-            return self.placer.place(features, self.membership.loads())
+            return self.placer.place(features, self.membership.loads(), self.membership.queued())
         snapshot = self.membership.snapshot()
         if self.config.policy == "round-robin":
             return policies.round_robin(next(self.turns), snapshot)

@@ -32,6 +32,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="trace time multiplied by this (0.1 = ten times the load)")
     parser.add_argument("--sim-profile", choices=sorted(PROFILES), default="gpu")
+    parser.add_argument("--prefill-ms-per-token", type=float, default=None,
+                        help="prefill cost per uncached prompt token (overrides the profile)")
+    parser.add_argument("--decode-ms-per-token", type=float, default=None,
+                        help="cost of one batched decode step (overrides the profile)")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help=f"comma-separated, from {', '.join(POLICIES)}")
     parser.add_argument("--slack", type=int, default=10,
@@ -65,7 +69,8 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     requests = load_mooncake(path, args.window, args.max_requests)
     params = SimParams(engines=args.engines, cache_blocks=args.cache_blocks,
                        epsilon=args.epsilon, time_scale=args.time_scale,
-                       profile=sim_profile(args.sim_profile), seed=args.seed)
+                       profile=sim_profile(args.sim_profile, args.prefill_ms_per_token,
+                                           args.decode_ms_per_token), seed=args.seed)
     ids = engine_ids(params.engines)
     console.print(f"{len(requests)} requests from {path.name} over {params.engines} engines, "
                   f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}, "

@@ -64,7 +64,7 @@ def engine_ids(count: int) -> list[str]:
 def simulate(requests: Sequence[TraceRequest], router: Router, params: SimParams) -> PolicyResult:
     engines = [SimulatedEngine(i, params.cache_blocks, params.block_tokens, params.profile)
                for i in range(params.engines)]
-    pending: list[tuple[float, int, Admission]] = []
+    pending: list[tuple[float, int, Admission | None, int]] = []  # ends, and first tokens
     order = itertools.count()
     prompt = cached = 0
     ttfts: list[float] = []
@@ -74,23 +74,28 @@ def simulate(requests: Sequence[TraceRequest], router: Router, params: SimParams
     for request in sorted(requests, key=lambda r: (r.timestamp_ms, r.index)):
         now = request.timestamp_ms / 1000.0 * params.time_scale
         while pending and pending[0][0] <= now:
-            _, _, done = heapq.heappop(pending)
-            engines[done.engine].finish(done)
+            _, _, done, where = heapq.heappop(pending)
+            if done is None:
+                router.first_token(where)
+            else:
+                engines[done.engine].finish(done)
         keys = block_keys(request.hash_ids)
         index = router.place(request, keys, engines)
         admission = engines[index].admit(keys, request.input_length, request.output_length, now)
         router.placed(index, keys[: request.input_length // params.block_tokens])
-        heapq.heappush(pending, (admission.done_at, next(order), admission))
+        heapq.heappush(pending, (admission.done_at, next(order), admission, index))
+        heapq.heappush(pending, (admission.first_token_at, next(order), None, index))
         prompt += request.input_length
         cached += admission.cached_tokens
         ttfts.append(admission.first_token_at - now)
         placements.setdefault(request.conv_id, set()).add(index)
         turns[request.conv_id] += 1
-    for _, _, done in pending:
-        engines[done.engine].finish(done)
+    for _, _, done, _ in pending:
+        if done is not None:
+            engines[done.engine].finish(done)
     wall = time.perf_counter() - started
-    for engine in engines:
-        engine.check_integrity()
+    for simulated in engines:
+        simulated.check_integrity()
     served = [e.served for e in engines]
     average = sum(served) / len(served)
     multi = [c for c, n in turns.items() if n >= 2]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -45,6 +46,9 @@ class Router(Protocol):
 
     def placed(self, engine: int, keys: Sequence[bytes]) -> None: ...
 
+    def first_token(self, engine: int) -> None:
+        """The oldest request placed on `engine` produced its first token."""
+
 
 class PolicyRouter:
     """warmroute's placement (cache-aware, keyed or keyless; or stateless hashing) or the
@@ -69,6 +73,8 @@ class PolicyRouter:
                                        PrefixIndex(max(1, cache_blocks)))
         self.decision_s: list[float] = []
         self.snapshot_s: list[float] = []  # building the load view, as membership does
+        self.queued: dict[str, float] = {}  # prefill work whose first token is still to come
+        self.works: dict[int, deque[float]] = {}
 
     def features(self, request: TraceRequest) -> RequestFeatures:
         full = request.hash_ids[: request.input_length // self.block_tokens]
@@ -97,7 +103,7 @@ class PolicyRouter:
         if self.kind in ("warmroute", "warmroute-keyless"):
             loads = {self.ids[e.index]: e.in_flight for e in engines}
             decided = time.perf_counter()
-            decision = self.placer.place(wanted, loads)
+            decision = self.placer.place(wanted, loads, self.queued)
         else:
             snapshot = tuple(EngineLoad(self.ids[e.index], e.in_flight) for e in engines)
             decided = time.perf_counter()
@@ -108,10 +114,20 @@ class PolicyRouter:
         done = time.perf_counter()
         self.snapshot_s.append(decided - started)
         self.decision_s.append(done - decided)
-        return self.index[decision.engine_id]
+        chosen = decision.engine_id
+        self.queued[chosen] = self.queued.get(chosen, 0.0) + decision.work
+        self.works.setdefault(self.index[chosen], deque()).append(decision.work)
+        return self.index[chosen]
 
     def placed(self, engine: int, keys: Sequence[bytes]) -> None:
         """The placer recorded its choice already; the other policies keep no state."""
+
+    def first_token(self, engine: int) -> None:
+        """Prefills run in arrival order on an engine: the oldest one's work is done."""
+        works = self.works.get(engine)
+        if works:
+            engine_id = self.ids[engine]
+            self.queued[engine_id] = max(0.0, self.queued[engine_id] - works.popleft())
 
 
 class OracleRouter:
@@ -154,6 +170,9 @@ class OracleRouter:
             best = max(range(len(engines)), key=lambda i: _spread(engines, i))
         self.decision_s.append(time.perf_counter() - started)
         return best
+
+    def first_token(self, engine: int) -> None:
+        """The oracle reads the engines' state directly."""
 
     def load(self, engine: SimulatedEngine) -> int:
         return engine.served if self.bound == "served" else engine.in_flight
