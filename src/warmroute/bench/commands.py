@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +102,12 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--targets", default="warmroute,round-robin",
                        help="comma-separated: warmroute, warmroute-keyless, warmroute-hash, "
                             "round-robin")
-    fleet.add_argument("--peers", action="store_true",
-                       help="also sglang-router, SMG and vllm-router (installed under --data-dir)")
+    fleet.add_argument("--peers", nargs="?", const="all", default=None, metavar="NAMES",
+                       help="also sglang-router, SMG and vllm-router (installed under --data-dir);"
+                            " NAMES: only these configurations (comma-separated, as the table "
+                            "names them)")
+    fleet.add_argument("--repeat", type=int, default=1,
+                       help="run every (scenario, target) pair this many times (run-to-run noise)")
     fleet.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
                        help="where the peers' virtual environments are kept")
     fleet.add_argument("--epsilon", type=float, default=0.25)
@@ -153,7 +158,20 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if args.peers:
         from warmroute.bench.peers import peer_targets
 
-        specs += peer_targets(args.data_dir, console)
+        peers = peer_targets(args.data_dir, console)
+        if args.peers != "all":
+            wanted = {n.strip() for n in args.peers.split(",") if n.strip()}
+            missing = wanted - {p.name for p in peers}
+            if missing:
+                raise SystemExit(f"unknown peers {sorted(missing)}; choose from "
+                                 f"{[p.name for p in peers]}")
+            peers = [p for p in peers if p.name in wanted]
+        specs += peers
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
+    if args.repeat > 1:
+        specs = [replace(spec, name=f"{spec.name} #{k + 1}")
+                 for k in range(args.repeat) for spec in specs]
     if not 1 <= args.fault_engine <= args.engines:
         raise SystemExit("--fault-engine must name one of the engines (1-based)")
     params = BenchParams(
