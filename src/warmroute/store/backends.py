@@ -10,6 +10,7 @@ PostgreSQL: `postgresql://…` through psycopg 3. Nothing above this module know
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ WRITE: dict[str, Any] = {"warmroute_write": True}
 """Execution options for a transaction that writes (`engine.execution_options(**WRITE)`)."""
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+WAL_RETRY_S = 0.02
 SQLITE_FILE_NAME = "warmroute.db"
 POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")
 SQLITE_DRIVERS = ("sqlite", "sqlite+aiosqlite")
@@ -71,12 +73,9 @@ def _sqlite_engine(url: sa.URL) -> AsyncEngine:
         # Transactions are begun by `on_begin` below, not by the sqlite3 module's guesswork.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
-            "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = FULL",
-        ):
-            cursor.execute(pragma)
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        switch_to_wal(cursor)
+        cursor.execute("PRAGMA synchronous = FULL")
         cursor.close()
 
     @sa.event.listens_for(engine.sync_engine, "begin")
@@ -85,3 +84,18 @@ def _sqlite_engine(url: sa.URL) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def switch_to_wal(cursor: Any) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the lock: switching
+    a fresh database's journal needs it exclusively, and SQLite answers "database is locked"
+    at once there rather than waiting out the busy timeout (seen with four openers at once)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000.0
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the sqlite3 or the async adapter's OperationalError
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
