@@ -22,6 +22,7 @@ from tests.procs import Proc, free_port, start_engine
 from warmroute.api.gateway_app import create_gateway_app
 from warmroute.config import EngineEndpoint, GatewayConfig
 from warmroute.gateway.launch import BackgroundServer
+from warmroute.gateway.membership import Membership
 from warmroute.gateway.router import Gateway
 
 MODEL = "builtin:tiny"
@@ -139,3 +140,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def record_loads(membership: Membership) -> list[dict[str, int]]:
+    """Every engine's in-flight count right after each acquire, from now on."""
+    seen: list[dict[str, int]] = []
+    acquire = membership.acquire
+
+    def recording_acquire(engine_id: str, work: float = 0.0) -> None:
+        acquire(engine_id, work)
+        seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
+
+    membership.acquire = recording_acquire  # type: ignore[method-assign]
+    return seen

@@ -22,9 +22,10 @@ from tests.gateway.harness import (
     gateway_over,
     metric,
     opening,
+    record_loads,
     wait_for,
 )
-from tests.gateway.test_sticky import BLOCK, converse
+from tests.gateway.test_sticky import BLOCK, converse, keyless_spread_and_repeats
 from warmroute.gateway.policies import load_cap
 
 pytestmark = pytest.mark.slow
@@ -63,38 +64,13 @@ def test_conversations_stay_on_one_warm_engine_and_spread(fleet: Fleet) -> None:
 def test_keyless_requests_spread_and_repeats_hit(fleet: Fleet) -> None:
     with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=10) as (url, _), \
             httpx.Client(timeout=60) as client:
-        served: Counter[str] = Counter()
-        for i in range(30):
-            body = chat_body(opening(f"Keyless question {i}: how do routers pick engines?"))
-            response = client.post(url + "/v1/chat/completions", json=body)
-            assert response.status_code == 200, response.text
-            served[response.headers["x-warmroute-engine"]] += 1
-        assert set(served) == set(fleet.ids)
-        assert max(served.values()) <= 1.5 * 30 / len(fleet.ids), served
-
-        unique = [{"role": "user", "content": "A prompt seen nowhere else. " * 30}]
-        repeats = [client.post(url + "/v1/chat/completions", json=chat_body(unique))
-                   for _ in range(3)]
-        assert len({r.headers["x-warmroute-engine"] for r in repeats}) == 1
-        first, *later = (r.json() for r in repeats)
-        assert cached_tokens(first) == 0
-        for answer in later:
-            prompt = answer["usage"]["prompt_tokens"]
-            assert prompt - BLOCK <= cached_tokens(answer) < prompt
+        keyless_spread_and_repeats(client, url, fleet)
 
 
 def test_a_hot_conversation_is_bounded_and_keeps_its_home(fleet: Fleet) -> None:
     key = "the-hot-aware-conversation"
     with gateway_over(fleet.endpoints(), policy=POLICY, load_slack=0) as (url, gateway):
-        membership = gateway.membership
-        loads_seen: list[dict[str, int]] = []
-        acquire = membership.acquire
-
-        def recording_acquire(engine_id: str, work: float = 0.0) -> None:
-            acquire(engine_id, work)
-            loads_seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
-
-        membership.acquire = recording_acquire  # type: ignore[method-assign]
+        loads_seen = record_loads(gateway.membership)
 
         def client_run(client_index: int) -> list[str]:
             with httpx.Client(timeout=60) as client:

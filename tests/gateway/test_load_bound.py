@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.gateway.harness import Fleet, chat_body, gateway_over, metric, opening
+from tests.gateway.harness import Fleet, chat_body, gateway_over, metric, opening, record_loads
 from warmroute.gateway.policies import load_cap, preference
 
 pytestmark = pytest.mark.slow
@@ -20,15 +20,7 @@ def test_a_hot_key_is_bounded_and_spills_to_its_second_choice(fleet: Fleet) -> N
     key = "the-hot-conversation"
     pref = preference(key, fleet.ids)
     with gateway_over(fleet.endpoints()) as (url, gateway):
-        membership = gateway.membership
-        loads_seen: list[dict[str, int]] = []
-        acquire = membership.acquire
-
-        def recording_acquire(engine_id: str, work: float = 0.0) -> None:
-            acquire(engine_id, work)
-            loads_seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
-
-        membership.acquire = recording_acquire  # type: ignore[method-assign]
+        loads_seen = record_loads(gateway.membership)
 
         def client_run(client_index: int) -> list[str]:
             engines = []

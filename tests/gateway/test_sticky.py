@@ -86,24 +86,30 @@ def test_keyless_requests_spread_despite_a_shared_system_prompt_and_repeats_hit(
 ) -> None:
     """Must show 6."""
     with gateway_over(fleet.endpoints()) as (url, _), httpx.Client(timeout=60) as client:
-        served: Counter[str] = Counter()
-        for i in range(30):
-            body = chat_body(opening(f"Keyless question {i}: how do routers pick engines?"))
-            response = client.post(url + "/v1/chat/completions", json=body)
-            assert response.status_code == 200, response.text
-            served[response.headers["x-warmroute-engine"]] += 1
-        assert set(served) == set(fleet.ids)
-        assert max(served.values()) <= 1.5 * 30 / len(fleet.ids), served
-
-        unique = [{"role": "user", "content": "A prompt seen nowhere else. " * 30}]
-        repeats = [client.post(url + "/v1/chat/completions", json=chat_body(unique))
-                   for _ in range(3)]
-        assert len({r.headers["x-warmroute-engine"] for r in repeats}) == 1
-        first, *later = (r.json() for r in repeats)
-        assert cached_tokens(first) == 0
-        for answer in later:
-            prompt = answer["usage"]["prompt_tokens"]
-            assert prompt - BLOCK <= cached_tokens(answer) < prompt
+        keyless_spread_and_repeats(client, url, fleet)
         metrics = client.get(url + "/metrics").text
     assert metric(metrics, "warmroute_gateway_routing_decisions_total",
                   reason="keyless-affinity") == 33
+
+
+def keyless_spread_and_repeats(client: httpx.Client, url: str, fleet: Fleet) -> None:
+    """30 keyless openings sharing the system prompt spread (≤ 1.5x the average per engine);
+    an exact repeat goes where its prompt is cached and hits all but its last block."""
+    served: Counter[str] = Counter()
+    for i in range(30):
+        body = chat_body(opening(f"Keyless question {i}: how do routers pick engines?"))
+        response = client.post(url + "/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        served[response.headers["x-warmroute-engine"]] += 1
+    assert set(served) == set(fleet.ids)
+    assert max(served.values()) <= 1.5 * 30 / len(fleet.ids), served
+
+    unique = [{"role": "user", "content": "A prompt seen nowhere else. " * 30}]
+    repeats = [client.post(url + "/v1/chat/completions", json=chat_body(unique))
+               for _ in range(3)]
+    assert len({r.headers["x-warmroute-engine"] for r in repeats}) == 1
+    first, *later = (r.json() for r in repeats)
+    assert cached_tokens(first) == 0
+    for answer in later:
+        prompt = answer["usage"]["prompt_tokens"]
+        assert prompt - BLOCK <= cached_tokens(answer) < prompt

@@ -66,7 +66,8 @@ class Conversations:
         # Placement and the engine's in-flight slot must not be separated by an await: callers
         # forward right after planning, within the same task step.
         messages = [*history, *new_messages]
-        chunks = prompt_chunks([{"role": m.role, "content": m.content} for m in messages])
+        chunks = (prompt_chunks([{"role": m.role, "content": m.content} for m in messages])
+                  if self.gw.indexes_prompts else ())
         features = RequestFeatures(key=key, chunks=chunks)
         decision = prefer(self.gw.route(features), previous_engine, self.gw)
         return Turn(messages, list(new_messages), decision, owner, previous_id)

@@ -108,7 +108,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         caller = await auth.caller(request.headers.get("authorization"))
         await meter.admit(caller)
         body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
-        features = request_features(request.headers, body)
+        features = request_features(request.headers, body, gw.indexes_prompts)
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened = await unless_disconnected(

@@ -38,13 +38,17 @@ CHUNK_BYTES = 256
 MAX_CHUNKS = 4096  # 1 MiB of prompt text; a longer prompt's tail is not indexed
 
 
-def request_features(headers: Mapping[str, str], body: Mapping[str, Any]) -> RequestFeatures:
+def request_features(
+    headers: Mapping[str, str], body: Mapping[str, Any], chunks: bool = True
+) -> RequestFeatures:
+    """The key, else the opening's digest; with `chunks` (the cache-aware policy, the only one
+    that reads them) the prompt's chunk digests too."""
     key = routing_key(headers, body)
     messages = body.get("messages")
-    chunks = prompt_chunks(messages)
+    digests = prompt_chunks(messages) if chunks else ()
     if key is not None:
-        return RequestFeatures(key=key, chunks=chunks)
-    return RequestFeatures(affinity=affinity_digest(messages), chunks=chunks)
+        return RequestFeatures(key=key, chunks=digests)
+    return RequestFeatures(affinity=affinity_digest(messages), chunks=digests)
 
 
 def prompt_chunks(messages: object, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:

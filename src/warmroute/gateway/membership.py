@@ -80,9 +80,12 @@ class Membership:
         state = self.engines[engine_id]
         state.queued = max(0.0, state.queued - work)
 
-    def release(self, engine_id: str) -> None:
+    def release(self, engine_id: str, work: float = 0.0) -> None:
+        """A request ended; `work`: its prefill, if still counted (it never got a token)."""
         state = self.engines[engine_id]
         state.in_flight = max(0, state.in_flight - 1)
+        if work:
+            self.prefilled(engine_id, work)
 
     def eject(self, engine_id: str, cause: str) -> None:
         """Passive ejection: the engine failed a request. It returns when a probe succeeds."""

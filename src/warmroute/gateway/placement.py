@@ -66,8 +66,7 @@ class CacheAwarePlacer:
         self._since_decay = 0
         self._hashes: dict[str, int] = {}
         self._order: list[str] = []  # every engine seen, in a fixed order (for windows)
-        self._ordinal: dict[str, int] = {}
-        self._known = 0
+        self._seen: set[str] = set()
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -98,9 +97,7 @@ class CacheAwarePlacer:
         return decision
 
     def _work(self, features: RequestFeatures, engine_id: str) -> float:
-        """The prefill `engine_id` would do for this prompt, in chunks (at least one)."""
-        return float(len(features.chunks) - self.index.matched_depth(engine_id, features.chunks)
-                     + 1)
+        return prefill_work(features, self.index.matched_depth(engine_id, features.chunks))
 
     def _new_placement(
         self, features: RequestFeatures, loads: Mapping[str, int], queued: Mapping[str, float],
@@ -118,21 +115,22 @@ class CacheAwarePlacer:
         chunks = features.chunks
         depth, warm = self.index.match(chunks, open_) if chunks else (0, set[str]())
         salt = zlib.crc32(tie_salt(features).encode())
+        served = self.served
+        average = (sum(map(served.get, loads, repeat(0.0))) + 1) / len(loads)
         pool: set[str] = set()
         if 2 * depth >= len(chunks) > 0:
             # Where most of the prompt is cached already, it goes there up to the hot-spot
             # bound ⌈(1+ε)·average served⌉, past the tight balance bound: a keyless
             # conversation's own history, a document shared by many conversations.
-            pool = self._under_served_cap(warm, loads, self.params.epsilon)
+            pool = self._under_served_cap(warm, average, self.params.epsilon)
         if not pool:
-            eligible = self._under_served_cap(open_, loads, self.params.balance_epsilon)
+            eligible = self._under_served_cap(open_, average, self.params.balance_epsilon)
             if not eligible:
                 eligible = open_ or {e for e in loads if e != exclude} or set(loads)
             pool = eligible & warm or eligible
         candidates = self._window(pool, salt, loads) if len(pool) > 2 * SAMPLE else pool
         depths = {e: depth if e in warm else self.index.matched_depth(e, chunks)
                   for e in candidates}
-        served = self.served
 
         def rank(engine_id: str) -> tuple[int, float, int, float, int]:
             return (-depths[engine_id], queued.get(engine_id, 0.0), loads[engine_id],
@@ -140,16 +138,15 @@ class CacheAwarePlacer:
 
         chosen = min(candidates, key=rank)
         reason: Reason = "prefix" if depths[chosen] else "least-loaded"
-        return chosen, reason, float(len(chunks) - depths[chosen] + 1)
+        return chosen, reason, prefill_work(features, depths[chosen])
 
-    def _under_served_cap(self, pool: set[str], loads: Mapping[str, int],
-                          epsilon: float) -> set[str]:
-        """Those of `pool` that have served fewer than ⌈(1+ε)·average⌉ recent requests."""
+    def _under_served_cap(self, pool: set[str], average: float, epsilon: float) -> set[str]:
+        """Those of `pool` that have served fewer than ⌈(1+ε)·average⌉ recent requests (the
+        average over the healthy engines, counting the request being placed)."""
         if not pool:
             return pool
         served = self.served
-        total = sum(map(served.get, loads, repeat(0.0)))
-        cap = math.ceil((1.0 + epsilon) * (total + 1) / len(loads) - FLOAT_SLACK)
+        cap = math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
         if max(map(served.get, pool, repeat(0.0))) < cap:
             return pool
         return {e for e in pool if served.get(e, 0.0) < cap}
@@ -157,15 +154,10 @@ class CacheAwarePlacer:
     def _window(self, pool: set[str], salt: int, loads: Mapping[str, int]) -> Collection[str]:
         """Up to `SAMPLE` members of `pool` from a stretch of the fleet's fixed order that
         starts where `salt` says; the whole pool if the stretch holds too few of them."""
-        if len(self._order) < len(loads) or self._known != len(loads):
-            for engine_id in loads:
-                if engine_id not in self._ordinal:
-                    self._ordinal[engine_id] = len(self._order)
-                    self._order.append(engine_id)
-            self._known = len(loads)
-        order = self._order
-        start = salt % len(order)
-        stretch = itertools.islice(itertools.chain(order[start:], order[:start]), 4 * SAMPLE)
+        if not self._seen.issuperset(loads):
+            self._order += [e for e in loads if e not in self._seen]
+            self._seen.update(loads)
+        stretch = rotated(self._order, salt % len(self._order), 4 * SAMPLE)
         picked = list(itertools.islice((e for e in stretch if e in pool), SAMPLE))
         return picked if len(picked) >= SAMPLE // 4 else pool
 
@@ -181,9 +173,7 @@ class CacheAwarePlacer:
         head = (chosen, *(e for e in first if e != chosen and e in loads))
         others: Iterable[str] = loads
         if len(loads) > SAMPLE:
-            start = self._engine_hash(chosen) % len(loads)
-            others = itertools.islice(itertools.chain(itertools.islice(loads, start, None),
-                                                      loads), SAMPLE)
+            others = rotated(loads, self._engine_hash(chosen) % len(loads), SAMPLE)
         rest = heapq.nsmallest(
             MAX_ALTERNATIVES, (e for e in others if e not in head), key=lambda e: (loads[e], e)
         )
@@ -214,6 +204,19 @@ class CacheAwarePlacer:
 
     def home_of(self, key: str) -> str | None:
         return self.homes.get(key)
+
+
+def prefill_work(features: RequestFeatures, cached_depth: int) -> float:
+    """The prefill an engine holding `cached_depth` leading chunks does, in chunks (at least
+    one: every request computes something)."""
+    return float(len(features.chunks) - cached_depth + 1)
+
+
+def rotated(items: Collection[str], start: int, count: int) -> Iterable[str]:
+    """Up to `count` of `items`, beginning at position `start` and wrapping around."""
+    return itertools.islice(
+        itertools.chain(itertools.islice(items, start, None), items), count
+    )
 
 
 def tie_salt(features: RequestFeatures) -> str:

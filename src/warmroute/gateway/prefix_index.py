@@ -14,16 +14,22 @@ depth times the (shrinking) number of holders, not the fleet size times the prom
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence, Set
+from collections.abc import Callable, Hashable, Sequence, Set
 
 DEFAULT_CAPACITY_CHUNKS = 1 << 16
 
 
 class PrefixIndex:
-    def __init__(self, default_capacity: int = DEFAULT_CAPACITY_CHUNKS) -> None:
+    """`sizes`: where an engine's capacity in chunks comes from when it was not set (the
+    gateway reads its engines' health answers); else `default_capacity`. A capacity that
+    shrinks takes effect at that engine's next insert."""
+
+    def __init__(self, default_capacity: int = DEFAULT_CAPACITY_CHUNKS,
+                 sizes: Callable[[str], int | None] | None = None) -> None:
         if default_capacity < 1:
             raise ValueError("an engine's index capacity must be at least one chunk")
         self.default_capacity = default_capacity
+        self.sizes = sizes
         self.holders: dict[Hashable, set[str]] = {}
         self.recency: dict[str, OrderedDict[Hashable, None]] = {}
         self.capacity: dict[str, int] = {}
@@ -34,7 +40,11 @@ class PrefixIndex:
         self._evict(engine_id)
 
     def capacity_of(self, engine_id: str) -> int:
-        return self.capacity.get(engine_id, self.default_capacity)
+        fixed = self.capacity.get(engine_id)
+        if fixed is not None:
+            return fixed
+        reported = self.sizes(engine_id) if self.sizes is not None else None
+        return max(1, reported) if reported is not None else self.default_capacity
 
     def size(self, engine_id: str) -> int:
         return len(self.recency.get(engine_id, ()))

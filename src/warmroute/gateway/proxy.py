@@ -102,10 +102,10 @@ class Upstream:
         if self.closed:
             return
         self.closed = True
-        self.prefilled()
+        work, self.work = self.work, 0.0
         with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
             await self.response.aclose()
-        self.proxy.finished(self.engine_id, self.status, self.tap.usage())
+        self.proxy.finished(self.engine_id, self.status, self.tap.usage(), work)
 
     def prefilled(self) -> None:
         if self.work:
@@ -240,8 +240,10 @@ class Proxy:
             )
         return answer
 
-    def finished(self, engine_id: str, status: int, usage: TokenUsage | None) -> None:
-        self.membership.release(engine_id)
+    def finished(self, engine_id: str, status: int, usage: TokenUsage | None,
+                 work: float = 0.0) -> None:
+        """An answer ended: its in-flight slot and any prefill work still counted are freed."""
+        self.membership.release(engine_id, work)
         self.metrics.answers.labels(engine_id, str(status)).inc()
         self.metrics.record_usage(engine_id, usage)
 
@@ -268,19 +270,16 @@ class Proxy:
             try:
                 answer = await self._attempt(engine_id, payload, stream, work)
             except EngineFailed as failure:
-                self.membership.prefilled(engine_id, work)
-                self.membership.release(engine_id)
+                self.membership.release(engine_id, work)
                 self.membership.eject(engine_id, failure.cause)
                 self.metrics.failovers.labels(engine_id).inc()
                 failures.append(f"{engine_id}: {failure.cause}")
                 continue
             except BaseException:
-                self.membership.prefilled(engine_id, work)
-                self.membership.release(engine_id)
+                self.membership.release(engine_id, work)
                 raise
             if isinstance(answer, Relayed):
-                self.membership.prefilled(engine_id, work)
-                self.finished(engine_id, answer.status, usage_of_json(answer.body))
+                self.finished(engine_id, answer.status, usage_of_json(answer.body), work)
             return answer
         raise EngineUnavailable("no engine could answer: " + ("; ".join(failures) or "none left"))
 

@@ -26,6 +26,7 @@ from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
 from warmroute.gateway.policies import Decision, RequestFeatures
+from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
 
 MAX_CONNECTIONS = 1024
@@ -44,7 +45,8 @@ class Gateway:
         self.membership = Membership(config.engines, config.probe_failures_to_eject, clock)
         self.metrics = GatewayMetrics(self.membership)
         self.turns = itertools.count()
-        self.placer = CacheAwarePlacer(PlacementParams(config.epsilon, config.load_slack))
+        self.placer = CacheAwarePlacer(PlacementParams(config.epsilon, config.load_slack),
+                                       PrefixIndex(sizes=self._cache_chunks))
         self.membership.listeners.append(self._membership_changed)
         self._client: httpx.AsyncClient | None = None
         self._probe_client: httpx.AsyncClient | None = None
@@ -79,9 +81,13 @@ class Gateway:
             if client is not None:
                 await client.aclose()
 
+    @property
+    def indexes_prompts(self) -> bool:
+        """Whether placement reads the prompt's chunk digests (only the cache-aware policy)."""
+        return self.config.policy == "cache-aware"
+
     def route(self, features: RequestFeatures) -> Decision:
-        if self.config.policy == "cache-aware":
-            self._size_index()
+        if self.indexes_prompts:
             return self.placer.place(features, self.membership.loads(), self.membership.queued())
         snapshot = self.membership.snapshot()
         if self.config.policy == "round-robin":
@@ -90,14 +96,12 @@ class Gateway:
             features, snapshot, self.config.epsilon, self.rng, self.config.load_slack
         )
 
-    def _size_index(self) -> None:
-        """Bound each engine's picture by what its cache holds, as its health answer says."""
-        index = self.placer.index
-        for state in self.membership.engines.values():
-            if state.cache_chars is not None:
-                chunks = max(1, state.cache_chars // CHUNK_BYTES)
-                if index.capacity.get(state.engine_id) != chunks:
-                    index.set_capacity(state.engine_id, chunks)
+    def _cache_chunks(self, engine_id: str) -> int | None:
+        """How many prompt chunks the engine's cache holds, as its health answer says."""
+        state = self.membership.engines.get(engine_id)
+        if state is None or state.cache_chars is None:
+            return None
+        return max(1, state.cache_chars // CHUNK_BYTES)
 
     def _membership_changed(self, engine_id: str, healthy: bool, cause: str) -> None:
         if not healthy:

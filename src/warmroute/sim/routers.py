@@ -60,7 +60,6 @@ class PolicyRouter:
         if name not in POLICY_NAMES:
             raise ValueError(f"unknown policy {name!r}")
         self.name = name
-        self.kind = name
         self.block_tokens = block_tokens
         self.ids = list(engine_ids)
         self.index = {engine_id: i for i, engine_id in enumerate(self.ids)}
@@ -78,11 +77,11 @@ class PolicyRouter:
 
     def features(self, request: TraceRequest) -> RequestFeatures:
         full = request.hash_ids[: request.input_length // self.block_tokens]
-        if self.kind == "warmroute":
+        if self.name == "warmroute":
             return RequestFeatures(key=request.conv_id, chunks=full)
-        if self.kind == "warmroute-keyless":
+        if self.name == "warmroute-keyless":
             return RequestFeatures(chunks=full)
-        if self.kind == "warmroute-hash":
+        if self.name == "warmroute-hash":
             return RequestFeatures(key=request.conv_id)
         return RequestFeatures(affinity=self.affinity(request))
 
@@ -100,14 +99,14 @@ class PolicyRouter:
         wanted = self.features(request)
         started = time.perf_counter()
         decision: Decision
-        if self.kind in ("warmroute", "warmroute-keyless"):
+        if self.name in ("warmroute", "warmroute-keyless"):
             loads = {self.ids[e.index]: e.in_flight for e in engines}
             decided = time.perf_counter()
             decision = self.placer.place(wanted, loads, self.queued)
         else:
             snapshot = tuple(EngineLoad(self.ids[e.index], e.in_flight) for e in engines)
             decided = time.perf_counter()
-            if self.kind == "round-robin":
+            if self.name == "round-robin":
                 decision = policies.round_robin(next(self.turns), snapshot)
             else:
                 decision = policies.choose(wanted, snapshot, self.epsilon, self.rng, self.slack)
