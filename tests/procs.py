@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,13 +12,11 @@ from pathlib import Path
 
 import httpx
 
+from warmroute.config import child_process_env
+from warmroute.procs import free_port, spawn
+
+__all__ = ["Proc", "free_port", "running", "start", "start_engine"]
 STARTUP_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -55,24 +50,15 @@ class Proc:
 
 
 def child_env(threads: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
+    env = child_process_env(threads)
     env.setdefault("WARMROUTE_HOME", str(Path.home() / ".cache" / "warmroute"))
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env["TOKENIZERS_PARALLELISM"] = "false"
     return env
 
 
 def start(args: Sequence[str], log: Path, port: int, threads: int = 1) -> Proc:
-    """Run `warmroute <args>` in its own process group, logging to `log`."""
-    handle = log.open("wb")
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "warmroute.cli", *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env=child_env(threads),
-        start_new_session=True,
-    )
+    """Run `warmroute <args>` in its own process group, logging to `log` (`warmroute.procs`)."""
+    log.unlink(missing_ok=True)
+    popen = spawn(args, log, env=child_env(threads), start_new_session=True)
     return Proc(popen, f"http://127.0.0.1:{port}", log)
 
 

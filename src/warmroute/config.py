@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from warmroute.gateway.pricing import ModelPrice
+from warmroute.pricing import ModelPrice
 
 DType = Literal["auto", "bfloat16", "float32"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from warmroute.bench.traces import TRACE_FILES, default_trace_dir
+from warmroute.sim.traces import TRACE_FILES, default_trace_dir
 
 
 def trace_file(name: str) -> Path:

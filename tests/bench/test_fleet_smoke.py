@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from warmroute.app.cli import main
 from warmroute.bench.fleet import EngineParams
 from warmroute.bench.fleet_bench import BenchParams, run_fleet_bench, warmroute_targets
 from warmroute.bench.summary import COLUMNS
 from warmroute.bench.workload import ChatParams, synthetic_chats
-from warmroute.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from warmroute.app.cli import main
 from warmroute.bench.commands import add_fleet_arguments, build_workload_and_trace, trace_reference
 from warmroute.bench.fleet import EngineParams
 from warmroute.bench.offline import reference_figures, replayed_requests, trace_cache_blocks
 from warmroute.bench.report import print_report, read_results, write_results
-from warmroute.bench.traces import TraceRequest
-from warmroute.cli import main
 from warmroute.engine.sim_profile import CPU, GPU
+from warmroute.sim.traces import TraceRequest
 
 
 def req(index: int, t_ms: int, blocks: list[int], conv: int, out: int = 100) -> TraceRequest:

@@ -18,9 +18,9 @@ from warmroute.bench.runner import RunOptions, Target, run_workload
 from warmroute.bench.summary import COLUMNS, quantile, summarize
 from warmroute.bench.workload import ChatParams, synthetic_chats
 from warmroute.config import EngineConfig
-from warmroute.engine.llm import Engine
+from warmroute.engine.engine import Engine
 from warmroute.engine.sim_profile import sim_profile
-from warmroute.gateway.launch import BackgroundServer
+from warmroute.procs import BackgroundServer
 
 PROFILE = sim_profile("cpu", prefill_ms_per_token=0.05, decode_ms_per_step=2.0)
 

@@ -11,10 +11,10 @@ import pytest
 
 from warmroute.config import EngineConfig
 from warmroute.engine.block_pool import Block
-from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.engine.engine import Delta, Engine, Finished
 from warmroute.engine.sequence import Sequence
-from warmroute.engine.sim import SimRunner
 from warmroute.engine.sim_profile import CPU, GPU, sim_profile
+from warmroute.engine.sim_runner import SimRunner
 from warmroute.engine.sim_tokenizer import IM_END, IM_START, SimTokenizer
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams, Usage
 
@@ -137,10 +137,10 @@ def test_profile_rejects_negative_costs() -> None:
 
 NO_TORCH = """
 import asyncio, sys
-from warmroute.cli import build_parser
-from warmroute.engine.llm import Engine
-from warmroute.engine.sim_profile import sim_profile_from_args
-from warmroute.cli import engine_config
+from warmroute.app.cli import build_parser
+from warmroute.engine.engine import Engine
+from warmroute.app.engine_command import sim_profile_from_args
+from warmroute.app.engine_command import engine_config
 from warmroute.api.engine_app import create_engine_app
 args = build_parser().parse_args(["engine", "--model", "sim", "--prefill-ms-per-token", "0",
                                   "--decode-ms-per-token", "0", "--cache-blocks", "64"])

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.bench.helpers import trace_file
-from warmroute.bench.textgen import BlockText
-from warmroute.bench.traces import TraceRequest, load_mooncake
 from warmroute.bench.workload import (
     ChatParams,
     TraceParams,
@@ -18,6 +16,8 @@ from warmroute.bench.workload import (
     trace_workload,
 )
 from warmroute.engine.sim_tokenizer import SimTokenizer
+from warmroute.sim.textgen import BlockText
+from warmroute.sim.traces import TraceRequest, load_mooncake
 from warmroute.types import ChatMessage
 
 

@@ -15,7 +15,7 @@ import torch
 
 from warmroute.config import EngineConfig
 from warmroute.engine.block_pool import BlockPool
-from warmroute.engine.llm import Delta, Engine
+from warmroute.engine.engine import Delta, Engine
 from warmroute.engine.model import LoadedModel, load_model
 from warmroute.engine.prefix_cache import PrefixCache, block_hashes, hash_seed
 from warmroute.engine.runner import Runner

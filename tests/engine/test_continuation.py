@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from warmroute.config import EngineConfig
-from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.engine.engine import Delta, Engine, Finished
 from warmroute.engine.tokenizer import IncrementalDetokenizer
 from warmroute.errors import InvalidRequest
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams

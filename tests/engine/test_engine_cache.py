@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from warmroute.config import EngineConfig
-from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.engine.engine import Delta, Engine, Finished
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams, Usage
 
 BS = 16

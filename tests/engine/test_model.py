@@ -9,7 +9,7 @@ import pytest
 
 from warmroute.config import EngineConfig
 from warmroute.engine.builtin import builtin_path
-from warmroute.engine.llm import Engine, cache_capacity_blocks
+from warmroute.engine.engine import Engine, cache_capacity_blocks
 from warmroute.engine.model import load_model, resolve_dtype
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams
 

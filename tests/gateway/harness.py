@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 
 from tests.procs import Proc, free_port, start_engine
-from warmroute.api.gateway_app import create_gateway_app
+from warmroute.app.gateway_app import create_gateway_app
 from warmroute.config import EngineEndpoint, GatewayConfig
-from warmroute.gateway.launch import BackgroundServer
+from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.membership import Membership
-from warmroute.gateway.router import Gateway
+from warmroute.procs import BackgroundServer
 
 MODEL = "builtin:tiny"
 SYSTEM_PROMPT = (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from warmroute.cli import build_parser
+from warmroute.app.cli import build_parser
+from warmroute.app.gateway_command import gateway_config
 from warmroute.config import EngineEndpoint, GatewayConfig, ServeConfig
-from warmroute.gateway.launch import gateway_config
 
 
 def test_engine_specs_name_a_url_and_optionally_an_id() -> None:

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse
 from tests.gateway.harness import Fleet, chat_body, gateway_over, metric, opening, wait_for
 from tests.procs import free_port
 from warmroute.config import EngineEndpoint
-from warmroute.gateway.launch import BackgroundServer
 from warmroute.gateway.policies import preference
+from warmroute.procs import BackgroundServer
 
 pytestmark = pytest.mark.slow
 VICTIM = "e2"

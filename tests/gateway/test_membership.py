@@ -65,8 +65,8 @@ def test_in_flight_counts_show_in_the_snapshot() -> None:
 def test_health_answers_size_the_gateways_picture_of_each_cache() -> None:
     from warmroute.config import GatewayConfig
     from warmroute.gateway.features import CHUNK_BYTES
+    from warmroute.gateway.gateway import Gateway
     from warmroute.gateway.policies import RequestFeatures
-    from warmroute.gateway.router import Gateway
 
     gateway = Gateway(GatewayConfig(engines=(EngineEndpoint.of("http://h:1", "a"),
                                              EngineEndpoint.of("http://h:2", "b"))))

@@ -53,7 +53,7 @@ def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]
     log = tmp_path / "serve.log"
     with log.open("wb") as handle:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "warmroute.cli", "serve", "--engines", "2", "--port", str(port),
+            [sys.executable, "-m", "warmroute", "serve", "--engines", "2", "--port", str(port),
              "--data-dir", str(tmp_path / "data"), "--dtype", "float32"],
             stdout=handle, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
         )

@@ -19,8 +19,8 @@ from starlette.responses import StreamingResponse
 from tests.gateway.harness import gateway_over, metric, wait_for
 from tests.procs import free_port
 from warmroute.config import EngineEndpoint
-from warmroute.gateway.launch import BackgroundServer
 from warmroute.gateway.policies import preference
+from warmroute.procs import BackgroundServer
 
 Ending = Literal["done", "early-end", "error-event", "reset"]
 CHAT = "/v1/chat/completions"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from warmroute.cli import build_parser
+from warmroute.app.cli import build_parser
+from warmroute.app.gateway_command import gateway_config
 from warmroute.config import GatewayConfig
-from warmroute.gateway.launch import gateway_config
 from warmroute.gateway.resume import ClientView, StreamSplice, upstream_stream_body
 
 FIRST = {"id": "first", "object": "chat.completion.chunk", "created": 100, "model": "m",

@@ -23,8 +23,8 @@ from xai_sdk.proto import auth_pb2_grpc
 
 from tests.gateway.harness import MODEL, SYSTEM_PROMPT, Fleet, chat_body, gateway_over
 from tests.procs import free_port, start
-from warmroute.api.auth import create_key
-from warmroute.gateway.pricing import ModelPrice
+from warmroute.gateway.auth import create_key
+from warmroute.pricing import ModelPrice
 from warmroute.store import open_store
 from warmroute.types import Usage
 

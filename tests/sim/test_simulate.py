@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.bench.helpers import trace_file
-from warmroute.bench.traces import TraceRequest, load_mooncake
-from warmroute.cli import main
+from warmroute.app.cli import main
 from warmroute.engine.sim_profile import GPU
 from warmroute.gateway.policies import preference
 from warmroute.sim.churn import measure_churn
 from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
-from warmroute.sim.engine import SimulatedEngine, block_keys
 from warmroute.sim.routers import OracleRouter, PolicyRouter
+from warmroute.sim.simulated_engine import SimulatedEngine, block_keys
+from warmroute.sim.traces import TraceRequest, load_mooncake
 
 
 def req(index: int, t_ms: int, blocks: list[int], conv: int, length: int | None = None,

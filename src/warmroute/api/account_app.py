@@ -13,11 +13,11 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from warmroute.api.auth import Authenticator, Caller
 from warmroute.errors import InvalidRequest, NotFound
+from warmroute.gateway.auth import Authenticator, Caller
+from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.pricing import price_for
-from warmroute.gateway.router import Gateway
+from warmroute.pricing import price_for
 from warmroute.store import UsageTotals
 
 GROUPINGS = ("key", "model", "day", "team")

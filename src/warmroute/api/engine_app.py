@@ -30,16 +30,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from warmroute.api import chat_completions as cc
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, read_json_object
-from warmroute.api.models import model_card
-from warmroute.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, sse_data
+from warmroute.api.model_card import model_card
+from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 from warmroute.api.wire_errors import (
     handle_http_exception,
     handle_unexpected_error,
     handle_warmroute_error,
     sse_error_event,
 )
-from warmroute.engine.llm import Delta, Engine, Finished, Prepared
+from warmroute.engine.engine import Delta, Engine, Finished, Prepared
 from warmroute.errors import NotFound, WarmrouteError
+from warmroute.sse import DONE, sse_data
 
 
 def create_engine_app(
@@ -55,9 +56,7 @@ def create_engine_app(
     app.add_exception_handler(WarmrouteError, handle_warmroute_error)
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
-    registry = CollectorRegistry()
-    registry.register(EngineCollector(engine))
-    created = int(time.time())
+    add_engine_status_routes(app, engine, engine_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -78,6 +77,16 @@ def create_engine_app(
         if answer is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(answer, headers=headers)
+
+    return app
+
+
+def add_engine_status_routes(app: FastAPI, engine: Engine, engine_id: str) -> None:
+    """`/health` (with the cache size the gateway's prefix index is sized from), `/v1/models`,
+    `/cache` (cache statistics) and `/metrics`."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine))
+    created = int(time.time())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -101,8 +110,6 @@ def create_engine_app(
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
-
-    return app
 
 
 async def collect(

@@ -16,8 +16,6 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from warmroute.api.auth import Authenticator, Caller
-from warmroute.api.conversations import Conversations, Turn
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses import (
     ResponseDraft,
@@ -30,6 +28,8 @@ from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, ClosingStream
 from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
+from warmroute.gateway.auth import Authenticator, Caller
+from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming

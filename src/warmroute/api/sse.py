@@ -1,21 +1,16 @@
-"""Server-sent events framing (`data: <json>\\n\\n`, ending with `data: [DONE]`)."""
+"""Server-sent event responses: the headers and media type, and a streaming response that always
+releases what its stream holds. The event codec itself is `warmroute.sse`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 SSE_MEDIA_TYPE = "text/event-stream"
-
-
-def sse_data(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 class ClosingStream(StreamingResponse):

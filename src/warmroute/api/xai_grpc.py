@@ -33,14 +33,14 @@ from xai_sdk.proto import (
 )
 
 from warmroute.api import xai_grpc_wire as wire
-from warmroute.api.auth import Authenticator, Caller
-from warmroute.api.conversations import Conversations, Turn
 from warmroute.api.wire_errors import wire_error_for
 from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
+from warmroute.gateway.auth import Authenticator, Caller
+from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.features import CONV_ID_HEADER, validate_key
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.pricing import price_for
+from warmroute.pricing import price_for
 from warmroute.store import DeferredStatus
 from warmroute.types import Usage
 

@@ -1,4 +1,5 @@
-"""Flags and entry points of `warmroute bench fleet`, `bench run` and `bench report`.
+"""Flags and entry points of `warmroute bench gateway`, `bench fleet`, `bench run` and
+`bench report`.
 
 - `bench fleet`: N simulated engines; warmroute, round-robin (and with `--peers` the peer
   routers) run the same workload in turn; `--fault` adds the scenario that kills one engine
@@ -16,18 +17,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmroute.bench.traces import (
-    TraceRequest,
-    default_trace_dir,
-    load_mooncake,
-    resolve_trace,
-)
 from warmroute.bench.workload import (
     ChatParams,
     TraceParams,
     Workload,
     synthetic_chats,
     trace_workload,
+)
+from warmroute.sim.traces import (
+    TraceRequest,
+    default_trace_dir,
+    load_mooncake,
+    resolve_trace,
 )
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def out_dir(args: argparse.Namespace) -> Path:
 def run_fleet_command(args: argparse.Namespace) -> int:
     from warmroute.bench.fleet import EngineParams
     from warmroute.bench.fleet_bench import BenchParams, run_fleet_bench, warmroute_targets
-    from warmroute.gateway.launch import quiet_http_client_logs
+    from warmroute.procs import quiet_http_client_logs
 
     quiet_http_client_logs()
     console = wide_console()
@@ -279,8 +280,34 @@ def run_report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_gateway_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engines", type=int, default=4)
+    parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
+    parser.add_argument("--conversations", type=int, default=24)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    parser.add_argument("--user-words", type=int, default=20, help="words per user turn")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--epsilon", type=float, default=0.25,
+                        help="the sticky gateway's bounded-load slack")
+    parser.add_argument("--overhead-requests", type=int, default=200,
+                        help="requests per path for the added-latency figure")
+
+
+def run_gateway_bench(args: argparse.Namespace) -> int:
+    from warmroute.bench.gateway_bench import run_gateway_bench_command
+
+    return run_gateway_bench_command(args)
+
+
 def register_bench_commands(bench_sub: Any) -> None:
-    """`bench fleet`, `bench run` and `bench report` under `warmroute bench`."""
+    """`bench gateway`, `bench fleet`, `bench run` and `bench report` under `warmroute bench`."""
+    gateway = bench_sub.add_parser(
+        "gateway", help="sticky vs round-robin hit rate and TTFT; gateway overhead"
+    )
+    add_gateway_bench_arguments(gateway)
+    gateway.set_defaults(func=run_gateway_bench)
     fleet = bench_sub.add_parser(
         "fleet", help="simulated engines behind warmroute, round-robin (and --peers), side by side"
     )

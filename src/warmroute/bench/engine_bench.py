@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from warmroute.config import EngineConfig
-from warmroute.engine.llm import Delta, Engine, Finished
+from warmroute.engine.engine import Delta, Engine, Finished
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams
 
 WORDS = (

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from warmroute.config import child_process_env
-from warmroute.gateway.serve import (
+from warmroute.procs import (
     LocalEngine,
     die_with_parent,
     free_port,
@@ -100,7 +100,7 @@ class SimFleet:
         logs = self.log_dir / run_name
         for engine_id, port in zip(self.ids, self.ports, strict=True):
             log = logs / f"{engine_id}.log"
-            command = [sys.executable, "-m", "warmroute.cli", "engine", "--model", "sim",
+            command = [sys.executable, "-m", "warmroute", "engine", "--model", "sim",
                        "--host", "127.0.0.1", "--port", str(port), "--engine-id", engine_id,
                        *self.params.flags()]
             self.engines.append(LocalEngine(engine_id, port, spawn(command, log), log))
@@ -158,7 +158,7 @@ def launch_gateway(
 ) -> Iterator[Launched]:
     """A `warmroute gateway` over the fleet, ready once it counts every engine healthy."""
     port = free_port()
-    command = [sys.executable, "-m", "warmroute.cli", "gateway", "--port", str(port),
+    command = [sys.executable, "-m", "warmroute", "gateway", "--port", str(port),
                "--policy", policy, "--epsilon", str(epsilon), "--probe-interval", "0.5",
                "--data-dir", str(log.parent / f"{log.stem}-data"), "--no-api-keys"]
     for engine_id, url in zip(fleet.ids, fleet.urls, strict=True):

@@ -35,11 +35,11 @@ from rich.console import Console
 from rich.table import Table
 
 from warmroute.config import ServeConfig, child_process_env, cpu_count
-from warmroute.gateway.launch import quiet_http_client_logs
 from warmroute.gateway.policies import preference
-from warmroute.gateway.serve import (
+from warmroute.procs import (
     LocalEngine,
     free_port,
+    quiet_http_client_logs,
     start_engine,
     stop_engines,
     wait_healthy,
@@ -181,7 +181,7 @@ def gateway_process(
     engines: list[LocalEngine], policy: str, salt: str, logs: Path, epsilon: float
 ) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "warmroute.cli", "gateway", "--port", str(port),
+    command = [sys.executable, "-m", "warmroute", "gateway", "--port", str(port),
                "--policy", policy, "--cache-salt", salt, "--epsilon", str(epsilon)]
     for engine in engines:
         command += ["--engine", f"{engine.engine_id}={engine.url}"]

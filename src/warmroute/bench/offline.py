@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from warmroute.bench.traces import TraceRequest
 from warmroute.engine.sim_profile import SimProfile
 from warmroute.sim.des import SimParams, ceiling_hit_rate, simulate
 from warmroute.sim.routers import OracleRouter
+from warmroute.sim.traces import TraceRequest
 
 TRACE_BLOCK_TOKENS = 512
 

@@ -29,7 +29,7 @@ from warmroute.bench.fleet import (
     wait_ready,
 )
 from warmroute.bench.fleet_bench import Launcher, TargetSpec
-from warmroute.gateway.serve import free_port, tail
+from warmroute.procs import free_port, tail
 
 ROUTERS_VENV = ("routers", ("sglang-router==0.3.2", "vllm-router==0.1.17"))
 SMG_VENV = ("smg", ("smg>=1.13,<1.14",))

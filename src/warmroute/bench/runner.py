@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from warmroute.bench.client import RequestRecord, stream_chat
-from warmroute.bench.textgen import BlockText
 from warmroute.bench.workload import Conversation, Turn, Workload, trace_messages
+from warmroute.sim.textgen import BlockText
 
 DEFAULT_KEY_HEADER = "x-grok-conv-id"
 

@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmroute.bench.textgen import BlockText, seeded_words
-from warmroute.bench.traces import TraceRequest
+from warmroute.sim.textgen import BlockText, seeded_words
+from warmroute.sim.traces import TraceRequest
 
 
 @dataclass(frozen=True)

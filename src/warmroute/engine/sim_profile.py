@@ -3,12 +3,12 @@
 A profile is the whole latency model: prefill costs `prefill_ms_per_token` for each prompt token
 that is *not* served from the prefix cache; a decode step costs `decode_ms_per_step` for a batch of
 one, growing by `decode_growth_per_seq` of that for each extra sequence in the batch (batched
-decode is nearly flat: `reference/engine-feasibility.md` §3.3). Cheap to import: no torch, no web.
+decode is nearly flat: `reference/engine-feasibility.md` §3.3). Cheap to import: no torch, no web;
+its command-line flags live with the `engine` command (`app/engine_command.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 
 
@@ -39,16 +39,6 @@ GPU = SimProfile("gpu", 0.1, 25.0, 0.005, 128 * 1024, 32 * 2**30 // (128 * 1024)
 PROFILES = {p.name: p for p in (CPU, GPU)}
 
 
-def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("simulated engine (--model sim)")
-    group.add_argument("--sim-profile", choices=sorted(PROFILES), default="cpu",
-                       help="latency defaults: cpu (bf16 figures measured here) or gpu")
-    group.add_argument("--prefill-ms-per-token", type=float, default=None,
-                       help="prefill cost per uncached prompt token (overrides the profile)")
-    group.add_argument("--decode-ms-per-token", type=float, default=None,
-                       help="cost of one batched decode step (overrides the profile)")
-
-
 def sim_profile(
     name: str, prefill_ms_per_token: float | None = None, decode_ms_per_step: float | None = None
 ) -> SimProfile:
@@ -61,7 +51,3 @@ def sim_profile(
     if profile.prefill_ms_per_token < 0 or profile.decode_ms_per_step < 0:
         raise ValueError("simulated latencies must not be negative")
     return profile
-
-
-def sim_profile_from_args(args: argparse.Namespace) -> SimProfile:
-    return sim_profile(args.sim_profile, args.prefill_ms_per_token, args.decode_ms_per_token)

@@ -1,7 +1,8 @@
-"""The gateway: conversation-sticky, load-bounded routing of Chat Completions over engines.
+"""The gateway: conversation-sticky, cache-aware, load-bounded routing of requests over engines.
 
-features (routing key, keyless affinity) → policies (pure placement) → proxy (forward, fail
-over before the first byte) over membership (health, in-flight) kept by health (probes);
-router wires them, metrics counts, launch and serve start them. The web routes live in
-`warmroute.api.gateway_app`.
+auth (keys → callers, tenant salts) → features (routing key, prompt digests) → placement /
+policies (pure decisions) → proxy (forward, fail over before the first byte, resume) over
+membership (health, in flight) kept by health (probes); metering and the stream meter price
+and record; `gateway.Gateway` wires them. Surfaces live in `warmroute.api`, assembly in
+`warmroute.app`.
 """

@@ -21,10 +21,10 @@ from warmroute.errors import (
     PayloadTooLarge,
     WarmrouteError,
 )
+from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.resume import ClientView, upstream_stream_body
-from warmroute.gateway.router import Gateway
 from warmroute.gateway.usage import usage_from
 from warmroute.types import ChatMessage, SamplingParams, Usage
 

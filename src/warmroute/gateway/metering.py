@@ -11,9 +11,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from warmroute.api.auth import Caller
-from warmroute.gateway.pricing import ModelPrice, price_for
+from warmroute.gateway.auth import Caller
 from warmroute.gateway.ratelimit import RateLimiter
+from warmroute.pricing import ModelPrice, price_for
 from warmroute.store import Store, UsageRecord
 from warmroute.types import Usage
 

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.policies import REASONS
-from warmroute.gateway.usage import TokenUsage
+from warmroute.types import Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESUME_OUTCOMES = ("resumed", "failed")
@@ -84,7 +84,7 @@ class GatewayMetrics:
         if not healthy:
             self.ejections.labels(engine_id).inc()
 
-    def record_usage(self, engine_id: str, usage: TokenUsage | None) -> None:
+    def record_usage(self, engine_id: str, usage: Usage | None) -> None:
         if usage is not None:
             self.prompt_tokens.labels(engine_id).inc(usage.prompt_tokens)
             self.cached_tokens.labels(engine_id).inc(usage.cached_tokens)

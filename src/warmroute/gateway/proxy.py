@@ -32,7 +32,8 @@ from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
 from warmroute.gateway.resume import ClientView, StreamSplice
-from warmroute.gateway.usage import SseUsageTap, TokenUsage, usage_of_json
+from warmroute.gateway.usage import SseUsageTap, usage_of_json
+from warmroute.types import Usage
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_RESUMES = 2
@@ -240,7 +241,7 @@ class Proxy:
             )
         return answer
 
-    def finished(self, engine_id: str, status: int, usage: TokenUsage | None,
+    def finished(self, engine_id: str, status: int, usage: Usage | None,
                  work: float = 0.0) -> None:
         """An answer ended: its in-flight slot and any prefill work still counted are freed."""
         self.membership.release(engine_id, work)

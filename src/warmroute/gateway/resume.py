@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-DATA_PREFIX = b"data:"
-DONE = b"data: [DONE]\n\n"
+from warmroute.sse import DATA_PREFIX, DONE, encode_event
+
 CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
 REWRITTEN = ("id", "created", "model")
 MAX_LINE_BYTES = 2**24
@@ -296,7 +296,3 @@ def is_id_list(value: object) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
         isinstance(i, int) and not isinstance(i, bool) for i in value
     )
-
-
-def encode_event(event: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"

@@ -8,7 +8,6 @@ and keeps the few that mention usage; JSON is parsed once, when the stream has e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from warmroute.types import Usage
@@ -16,12 +15,6 @@ from warmroute.types import Usage
 DATA_PREFIX = b"data:"
 USAGE_MARK = b'"usage"'
 MAX_LINE_BYTES = 2**20
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    prompt_tokens: int
-    cached_tokens: int
 
 
 def usage_from(data: dict[str, Any]) -> Usage:
@@ -34,20 +27,23 @@ def usage_from(data: dict[str, Any]) -> Usage:
     )
 
 
-def usage_of(answer: object) -> TokenUsage | None:
-    """`usage.prompt_tokens` and `usage.prompt_tokens_details.cached_tokens` of an answer."""
+def usage_of(answer: object) -> Usage | None:
+    """The usage of an answer from any server, checked field by field (a missing completion or
+    cached count is 0; no integer `prompt_tokens`, no usage)."""
     usage = answer.get("usage") if isinstance(answer, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
     details: Any = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    completion = usage.get("completion_tokens")
     if not isinstance(prompt, int):
         return None
-    return TokenUsage(prompt, cached if isinstance(cached, int) else 0)
+    return Usage(prompt, completion if isinstance(completion, int) else 0,
+                 cached if isinstance(cached, int) else 0)
 
 
-def usage_of_json(body: bytes) -> TokenUsage | None:
+def usage_of_json(body: bytes) -> Usage | None:
     try:
         return usage_of(json.loads(body))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -70,7 +66,7 @@ class SseUsageTap:
             if line.startswith(DATA_PREFIX) and USAGE_MARK in line:
                 self._candidate = line
 
-    def usage(self) -> TokenUsage | None:
+    def usage(self) -> Usage | None:
         if self._candidate is None:
             return None
         return usage_of_json(self._candidate[len(DATA_PREFIX) :].strip())

@@ -15,8 +15,8 @@ DEFAULT_POLICIES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-r
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    from warmroute.bench.traces import default_trace_dir
     from warmroute.engine.sim_profile import PROFILES
+    from warmroute.sim.traces import default_trace_dir
 
     parser.add_argument("--engines", type=int, default=1000)
     parser.add_argument("--trace", default="conversation",
@@ -49,13 +49,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_simulate_command(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from warmroute.bench.traces import load_mooncake, resolve_trace
     from warmroute.engine.sim_profile import sim_profile
     from warmroute.sim.churn import measure_churn
     from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
     from warmroute.sim.routers import OracleRouter, PolicyRouter, Router
+    from warmroute.sim.traces import load_mooncake, resolve_trace
 
     console = Console(width=max(150, Console().width))
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
@@ -93,8 +92,19 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         churns = [measure_churn(sample, ids, params.epsilon, args.seed, policy)
                   for policy in ("cache-aware", "hash")]
 
+    print_results(console, params, requests, path.name, ceiling, results, churns)
+    if args.json is not None:
+        write_figures(args.json, path, requests, ceiling, params, results, churns)
+        console.print(f"figures: {args.json}")
+    return 0
+
+
+def print_results(console: Any, params: Any, requests: list[Any], trace: str, ceiling: float,
+                  results: list[Any], churns: list[Any]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"warmroute simulate — {params.engines} engines, {len(requests)} "
-                        f"requests of {path.name}; ceiling (one infinite cache) {ceiling:.3f}")
+                        f"requests of {trace}; ceiling (one infinite cache) {ceiling:.3f}")
     for column in ("policy", "hit rate", "max/avg per engine", "sticky", "TTFT p50",
                    "TTFT p99", "µs/decision (mean, p99)", "decisions/s", "µs/snapshot",
                    "sim wall"):
@@ -110,18 +120,19 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         console.print(f"keys moved ({churn.policy}, {churn.keys} keys): engine leaves "
                       f"{churn.moved_on_leave:.4f} (ideal {churn.ideal_leave:.4f}), engine "
                       f"joins {churn.moved_on_join:.4f} (ideal {churn.ideal_join:.4f})")
-    if args.json is not None:
-        document: dict[str, Any] = {
-            "trace": str(path), "requests": len(requests), "ceiling": ceiling,
-            "params": {**dataclasses.asdict(params)},
-            "results": [dataclasses.asdict(r) for r in results],
-            "churn": [{**dataclasses.asdict(c), "ideal_leave": c.ideal_leave,
-                       "ideal_join": c.ideal_join} for c in churns],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=1, default=str))
-        console.print(f"figures: {args.json}")
-    return 0
+
+
+def write_figures(out: Path, path: Path, requests: list[Any], ceiling: float, params: Any,
+                  results: list[Any], churns: list[Any]) -> None:
+    document: dict[str, Any] = {
+        "trace": str(path), "requests": len(requests), "ceiling": ceiling,
+        "params": {**dataclasses.asdict(params)},
+        "results": [dataclasses.asdict(r) for r in results],
+        "churn": [{**dataclasses.asdict(c), "ideal_leave": c.ideal_leave,
+                   "ideal_join": c.ideal_join} for c in churns],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1, default=str))
 
 
 def register_simulate_command(sub: Any) -> None:

@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from warmroute.bench.traces import TraceRequest
 from warmroute.engine.sim_profile import GPU, SimProfile
-from warmroute.sim.engine import Admission, SimulatedEngine, block_keys
 from warmroute.sim.routers import Router
+from warmroute.sim.simulated_engine import Admission, SimulatedEngine, block_keys
+from warmroute.sim.traces import TraceRequest
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-from warmroute.bench.textgen import BlockText
-from warmroute.bench.traces import TraceRequest
 from warmroute.gateway import features, policies
 from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
 from warmroute.gateway.policies import Decision, EngineLoad, RequestFeatures
 from warmroute.gateway.prefix_index import PrefixIndex
-from warmroute.sim.engine import SimulatedEngine
+from warmroute.sim.simulated_engine import SimulatedEngine
+from warmroute.sim.textgen import BlockText
+from warmroute.sim.traces import TraceRequest
 
 AFFINITY_WORDS = 300  # more than the 1 KiB of the first user message the digest reads
 POLICY_NAMES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-robin")

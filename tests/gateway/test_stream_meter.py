@@ -8,7 +8,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from warmroute.api.gateway_app import StreamMeter, parse_events
+from warmroute.gateway.stream_meter import StreamMeter
+from warmroute.sse import parse_events
 
 
 class Meter:

@@ -1,122 +1,56 @@
 """`warmroute serve`: the embedded default, a gateway in this process over N local engines.
 
-Engines are child processes (`python -m warmroute.cli engine`) on free 127.0.0.1 ports, each
+Engines are child processes (`python -m warmroute engine`) on free 127.0.0.1 ports, each
 given `cores // N` torch threads (oversubscribed engines lose 2.4–6×), logging under the data
 directory. Once every engine is healthy the gateway listens and a ready-to-paste `curl` is
 printed. Ctrl-C or SIGTERM stops the gateway and then every child; on Linux the children also
-get SIGTERM if this process dies without cleaning up (PR_SET_PDEATHSIG), so none is orphaned.
+get SIGTERM if this process dies without cleaning up (`procs.die_with_parent`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
-import ctypes
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
-import httpx
-import uvicorn
-
-from warmroute.config import (
-    EngineConfig,
-    EngineEndpoint,
-    GatewayConfig,
-    ServeConfig,
-    child_process_env,
+from warmroute.config import EngineConfig, EngineEndpoint, GatewayConfig, ServeConfig, cpu_count
+from warmroute.procs import (
+    LocalEngine,
+    quiet_http_client_logs,
+    start_engine,
+    stop_engines,
+    wait_healthy,
 )
-from warmroute.gateway.launch import quiet_http_client_logs
-
-STOP_GRACE_S = 10.0
-PR_SET_PDEATHSIG = 1
 
 
-@dataclass
-class LocalEngine:
-    engine_id: str
-    port: int
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engines", type=int, default=2, help="local engines to start")
+    parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--port", type=int, default=8000, help="the gateway's HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=50051,
+                        help="the gateway's gRPC port (xAI's gRPC API; 0 turns it off)")
+    parser.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
+                        help="where logs and the SQLite store live")
+    parser.add_argument("--database-url", default=None,
+                        help="postgresql://… instead of the SQLite file in the data dir")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the parent exits (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def start_engine(config: ServeConfig, index: int) -> LocalEngine:
-    engine_id, port = f"engine-{index + 1}", free_port()
-    log = config.data_dir / f"{engine_id}.log"
-    threads = config.threads_per_engine
-    command = [
-        sys.executable, "-m", "warmroute.cli", "engine", "--host", "127.0.0.1",
-        "--port", str(port), "--engine-id", engine_id, "--model", config.model,
-        "--threads", str(threads), "--dtype", config.dtype,
-    ]
-    with log.open("ab") as handle:
-        popen = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=child_process_env(threads),
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        )
-    return LocalEngine(engine_id, port, popen, log)
-
-
-def wait_healthy(engines: list[LocalEngine], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(engines)
-    while pending:
-        engine = pending[0]
-        if engine.popen.poll() is not None:
-            raise RuntimeError(f"{engine.engine_id} exited early; see {engine.log}:\n"
-                               + tail(engine.log))
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(engine.url + "/health", timeout=1.0).status_code == 200:
-                pending.pop(0)
-                continue
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{engine.engine_id} not healthy after {timeout:.0f}s; see "
-                               f"{engine.log}")
-        time.sleep(0.2)
-
-
-def stop_engines(engines: list[LocalEngine]) -> None:
-    for engine in engines:
-        if engine.popen.poll() is None:
-            engine.popen.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
-    for engine in engines:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            engine.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        if engine.popen.poll() is None:
-            engine.popen.kill()
-            engine.popen.wait()
-
-
-def tail(path: Path, chars: int = 2000) -> str:
-    with contextlib.suppress(OSError):
-        return path.read_text(errors="replace")[-chars:]
-    return ""
+def run_serve_command(args: argparse.Namespace) -> int:
+    if args.engines < 1:
+        raise SystemExit("--engines must be at least 1")
+    config = ServeConfig(
+        engines=args.engines, model=args.model, port=args.port, grpc_port=args.grpc_port,
+        data_dir=args.data_dir, dtype=args.dtype, cores=cpu_count(),
+        database_url=args.database_url,
+    )
+    return run_serve(config)
 
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -164,7 +98,9 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
 
 
 async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> None:
-    from warmroute.api.gateway_app import create_gateway_app
+    import uvicorn
+
+    from warmroute.app.gateway_app import create_gateway_app
 
     server = uvicorn.Server(uvicorn.Config(create_gateway_app(config), host=config.host,
                                            port=config.port, log_level="warning"))
@@ -178,7 +114,7 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
 
 async def ensure_dev_key(config: ServeConfig) -> str:
     """The development API key: created on first start, kept in <data-dir>/dev-key (0600)."""
-    from warmroute.api.auth import create_key
+    from warmroute.gateway.auth import create_key
     from warmroute.store import open_store
 
     path = config.data_dir / "dev-key"

@@ -1,32 +1,22 @@
-"""The command-line face of the gateway: flags of `warmroute gateway`, `serve` and `bench gateway`
-turned into configs, and starting a gateway under uvicorn, in the foreground or on a background
-thread (tests run real gateways in-process that way). Cheap to import: `warmroute --help` and
-every engine process load it, so web frameworks are imported only when a command runs.
+"""`warmroute gateway`: its flags turned into a `GatewayConfig` (a TOML file, then the flags),
+and the gateway run under uvicorn in the foreground. Cheap to import: `warmroute --help` and
+every engine process load it, so web frameworks are imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from warmroute.config import (
     ROUTING_POLICIES,
     EngineEndpoint,
     GatewayConfig,
-    ServeConfig,
-    cpu_count,
     env_str,
 )
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-STARTUP_TIMEOUT_S = 30.0
+from warmroute.procs import quiet_http_client_logs
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,15 +93,10 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     return config
 
 
-def quiet_http_client_logs() -> None:
-    """httpx logs every request at INFO; a gateway makes several per request and per second."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from warmroute.api.gateway_app import create_gateway_app
+    from warmroute.app.gateway_app import create_gateway_app
 
     config = gateway_config(args)
     quiet_http_client_logs()
@@ -120,70 +105,3 @@ def run_gateway(args: argparse.Namespace) -> int:
     uvicorn.run(create_gateway_app(config), host=config.host, port=config.port,
                 log_level="warning")
     return 0
-
-
-class BackgroundServer:
-    """A uvicorn server for `app` on a thread of this process; `stop()` shuts it down."""
-
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        import uvicorn
-
-        self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, name="warmroute-server")
-
-    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server for {self.url} did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engines", type=int, default=2, help="local engines to start")
-    parser.add_argument("--model", default="builtin:tiny")
-    parser.add_argument("--port", type=int, default=8000, help="the gateway's HTTP port")
-    parser.add_argument("--grpc-port", type=int, default=50051,
-                        help="the gateway's gRPC port (xAI's gRPC API; 0 turns it off)")
-    parser.add_argument("--data-dir", type=Path, default=Path(".warmroute"),
-                        help="where logs and the SQLite store live")
-    parser.add_argument("--database-url", default=None,
-                        help="postgresql://… instead of the SQLite file in the data dir")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
-
-
-def run_serve_command(args: argparse.Namespace) -> int:
-    from warmroute.gateway.serve import run_serve
-
-    if args.engines < 1:
-        raise SystemExit("--engines must be at least 1")
-    config = ServeConfig(
-        engines=args.engines, model=args.model, port=args.port, grpc_port=args.grpc_port,
-        data_dir=args.data_dir, dtype=args.dtype, cores=cpu_count(),
-        database_url=args.database_url,
-    )
-    return run_serve(config)
-
-
-def add_gateway_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engines", type=int, default=4)
-    parser.add_argument("--model", default="builtin:tiny")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
-    parser.add_argument("--conversations", type=int, default=24)
-    parser.add_argument("--turns", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
-    parser.add_argument("--user-words", type=int, default=20, help="words per user turn")
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--epsilon", type=float, default=0.25,
-                        help="the sticky gateway's bounded-load slack")
-    parser.add_argument("--overhead-requests", type=int, default=200,
-                        help="requests per path for the added-latency figure")

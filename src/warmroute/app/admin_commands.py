@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from warmroute.gateway.pricing import ModelPrice
+from warmroute.pricing import ModelPrice
 
 GROUP_BY = ("key", "model", "day", "team")
 
@@ -62,7 +62,7 @@ def run(
 
 
 async def keys_create(args: argparse.Namespace) -> int:
-    from warmroute.api.auth import create_key
+    from warmroute.gateway.auth import create_key
     from warmroute.store import open_store
 
     store = await open_store(store_url(args))

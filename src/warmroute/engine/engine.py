@@ -113,7 +113,7 @@ class Engine:
         """Load the model named by `config` and build a stopped engine around it. `--model sim`
         builds the simulated engine instead (latency profile `sim`; no torch is imported)."""
         if config.model == "sim":
-            from warmroute.engine.sim import sim_engine_kwargs
+            from warmroute.engine.sim_runner import sim_engine_kwargs
 
             return cls(**sim_engine_kwargs(config, sim))
         from warmroute.engine.model import load_model
@@ -208,11 +208,8 @@ class Engine:
             self.tokenizer, request.sampling.stop, prepared.continued_ids, prepared.released
         )
         if prepared.max_tokens == 0 or detok.finished_by_stop:  # nothing left to generate
-            usage = Usage(len(prompt), 0, 0)
-            tail = detok.flush()
-            if tail:
-                yield Delta(tail, tuple(detok.take_ids()), usage)
-            yield Finished("stop" if detok.finished_by_stop else "length", usage)
+            for ending in nothing_to_generate(detok, len(prompt)):
+                yield ending
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
@@ -295,3 +292,11 @@ class Engine:
             "decode_steps": s.decode_steps,
             "max_decode_batch": s.max_decode_batch,
         }
+
+
+def nothing_to_generate(detok: IncrementalDetokenizer, prompt_tokens: int) -> list[GenerationEvent]:
+    """The answer of a request with no token left to generate: any released tail, then the end."""
+    usage = Usage(prompt_tokens, 0, 0)
+    tail = detok.flush()
+    events: list[GenerationEvent] = [Delta(tail, tuple(detok.take_ids()), usage)] if tail else []
+    return [*events, Finished("stop" if detok.finished_by_stop else "length", usage)]

@@ -12,8 +12,8 @@ from typing import Any
 
 from warmroute.errors import NotFound
 from warmroute.gateway.features import prompt_chunks
+from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision, RequestFeatures
-from warmroute.gateway.router import Gateway
 from warmroute.store import Store, StoredResponse
 from warmroute.types import ChatMessage, Role
 

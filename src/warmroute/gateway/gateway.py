@@ -1,8 +1,10 @@
-"""`Gateway`: one gateway's engines, health prober, HTTP client, metrics and placement.
+"""`Gateway`: one gateway's engines, health prober, HTTP clients, metrics and placement.
 
 It wires the parts together and owns their lifetime (`start`/`stop`, bound to the app's
-lifespan); the decisions themselves are the pure functions of `policies.py`, fed a snapshot of
-the membership. The web app (`api/gateway_app.py`) is a thin layer over this object.
+lifespan); the decisions themselves are the pure functions of `policies.py` and the placer, fed
+a snapshot of the membership. The upstream and probe clients, the clock and the randomness can
+be passed in: tests drive the whole proxy path against scripted engines in-process
+(`httpx.MockTransport`), with no socket. Surfaces (`warmroute.api`) are thin layers over this.
 """
 
 from __future__ import annotations
@@ -39,17 +41,24 @@ class Gateway:
         config: GatewayConfig,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        client: httpx.AsyncClient | None = None,
+        probe_client: httpx.AsyncClient | None = None,
     ) -> None:
+        """`client` carries requests to engines and `probe_client` their health probes; both
+        default to pooled clients opened in `start` and closed in `stop` (clients passed in
+        belong to the caller)."""
         self.config = config
         self.rng = rng or random.Random()
+        self.clock = clock
         self.membership = Membership(config.engines, config.probe_failures_to_eject, clock)
         self.metrics = GatewayMetrics(self.membership)
         self.turns = itertools.count()
         self.placer = CacheAwarePlacer(PlacementParams(config.epsilon, config.load_slack),
                                        PrefixIndex(sizes=self._cache_chunks))
         self.membership.listeners.append(self._membership_changed)
-        self._client: httpx.AsyncClient | None = None
-        self._probe_client: httpx.AsyncClient | None = None
+        self._client = client
+        self._probe_client = probe_client
+        self._owned: list[httpx.AsyncClient] = []
         self._prober: HealthProber | None = None
         self._proxy: Proxy | None = None
 
@@ -62,13 +71,17 @@ class Gateway:
     async def start(self) -> None:
         """Open the connection pools, probe every engine once, then keep probing."""
         cfg = self.config
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
-            ),
-        )
-        self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
+                limits=httpx.Limits(
+                    max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
+                ),
+            )
+            self._owned.append(self._client)
+        if self._probe_client is None:
+            self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
+            self._owned.append(self._probe_client)
         self._proxy = Proxy(self._client, self.membership, self.metrics)
         self._prober = HealthProber(self.membership, self._probe_client, cfg.probe_interval_s)
         await self._prober.probe_all()
@@ -77,9 +90,9 @@ class Gateway:
     async def stop(self) -> None:
         if self._prober is not None:
             await self._prober.stop()
-        for client in (self._client, self._probe_client):
-            if client is not None:
-                await client.aclose()
+        for client in self._owned:
+            await client.aclose()
+        self._owned.clear()
 
     @property
     def indexes_prompts(self) -> bool:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from warmroute.api.auth import Authenticator, bearer_token, create_key
 from warmroute.errors import ApiKeyRevoked, AuthError, InvalidApiKey
+from warmroute.gateway.auth import Authenticator, bearer_token, create_key
 from warmroute.store import open_store
 
 

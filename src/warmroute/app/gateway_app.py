@@ -1,0 +1,118 @@
+"""Assembling the gateway's web app: one `Gateway`, the store, keys, metering, and every surface's
+routes (Chat Completions, Responses, account, status; gRPC beside them), bound to one lifespan.
+
+The lifespan opens the store, starts the gateway (connection pools, probes), the purger of
+expired records and, when configured, the gRPC server, and closes all of them in reverse.
+Routes themselves live in `api/`; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+
+from warmroute.api.account_app import add_account_routes
+from warmroute.api.chat_app import add_chat_routes
+from warmroute.api.openapi import gateway_openapi
+from warmroute.api.responses_app import ResponsesService, add_responses_routes
+from warmroute.api.status_app import add_status_routes
+from warmroute.api.wire_errors import (
+    handle_http_exception,
+    handle_unexpected_error,
+    handle_warmroute_error,
+)
+from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
+from warmroute.config import GatewayConfig
+from warmroute.errors import StoreUnavailable, WarmrouteError
+from warmroute.gateway.auth import Authenticator
+from warmroute.gateway.conversations import Conversations
+from warmroute.gateway.gateway import Gateway
+from warmroute.gateway.metering import Meter
+from warmroute.gateway.ratelimit import make_rate_limiter
+from warmroute.gateway.tokenizers import local_tokenizer
+from warmroute.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
+    gw = gateway or Gateway(config)
+    stores: list[Store] = []
+
+    def store() -> Store:
+        if not stores:
+            raise StoreUnavailable("the store is not open")
+        return stores[0]
+
+    conversations = Conversations(gw, store, gw.config.response_ttl_s)
+    auth = Authenticator(
+        store, cache_secret(gw.config), gw.config.require_api_keys, gw.config.cache_isolation
+    )
+    meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stores.append(await open_store(gw.config.store_url))
+        await gw.start()
+        purger = asyncio.create_task(purge_expired(store(), gw.config.purge_interval_s))
+        grpc_server = None
+        if gw.config.grpc_port:
+            grpc_server = await start_grpc_server(
+                conversations, auth, meter, gw.config.host, gw.config.grpc_port, local_tokenizer
+            )
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await stop_grpc_server(*grpc_server)
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+            await gw.stop()
+            await meter.limiter.counters.close()
+            await stores.pop().close()
+
+    app = FastAPI(title="warmroute gateway", lifespan=lifespan)
+    app.state.gateway = gw
+    app.add_exception_handler(WarmrouteError, handle_warmroute_error)
+    app.add_exception_handler(HTTPException, handle_http_exception)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    add_chat_routes(app, gw, auth, meter)
+    add_responses_routes(app, ResponsesService(conversations, meter), auth,
+                         gw.config.max_body_bytes)
+    add_account_routes(app, auth, meter, gw)
+    add_status_routes(app, gw)
+    app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def cache_secret(config: GatewayConfig) -> bytes:
+    """The server-side secret that tenant salts derive from: configured, or a random one kept
+    in the data dir (mode 0600) so salts, and so caches, survive restarts."""
+    if config.cache_secret:
+        return config.cache_secret.encode()
+    path = config.data_dir / "cache-secret"
+    if not path.exists():
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+async def purge_expired(store: Store, interval_s: float) -> None:
+    """Remove expired stored responses and deferred results now, then every `interval_s`."""
+    while True:
+        now = time.time()
+        removed = await store.responses.purge_expired(now) + await store.deferred.purge_expired(now)
+        if removed:
+            log.info("purged %d expired stored records", removed)
+        await asyncio.sleep(interval_s)

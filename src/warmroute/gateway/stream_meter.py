@@ -1,0 +1,59 @@
+"""Metering one relayed Chat Completions stream: its ledger row, and the cost in its usage chunk.
+
+The row is written (and `cost_in_usd_ticks` put into the client's usage chunk) before the usage
+chunk or `[DONE]` leaves; a stream cut off by its client or by a failure is billed with what
+was delivered when it ended. Chunks without usage are relayed as they came, unparsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from warmroute.gateway.auth import Caller
+from warmroute.gateway.metering import Meter
+from warmroute.gateway.proxy import Streaming
+from warmroute.gateway.usage import usage_from
+from warmroute.sse import encode_events, parse_events
+
+USAGE_MARK = b'"usage"'
+
+
+class StreamMeter:
+    def __init__(self, meter: Meter, caller: Caller, upstream: Streaming) -> None:
+        self.meter = meter
+        self.caller = caller
+        self.upstream = upstream
+        self.recorded = False
+
+    async def before_sending(self, chunk: bytes) -> bytes:
+        if self.recorded or (USAGE_MARK not in chunk and not self.upstream.splice.done):
+            return chunk  # the common case, checked without parsing: relayed as it came
+        events = parse_events(chunk)
+        final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
+                      and "usage" in e), None)
+        if final is None and not self.upstream.splice.done:
+            return chunk
+        cost = await self.record(final["usage"] if final else None)
+        if final is None:
+            return chunk
+        final["usage"]["cost_in_usd_ticks"] = cost
+        return encode_events(events)
+
+    async def record(self, usage: dict[str, Any] | None) -> int:
+        self.recorded = True
+        splice = self.upstream.splice
+        counts = usage_from(usage or splice.final_usage())
+        if counts.total_tokens == 0:
+            return 0  # nothing reached an engine's output or the client: nothing to bill
+        model = str((splice.template or {}).get("model", ""))
+        return await self.meter.record(
+            self.caller, "chat.completions", model, self.upstream.engine_id, counts
+        )
+
+    async def cut_off(self) -> None:
+        """The stream ended early: bill what was delivered (shielded from cancellation)."""
+        if not self.recorded:
+            with anyio.CancelScope(shield=True):
+                await self.record(None)

@@ -1,0 +1,152 @@
+"""Starting, watching and stopping warmroute's own processes on 127.0.0.1: the one helper
+module that `serve`, the benchmarks and the tests share.
+
+Children run `python -m warmroute …` with the thread settings of `config.child_process_env`;
+on Linux they also get SIGTERM if their parent dies without cleaning up (PR_SET_PDEATHSIG), so
+none is orphaned. `BackgroundServer` runs an ASGI app under uvicorn on a thread of this process
+(tests and the in-process benchmarks use it). Cheap to import: uvicorn only when a server starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from warmroute.config import ServeConfig, child_process_env
+
+STOP_GRACE_S = 10.0
+SERVER_STARTUP_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
+WARMROUTE_COMMAND = (sys.executable, "-m", "warmroute")
+
+
+@dataclass
+class LocalEngine:
+    engine_id: str
+    port: int
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the parent exits (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: Sequence[str], log: Path, threads: int = 1,
+          **popen: Any) -> subprocess.Popen[bytes]:
+    """`warmroute <args>` as a child writing to `log`, dying with this process on Linux."""
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [*WARMROUTE_COMMAND, *args], stdout=handle, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=popen.pop("env", None) or child_process_env(threads),
+            preexec_fn=die_with_parent if sys.platform == "linux" else None, **popen,
+        )
+
+
+def start_engine(config: ServeConfig, index: int, extra: Sequence[str] = ()) -> LocalEngine:
+    """The `index`-th local engine of `serve`: `engine-<n>` on a free port."""
+    engine_id, port = f"engine-{index + 1}", free_port()
+    log = config.data_dir / f"{engine_id}.log"
+    threads = config.threads_per_engine
+    args = ["engine", "--host", "127.0.0.1", "--port", str(port), "--engine-id", engine_id,
+            "--model", config.model, "--threads", str(threads), "--dtype", config.dtype, *extra]
+    return LocalEngine(engine_id, port, spawn(args, log, threads), log)
+
+
+def wait_healthy(engines: Sequence[LocalEngine], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(engines)
+    while pending:
+        engine = pending[0]
+        if engine.popen.poll() is not None:
+            raise RuntimeError(f"{engine.engine_id} exited early; see {engine.log}:\n"
+                               + tail(engine.log))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(engine.url + "/health", timeout=1.0).status_code == 200:
+                pending.pop(0)
+                continue
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{engine.engine_id} not healthy after {timeout:.0f}s; see "
+                               f"{engine.log}")
+        time.sleep(0.2)
+
+
+def stop_engines(engines: Sequence[LocalEngine]) -> None:
+    stop_all([e.popen for e in engines])
+
+
+def stop_all(popens: Sequence[subprocess.Popen[bytes]], sig: int = signal.SIGTERM,
+             grace_s: float = STOP_GRACE_S) -> None:
+    """Send `sig` to every child still running, wait up to `grace_s`, then kill the rest."""
+    for popen in popens:
+        if popen.poll() is None:
+            popen.send_signal(sig)
+    deadline = time.monotonic() + grace_s
+    for popen in popens:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+
+
+def tail(path: Path, chars: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")[-chars:]
+    return ""
+
+
+def quiet_http_client_logs() -> None:
+    """httpx logs every request at INFO; a gateway makes several per request and per second."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class BackgroundServer:
+    """A uvicorn server for `app` on a thread of this process; `stop()` shuts it down."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, name="warmroute-server")
+
+    def start(self, timeout: float = SERVER_STARTUP_TIMEOUT_S) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server for {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
