@@ -1,8 +1,9 @@
 """Assembling the gateway's web app: one `Gateway`, the store, keys, metering, and every surface's
 routes (Chat Completions, Responses, account, status; gRPC beside them), bound to one lifespan.
 
-The lifespan opens the store, starts the gateway (connection pools, probes), the purger of
-expired records and, when configured, the gRPC server, and closes all of them in reverse.
+The lifespan opens the store, reads the deployment's cache secret from it, starts the gateway
+(connection pools, probes), the purger of expired records and, when configured, the gRPC
+server, and closes all of them in reverse.
 Routes themselves live in `api/`; this module only wires them.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -32,7 +31,7 @@ from warmroute.api.wire_errors import (
 from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
 from warmroute.config import GatewayConfig
 from warmroute.errors import StoreUnavailable, WarmrouteError
-from warmroute.gateway.auth import Authenticator
+from warmroute.gateway.auth import Authenticator, deployment_secret
 from warmroute.gateway.conversations import Conversations
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
@@ -41,6 +40,7 @@ from warmroute.gateway.tokenizers import local_tokenizer
 from warmroute.store import Store, open_store
 
 log = logging.getLogger(__name__)
+LEGACY_SECRET_FILE = "cache-secret"  # where warmroute kept the secret before the store did
 
 
 def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
@@ -54,13 +54,16 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
 
     conversations = Conversations(gw, store, gw.config.response_ttl_s)
     auth = Authenticator(
-        store, cache_secret(gw.config), gw.config.require_api_keys, gw.config.cache_isolation
+        store, required=gw.config.require_api_keys, isolation=gw.config.cache_isolation
     )
     meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores.append(await open_store(gw.config.store_url))
+        auth.secret = await deployment_secret(
+            store(), gw.config.cache_secret, gw.config.data_dir / LEGACY_SECRET_FILE
+        )
         await gw.start()
         purger = asyncio.create_task(purge_expired(store(), gw.config.purge_interval_s))
         grpc_server = None
@@ -92,20 +95,6 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     add_status_routes(app, gw)
     app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
     return app
-
-
-def cache_secret(config: GatewayConfig) -> bytes:
-    """The server-side secret that tenant salts derive from: configured, or a random one kept
-    in the data dir (mode 0600) so salts, and so caches, survive restarts."""
-    if config.cache_secret:
-        return config.cache_secret.encode()
-    path = config.data_dir / "cache-secret"
-    if not path.exists():
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
 
 
 async def purge_expired(store: Store, interval_s: float) -> None:

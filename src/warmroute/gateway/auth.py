@@ -2,7 +2,9 @@
 gRPC) resolved to a `Caller` with its team, limits and prefix-cache salt.
 
 The salt is an HMAC of the team (or, with per-key isolation, the key) under a server-side
-secret, so teams never share cache entries and a salt cannot be guessed from outside. Keys are
+secret — one per deployment, kept in the shared store (`deployment_secret`), so every gateway
+replica derives the same salts — so teams never share cache entries and a salt cannot be guessed
+from outside. Keys are
 stored hashed (`store.hash_key`); the secret is shown once, at creation.
 """
 
@@ -15,12 +17,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from warmroute.errors import ApiKeyRevoked, AuthError, InvalidApiKey
 from warmroute.store import ApiKey, Store, hash_key, redact_key
 
 KEY_PREFIX = "xai-wr-"
+CACHE_SECRET_SETTING = "cache_secret"
 DEV_TEAM = "default"
 Isolation = Literal["team", "key"]
 
@@ -66,6 +70,20 @@ async def create_key(
     return secret, key
 
 
+async def deployment_secret(store: Store, configured: str | None, legacy: Path | None = None,
+                            clock: Callable[[], float] = time.time) -> bytes:
+    """The secret tenant salts derive from, one per deployment: the configured one, else the one
+    in the shared store, created there by the first replica that starts (seeded from a secret
+    file an older warmroute kept in the data dir, so existing salts, and caches, survive)."""
+    if configured:
+        return configured.encode()
+    candidate = legacy.read_text().strip() if legacy is not None and legacy.is_file() else ""
+    value = await store.settings.get_or_create(
+        CACHE_SECRET_SETTING, candidate or secrets.token_hex(32), clock()
+    )
+    return value.encode()
+
+
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:
         return None
@@ -79,7 +97,7 @@ class Authenticator:
     def __init__(
         self,
         store: Callable[[], Store],
-        secret: bytes,
+        secret: bytes = b"",
         required: bool = True,
         isolation: Isolation = "team",
     ) -> None:

@@ -260,6 +260,15 @@ class UsageLedger(ABC):
         sorted by group (None first). Raises `InvalidRequest` for an unknown `group_by`."""
 
 
+class DeploymentSettings(ABC):
+    """Values every gateway replica sharing this store must agree on (the cache secret)."""
+
+    @abstractmethod
+    async def get_or_create(self, name: str, value: str, now: float) -> str:
+        """The stored value of `name`; when there is none, `value` is stored and returned. Atomic
+        across processes: of replicas racing to create it, every one gets the first value."""
+
+
 class Store(ABC):
     """Everything the gateway persists. Open one with `warmroute.store.open_store`."""
 
@@ -267,6 +276,7 @@ class Store(ABC):
     deferred: DeferredStore
     api_keys: ApiKeyStore
     usage: UsageLedger
+    settings: DeploymentSettings
 
     @abstractmethod
     async def close(self) -> None:

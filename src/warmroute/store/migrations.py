@@ -110,7 +110,21 @@ def m004_usage_ledger(conn: Connection) -> None:
     table.create(conn)
 
 
-STEPS = (m001_responses, m002_deferred_completions, m003_api_keys, m004_usage_ledger)
+def m005_deployment_settings(conn: Connection) -> None:
+    table = sa.Table(
+        "deployment_settings",
+        sa.MetaData(),
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+    )
+    table.create(conn)
+
+
+STEPS = (
+    m001_responses, m002_deferred_completions, m003_api_keys, m004_usage_ledger,
+    m005_deployment_settings,
+)
 MIGRATIONS = tuple(Migration(i + 1, step.__name__, step) for i, step in enumerate(STEPS))
 
 

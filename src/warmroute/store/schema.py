@@ -76,3 +76,11 @@ usage_ledger = sa.Table(
     sa.Column("completion_tokens", sa.BigInteger, nullable=False),
     sa.Column("cost_in_usd_ticks", sa.BigInteger, nullable=False),
 )
+
+deployment_settings = sa.Table(
+    "deployment_settings",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)

@@ -40,6 +40,7 @@ from warmroute.store.schema import (
     schema_migrations,
     usage_ledger,
 )
+from warmroute.store.settings import SqlSettings
 
 GROUP_COLUMNS: dict[str, str] = {"key": "key_id", "model": "model", "day": "day", "team": "team"}
 MAX_CHAIN = 100_000
@@ -370,6 +371,7 @@ class SqlStore(Store):
         self.deferred = SqlDeferred(engine)
         self.api_keys = SqlApiKeys(engine)
         self.usage = SqlUsage(engine)
+        self.settings = SqlSettings(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
