@@ -1,0 +1,490 @@
+"""Scripted engines and an in-process gateway: the gateway's behaviour tests with no model, no
+process and no socket.
+
+`ScriptedFleet` stands for a set of engines as an `httpx.MockTransport` handler. Each `Script`
+says what its engine answers a chat completion: a JSON completion or an SSE stream of chosen
+pieces (one token id per character) with usage (and, when asked, token ids and usage so far, as
+a warmroute engine sends them), an HTTP error, a transport error, a stream that breaks after
+its pieces, an answer held until the test lets it go; and its health answer. It keeps every
+request body it got, and counts answers closed by the gateway before they were done.
+
+`in_process_gateway` runs the real web app (`create_gateway_app`) over them, its lifespan in
+the test's event loop, with a `FakeClock` for membership and a SQLite store in the test's
+directory. httpx's `ASGITransport` buffers whole answers, so `AsgiCall` drives one request
+through ASGI by hand: its answer arrives piece by piece, and its client can leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sqlite3
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import httpx
+from fastapi import FastAPI
+
+from warmroute.api.chat_completions import chunk_json, completion_json
+from warmroute.app.gateway_app import create_gateway_app
+from warmroute.config import EngineEndpoint, GatewayConfig
+from warmroute.gateway.auth import Authenticator, create_key
+from warmroute.gateway.gateway import Gateway
+from warmroute.gateway.health import HealthProber
+from warmroute.sse import DONE, encode_event
+from warmroute.store import open_store
+from warmroute.types import Usage
+
+CHAT = "/v1/chat/completions"
+SECRET = "scripted-deployment-secret"
+# No socket is opened: the ports only tell the engines apart (nothing listens on them, so a
+# request that escaped the mock transport would be refused, never answered).
+FIRST_PORT = 1
+Ending = Literal["done", "early-end", "error-event", "reset"]
+Failure = Literal["connect", "timeout", "disconnect"]
+FAILURES: dict[str, type[httpx.TransportError]] = {
+    "connect": httpx.ConnectError,
+    "timeout": httpx.ReadTimeout,
+    "disconnect": httpx.RemoteProtocolError,  # what httpx raises when an engine dies mid-call
+}
+
+
+NO_STORE: Any = None  # salts need no store
+
+
+def salt(team: str | None = None) -> str:
+    """The cache salt an in-process gateway gives `team`'s requests (team isolation); without
+    a team, the anonymous caller's."""
+    auth = Authenticator(lambda: NO_STORE, secret=SECRET.encode())
+    return auth.anonymous(None).cache_salt if team is None else auth.salt_for(team, "")
+
+
+@dataclass
+class Script:
+    """One scripted engine. A test sets what it answers, then reads what it received."""
+
+    engine_id: str
+    # The answer's text, piece by piece (one chunk each); a request continuing a prefix of it
+    # gets the rest (`pieces_after`).
+    pieces: list[str] = field(default_factory=lambda: ["Hello", " world"])
+    pieces_for: Callable[[dict[str, Any]], list[str]] | None = None  # pieces by request
+    ending: Ending = "done"  # for a JSON answer, "reset" breaks its body half-way
+    prompt_tokens: int = 20
+    cached_tokens: int = 16
+    finish_reason: str = "stop"  # "stop" counts one end-of-sequence token more
+    status: int = 200  # any other: xAI's error envelope with `error`
+    error: str = "boom"
+    failure: Failure | None = None  # raised instead of an answer (after `hold`, if set)
+    hold: asyncio.Event | None = None  # the answer waits for it after `hold_after` pieces
+    hold_after: int = 0
+    health_status: int = 200
+    cache_tokens: int | None = None
+    model: str = "scripted-model"
+    received: list[dict[str, Any]] = field(default_factory=list)
+    probes: int = 0
+    aborted: int = 0  # answers the gateway closed while the engine was still producing them
+    url: str = ""
+
+    def usage(self, completion: int) -> Usage:
+        return Usage(self.prompt_tokens, completion, self.cached_tokens)
+
+    def total_completion(self, body: dict[str, Any]) -> int:
+        ids = sum(len(p) for p in self.text_pieces(body))
+        return ids + (1 if self.finish_reason == "stop" else 0)
+
+    def health(self) -> httpx.Response:
+        self.probes += 1
+        body: dict[str, Any] = {"status": "ok", "engine_id": self.engine_id, "model": self.model}
+        if self.cache_tokens is not None:
+            body.update(cache_tokens=self.cache_tokens, chars_per_token=4.0)
+        return httpx.Response(self.health_status, json=body)
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.received.append(body)
+        if self.failure is not None:
+            await self.held()
+            raise FAILURES[self.failure](f"scripted {self.failure}", request=request)
+        if self.status != 200:
+            code = "Client specified an invalid argument" if self.status < 500 else "Internal"
+            return httpx.Response(self.status, json={"code": code, "error": self.error})
+        if body.get("stream") is True:
+            events = self.events(body, len(self.received))
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  stream=ScriptedBody(self, events))
+        await self.held()
+        return httpx.Response(200, headers={"content-type": "application/json"},
+                              stream=ScriptedBody(self, self.json_parts(body)))
+
+    async def held(self) -> None:
+        """Wait for `hold` (a JSON answer is computed whole before its headers leave); a call
+        cancelled meanwhile counts as aborted."""
+        if self.hold is None:
+            return
+        try:
+            await self.hold.wait()
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The JSON completion this engine answers `body` with."""
+        text = "".join(self.text_pieces(body))
+        ids = [ord(c) for c in text] if body.get("return_token_ids") is True else None
+        return completion_json(f"chatcmpl-{self.engine_id}", 1, self.model, text,
+                               self.finish_reason, self.usage(self.total_completion(body)), ids)
+
+    async def json_parts(self, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        data = json.dumps(self.completion(body)).encode()
+        if self.ending == "reset":
+            yield data[: len(data) // 2]
+            raise httpx.RemoteProtocolError("peer closed connection mid-body")
+        yield data
+
+    async def events(self, body: dict[str, Any], serial: int) -> AsyncGenerator[bytes, None]:
+        """The SSE answer to `body`, event by event, as `api/engine_app.py` streams it."""
+        options = body.get("stream_options") or {}
+        with_ids = body.get("return_token_ids") is True
+
+        def chunk(**fields: Any) -> bytes:
+            return encode_event(chunk_json(f"chatcmpl-{self.engine_id}", serial, self.model,
+                                           **fields))
+
+        def so_far(tokens: int) -> Usage | None:
+            return self.usage(tokens) if options.get("continuous_usage_stats") else None
+
+        yield chunk(delta={"role": "assistant"})
+        pieces = self.pieces_after(self.text_pieces(body), continued_text(body))
+        sent = 0
+        for index, piece in enumerate(pieces):
+            await self.paused(index)
+            sent += len(piece)
+            yield chunk(delta={"content": piece}, usage_so_far=so_far(sent),
+                        token_ids=[ord(c) for c in piece] if with_ids else None)
+        await self.paused(len(pieces))
+        if self.ending == "early-end":
+            return
+        if self.ending == "error-event":
+            yield b'data: {"code": "Internal error", "error": "engine step failed"}\n\n'
+            return
+        if self.ending == "reset":
+            raise httpx.RemoteProtocolError("peer closed connection without a complete body")
+        total = sent + (1 if self.finish_reason == "stop" else 0)
+        yield chunk(delta={}, finish_reason=self.finish_reason, usage_so_far=so_far(total))
+        if options.get("include_usage"):
+            yield chunk(usage=self.usage(total))
+        yield DONE
+
+
+    async def paused(self, index: int) -> None:
+        if self.hold is not None and index == self.hold_after:
+            await self.hold.wait()
+
+    def text_pieces(self, body: dict[str, Any]) -> list[str]:
+        return self.pieces_for(body) if self.pieces_for is not None else list(self.pieces)
+
+    @staticmethod
+    def pieces_after(pieces: list[str], delivered: str) -> list[str]:
+        """The pieces still to send when `delivered` is a prefix of the answer's text (a
+        resumed answer goes on where it broke, as a deterministic model would); else all."""
+        if not delivered or not "".join(pieces).startswith(delivered):
+            return pieces
+        rest, offset = [], 0
+        for piece in pieces:
+            skip = max(0, min(len(piece), len(delivered) - offset))
+            offset += len(piece)
+            if piece[skip:]:
+                rest.append(piece[skip:])
+        return rest
+
+
+def user_text(body: dict[str, Any]) -> str:
+    """The last user message of a chat body (a continuation's too)."""
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    content = users[-1].get("content") if users else ""
+    return content if isinstance(content, str) else ""
+
+
+def continued_text(body: dict[str, Any]) -> str:
+    """The final assistant message a request asks to continue, if it asks so."""
+    messages = body.get("messages") or []
+    if body.get("continue_final_message") is not True or not messages:
+        return ""
+    final = messages[-1]
+    content = final.get("content") if final.get("role") == "assistant" else None
+    return content if isinstance(content, str) else ""
+
+
+class ScriptedBody(httpx.AsyncByteStream):
+    """An answer's body as the gateway reads it; notes a close before the engine was done."""
+
+    def __init__(self, script: Script, parts: AsyncGenerator[bytes, None]) -> None:
+        self.script = script
+        self.parts = parts
+        self.running = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self.parts:
+                yield part
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # the reader stopped: the engine is still at it until the body is closed
+        except BaseException:
+            self.running = False  # the engine itself broke its answer
+            raise
+        self.running = False
+
+    async def aclose(self) -> None:
+        if self.running:
+            self.script.aborted += 1
+            self.running = False
+        await self.parts.aclose()
+
+
+class ScriptedFleet:
+    """Scripted engines by id, answering as one `httpx.MockTransport`."""
+
+    def __init__(self, *ids: str) -> None:
+        self.scripts = {engine_id: Script(engine_id) for engine_id in ids}
+        for index, script in enumerate(self.scripts.values()):
+            script.url = f"http://127.0.0.1:{FIRST_PORT + index}"
+        self._by_port = {FIRST_PORT + i: s for i, s in enumerate(self.scripts.values())}
+
+    def __getitem__(self, engine_id: str) -> Script:
+        return self.scripts[engine_id]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.scripts)
+
+    def endpoints(self) -> tuple[EngineEndpoint, ...]:
+        return tuple(EngineEndpoint.of(s.url, s.engine_id) for s in self.scripts.values())
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        script = self._by_port[request.url.port or 80]
+        if request.method == "GET" and request.url.path == "/health":
+            return script.health()
+        if request.method == "POST" and request.url.path == CHAT:
+            return await script.answer(request)
+        return httpx.Response(404, json={"code": "Not found", "error": request.url.path})
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class LedgerRow(NamedTuple):
+    key_id: str | None
+    team: str
+    model: str
+    engine_id: str | None
+    surface: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_in_usd_ticks: int
+
+
+def ledger(database: Path) -> list[LedgerRow]:
+    """Every row of the usage ledger in the SQLite file `database`, in the order written."""
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        rows = conn.execute(
+            "SELECT key_id, team, model, engine_id, surface, prompt_tokens, cached_tokens,"
+            " completion_tokens, cost_in_usd_ticks FROM usage_ledger ORDER BY rowid"
+        ).fetchall()
+    return [LedgerRow(*row) for row in rows]
+
+
+async def make_keys(data_dir: Path, **specs: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """API keys in the store an in-process gateway over `data_dir` opens: by name, (secret,
+    key id). `specs` are `create_key`'s arguments (team, rpm, tpm)."""
+    store = await open_store(str(data_dir / "warmroute.db"))
+    try:
+        made = {}
+        for name, spec in specs.items():
+            secret, key = await create_key(store, name=name, **spec)
+            made[name] = (secret, key.key_id)
+        return made
+    finally:
+        await store.close()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
+
+
+@dataclass
+class InProcess:
+    """A running in-process gateway: the app, its `Gateway`, a client for it, the engines."""
+
+    app: FastAPI
+    gateway: Gateway
+    fleet: ScriptedFleet
+    clock: FakeClock
+    http: httpx.AsyncClient
+    upstream: httpx.AsyncClient
+
+    async def chat(self, body: dict[str, Any], key: str | None = None,
+                   **headers: str) -> httpx.Response:
+        if key is not None:
+            headers["x-grok-conv-id"] = key
+        return await self.http.post(CHAT, json=body, headers=headers)
+
+    def call(self, body: dict[str, Any], key: str | None = None, path: str = CHAT,
+             **headers: str) -> AsgiCall:
+        if key is not None:
+            headers["x-grok-conv-id"] = key
+        return AsgiCall(self.app, path, body, headers)
+
+    async def metrics(self) -> str:
+        """The gateway's Prometheus exposition (what `GET /metrics` serves to operators)."""
+        return self.gateway.metrics.exposition().decode()
+
+    async def probe(self) -> None:
+        """One round of health probes, as the gateway's prober runs them."""
+        await HealthProber(self.gateway.membership, self.upstream, 0.0).probe_all()
+
+    def ledger(self) -> list[LedgerRow]:
+        return ledger(Path(self.gateway.config.store_url))
+
+    def in_flight(self) -> dict[str, int]:
+        return {s.engine_id: s.in_flight for s in self.gateway.membership.engines.values()}
+
+
+@contextlib.asynccontextmanager
+async def in_process_gateway(
+    fleet: ScriptedFleet, data_dir: Path, **settings: Any
+) -> AsyncIterator[InProcess]:
+    """The gateway's app over `fleet`, started and stopped around the block.
+
+    As `harness.gateway_over`: the `hash` policy without slack unless a test names one (a key
+    then lands where `policies.preference` says), no API keys required. Probes run once at
+    start and then only when a test calls `probe()`; membership reads the `FakeClock`."""
+    settings.setdefault("policy", "hash")
+    settings.setdefault("load_slack", 0)
+    settings.setdefault("require_api_keys", False)
+    settings.setdefault("probe_interval_s", 3600.0)
+    settings.setdefault("cache_secret", SECRET)
+    config = GatewayConfig(engines=fleet.endpoints(), data_dir=data_dir, **settings)
+    clock = FakeClock()
+    async with httpx.AsyncClient(transport=fleet.transport()) as upstream:
+        gateway = Gateway(config, rng=random.Random(0), clock=clock, client=upstream,
+                          probe_client=upstream)
+        app = create_gateway_app(config, gateway)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=30
+        ) as http:
+            yield InProcess(app, gateway, fleet, clock, http, upstream)
+
+
+class AsgiCall:
+    """One POST driven through the app's ASGI interface by hand, so that its answer streams:
+    `__aenter__` sends it, `part()` reads the body piece by piece, `leave()` is the client
+    going away (Starlette hears `http.disconnect`). Leaving the block waits for the app."""
+
+    def __init__(self, app: FastAPI, path: str, body: dict[str, Any],
+                 headers: dict[str, str]) -> None:
+        self.app = app
+        self.scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "server": ("gw", 80),
+            "client": ("127.0.0.1", 40000),
+            "headers": [(b"content-type", b"application/json"),
+                        *((k.lower().encode(), v.encode()) for k, v in headers.items())],
+        }
+        self.body = json.dumps(body).encode()
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._sent_body = False
+        self._left = asyncio.Event()
+        self._started = asyncio.Event()
+        self._parts: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsgiCall:
+        self._task = asyncio.create_task(self.app(self.scope, self._receive, self._send))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.leave()
+
+    async def started(self, timeout: float = 5.0) -> None:
+        """Wait for the answer's status and headers."""
+        await asyncio.wait_for(self._started.wait(), timeout)
+
+    async def part(self, timeout: float = 5.0) -> bytes | None:
+        """The next piece of the body; None once it has ended."""
+        return await asyncio.wait_for(self._parts.get(), timeout)
+
+    async def rest(self, timeout: float = 5.0) -> bytes:
+        """Everything left of the body, to its end."""
+        out = []
+        while (piece := await self.part(timeout)) is not None:
+            out.append(piece)
+        return b"".join(out)
+
+    async def leave(self, timeout: float = 5.0) -> None:
+        self._left.set()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, timeout)
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self._sent_body:
+            self._sent_body = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self._left.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = {k.decode(): v.decode() for k, v in message.get("headers", [])}
+            self._started.set()
+        elif message["type"] == "http.response.body":
+            if message.get("body"):
+                self._parts.put_nowait(message["body"])
+            if not message.get("more_body", False):
+                self._parts.put_nowait(None)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Let the event loop run until `condition` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+def sse_payloads(raw: bytes) -> list[Any]:
+    """Each `data:` payload of an SSE body: parsed JSON, or the string `[DONE]`."""
+    out: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            assert block.startswith("data: "), block
+            payload = block[len("data: "):]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def streamed_text(events: list[Any]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events if isinstance(e, dict) and e.get("choices"))
