@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from warmroute.pricing import ModelPrice
 
@@ -26,6 +27,14 @@ def warmroute_home() -> Path:
 def env_str(name: str) -> str | None:
     """A `WARMROUTE_<name>` setting, or None when unset or empty."""
     return os.environ.get(f"WARMROUTE_{name}") or None
+
+
+ENGINE_API_KEY_ENV = "WARMROUTE_ENGINE_API_KEY"
+
+
+def engine_api_key_from_env() -> str | None:
+    """The key engines require and the gateway sends them (`$WARMROUTE_ENGINE_API_KEY`)."""
+    return os.environ.get(ENGINE_API_KEY_ENV) or None
 
 
 def env_int(name: str) -> int | None:
@@ -46,11 +55,14 @@ class EngineConfig:
     cache_gb: float | None = None
     dtype: DType = "auto"
     max_running: int = 16
+    max_waiting: int = 256  # requests queued for admission; beyond: 503 with retry-after
     max_model_len: int | None = None
     engine_id: str = ""
     served_model_name: str | None = None
     threads: int | None = None
     home: Path = Path()
+    # Callers must send `Authorization: Bearer <api_key>` (every route but /health) when set.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def model_name(self) -> str:
@@ -72,13 +84,23 @@ RoutingPolicy = Literal["cache-aware", "hash", "round-robin"]
 ROUTING_POLICIES: tuple[RoutingPolicy, ...] = ("cache-aware", "hash", "round-robin")
 
 
+def redacted_url(url: str) -> str:
+    """`url` as it may be shown (answers, metrics, logs): any `user:password@` becomes `***@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 @dataclass(frozen=True)
 class EngineEndpoint:
-    """One engine behind the gateway: its base URL and the id named in `x-warmroute-engine`."""
+    """One engine behind the gateway: its base URL (which may carry credentials: show
+    `shown_url`), the id named in `x-warmroute-engine`, and the key it is called with."""
 
     url: str
     engine_id: str
     model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     @staticmethod
     def parse(spec: str) -> EngineEndpoint:
@@ -89,11 +111,21 @@ class EngineEndpoint:
         return EngineEndpoint.of(url, engine_id or None)
 
     @staticmethod
-    def of(url: str, engine_id: str | None = None, model: str | None = None) -> EngineEndpoint:
+    def of(url: str, engine_id: str | None = None, model: str | None = None,
+           api_key: str | None = None) -> EngineEndpoint:
         url = url.rstrip("/")
         if "://" not in url:
             url = "http://" + url
-        return EngineEndpoint(url, engine_id or url.split("://", 1)[1], model)
+        host = urlsplit(url).netloc.rpartition("@")[2]  # never the URL's credentials
+        return EngineEndpoint(url, engine_id or host, model, api_key or None)
+
+    @property
+    def shown_url(self) -> str:
+        return redacted_url(self.url)
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a request to this engine carries to be let in."""
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 @dataclass(frozen=True)
@@ -124,17 +156,41 @@ class GatewayConfig:
     cache_isolation: Literal["team", "key"] = "team"
     cache_secret: str | None = None
     redis_url: str | None = None
+    # With a Redis URL, replicas share routing state (conversation homes, placements): see
+    # gateway/shared_state.py. Homes expire after a day unused; the log keeps 50,000 events.
+    share_routing: bool = True
+    routing_prefix: str = "wr:routing"
+    home_ttl_s: int = 24 * 3600
+    routing_log_entries: int = 50_000
+    max_conversations: int = 1_000_000
+    max_conversations_per_tenant: int = 250_000
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     # A stream whose engine breaks mid-answer is continued on the next engine at most this
     # many times (0: the client gets an error event at the first break).
     max_resumes: int = 2
+    # Sent to every engine that has no key of its own (`[[engines]] api_key`).
+    engine_api_key: str | None = field(default=None, repr=False)
+    # `/metrics` without an admin key: only for a private network that Prometheus scrapes.
+    public_metrics: bool = False
 
     @property
     def store_url(self) -> str:
         """`--database-url`, else a SQLite file in the data dir."""
         return self.database_url or str(self.data_dir / "warmroute.db")
 
+    @property
+    def keyed_engines(self) -> tuple[EngineEndpoint, ...]:
+        """The engines as the gateway calls them: each with its own key, else `engine_api_key`."""
+        if not self.engine_api_key:
+            return self.engines
+        return tuple(e if e.api_key else replace(e, api_key=self.engine_api_key)
+                     for e in self.engines)
+
     def __post_init__(self) -> None:
+        for engine in self.keyed_engines:  # both would be sent as the one Authorization header
+            if engine.api_key and engine.shown_url != engine.url:
+                raise ValueError(f"engine {engine.engine_id}: give its credentials in the URL "
+                                 "or as an API key, not both")
         ids = [e.engine_id for e in self.engines]
         if len(set(ids)) != len(ids):
             raise ValueError(f"engine ids must be unique, got {ids}")
@@ -151,7 +207,8 @@ class GatewayConfig:
 
     @staticmethod
     def from_toml(path: Path) -> GatewayConfig:
-        """Read `[gateway]` settings and `[[engines]]` (url, optional id and model) from TOML."""
+        """Read `[gateway]` settings and `[[engines]]` (url, optional id, model and api_key)
+        from TOML."""
         with path.open("rb") as handle:
             data = tomllib.load(handle)
         settings = dict(data.get("gateway", {}))
@@ -165,7 +222,7 @@ class GatewayConfig:
         if unknown:
             raise ValueError(f"{path}: unknown [gateway] settings {sorted(unknown)}")
         engines = tuple(
-            EngineEndpoint.of(str(e["url"]), e.get("id"), e.get("model"))
+            EngineEndpoint.of(str(e["url"]), e.get("id"), e.get("model"), e.get("api_key"))
             for e in data.get("engines", [])
         )
         return GatewayConfig(engines=engines, **settings)
@@ -198,10 +255,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def child_process_env(threads: int) -> dict[str, str]:
+def child_process_env(threads: int, engine_api_key: str | None = None) -> dict[str, str]:
     """The environment for a child engine process: ours, with its thread budget pinned and
-    idle OpenMP threads told to sleep rather than spin (engines share the cores)."""
+    idle OpenMP threads told to sleep rather than spin (engines share the cores), and the key
+    it must require when given (in the environment, not on a command line others can read)."""
     env = dict(os.environ)
+    if engine_api_key:
+        env[ENGINE_API_KEY_ENV] = engine_api_key
     env["OMP_NUM_THREADS"] = str(threads)
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["TOKENIZERS_PARALLELISM"] = "false"

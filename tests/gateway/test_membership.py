@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from warmroute.config import EngineEndpoint
 from warmroute.gateway.membership import Membership
 
@@ -73,7 +75,7 @@ def test_health_answers_size_the_gateways_picture_of_each_cache() -> None:
     m = gateway.membership
     m.probe_succeeded("a", m.clock(), None, cache_chars=10 * CHUNK_BYTES)
     m.probe_succeeded("b", m.clock(), None)  # an engine that does not say: the default
-    decision = gateway.route(RequestFeatures(key="k", chunks=tuple(range(30))))
+    decision = asyncio.run(gateway.route(RequestFeatures(key="k", chunks=tuple(range(30)))))
     index = gateway.placer.index
     assert index.capacity_of("a") == 10
     assert index.capacity_of("b") == index.default_capacity

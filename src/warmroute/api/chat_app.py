@@ -22,7 +22,7 @@ from warmroute.api.json_body import read_json_object
 from warmroute.api.sse import ClosingStream
 from warmroute.api.wire_errors import sse_error_event
 from warmroute.gateway.auth import Authenticator, Caller
-from warmroute.gateway.features import request_features
+from warmroute.gateway.features import request_features, tenant_id
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.policies import RequestFeatures
@@ -38,7 +38,8 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
         caller = await auth.caller(request.headers.get("authorization"))
         await meter.admit(caller)
         body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
-        features = request_features(request.headers, body, gw.indexes_prompts)
+        features = request_features(request.headers, body, gw.indexes_prompts,
+                                    tenant_id(caller.cache_salt))
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened = await unless_disconnected(
@@ -59,11 +60,12 @@ def tenant_body(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
 async def place_and_forward(
     gw: Gateway, features: RequestFeatures, payload: bytes, view: ClientView | None
 ) -> Relayed | Streaming:
-    """Place and forward in one step of one task: the proxy takes the chosen engine's
-    in-flight slot before this task yields, so concurrent placements see each other's load.
+    """Place and forward: the proxy takes the chosen engine's in-flight slot in the task step
+    that placement ends in, so concurrent placements see each other's load (with shared
+    routing state, a conversation new to this replica first costs one lookup).
     A stream (`view`: what its client asked for) is resumed on another engine if its engine
     breaks mid-answer."""
-    decision = gw.route(features)
+    decision = await gw.route(features)
     if view is not None:
         return await gw.proxy.open_stream(decision, payload, view, gw.config.max_resumes)
     return await gw.proxy.complete(decision, payload)

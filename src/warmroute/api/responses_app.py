@@ -50,7 +50,8 @@ class ResponsesService:
         if body.instructions is not None:
             new = [ChatMessage("system", body.instructions), *new]
         key = routing_key(request.headers, raw)
-        return await self.conversations.plan(caller.team, key, new, body.previous_response_id)
+        return await self.conversations.plan(caller.team, key, new, body.previous_response_id,
+                                             caller.cache_salt)
 
     @staticmethod
     def engine_body(

@@ -111,7 +111,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         if not messages and previous is None:
             raise InvalidRequest("messages must not be empty")
         key = conversation_key(context)
-        return await self.conversations.plan(caller.team, key, messages, previous)
+        return await self.conversations.plan(caller.team, key, messages, previous,
+                                             caller.cache_salt)
 
     def engine_body(
         self, request: Any, turn: Turn, caller: Caller, stream: bool

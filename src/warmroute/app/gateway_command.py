@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from warmroute.config import (
+    ENGINE_API_KEY_ENV,
     ROUTING_POLICIES,
     EngineEndpoint,
     GatewayConfig,
+    engine_api_key_from_env,
     env_str,
 )
 from warmroute.procs import quiet_http_client_logs
@@ -47,6 +49,16 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                              "another engine (default 2; 0 turns resuming off)")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
+    add_operator_arguments(parser)
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine-api-key", default=None,
+                        help="send Authorization: Bearer KEY to every engine without a key of "
+                             f"its own (default: ${ENGINE_API_KEY_ENV}, if set)")
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="serve /metrics without an admin key (only on a private network "
+                             "that Prometheus scrapes; otherwise scrape with a bearer token)")
 
 
 def add_tenancy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +67,10 @@ def add_tenancy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-isolation", choices=["team", "key"], default=None,
                         help="share prefix caches within a team (default) or per key only")
     parser.add_argument("--redis-url", default=None,
-                        help="redis://… to share rate limits between gateway replicas")
+                        help="redis://… shared by gateway replicas: rate limits and (with the "
+                             "cache-aware policy) routing state, so replicas route as one")
+    parser.add_argument("--no-shared-routing", action="store_false", dest="share_routing",
+                        default=None, help="with --redis-url, share only rate limits")
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +90,16 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
         for name in ("host", "port", "grpc_port", "epsilon", "load_slack", "max_body_bytes",
                      "policy",
                      "cache_salt", "probe_interval_s", "data_dir", "database_url",
-                     "cache_isolation", "redis_url", "max_resumes")
+                     "cache_isolation", "redis_url", "max_resumes", "share_routing")
         if getattr(args, name) is not None
     }
     if args.no_api_keys:
         overrides["require_api_keys"] = False
+    if args.public_metrics:
+        overrides["public_metrics"] = True
+    engine_key = args.engine_api_key or engine_api_key_from_env()
+    if engine_key:
+        overrides["engine_api_key"] = engine_key
     secret = env_str("CACHE_SECRET")
     if secret:
         overrides["cache_secret"] = secret
@@ -100,7 +120,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     config = gateway_config(args)
     quiet_http_client_logs()
-    engines = ", ".join(f"{e.engine_id}={e.url}" for e in config.engines)
+    engines = ", ".join(f"{e.engine_id}={e.shown_url}" for e in config.engines)
     print(f"warmroute gateway on http://{config.host}:{config.port} -> {engines}", flush=True)
     uvicorn.run(create_gateway_app(config), host=config.host, port=config.port,
                 log_level="warning")

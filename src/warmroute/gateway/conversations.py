@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmroute.errors import NotFound
-from warmroute.gateway.features import prompt_chunks
+from warmroute.gateway.features import prompt_chunks, tenant_id
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.store import Store, StoredResponse
@@ -58,7 +58,10 @@ class Conversations:
         key: str | None,
         new_messages: Sequence[ChatMessage],
         previous_id: str | None,
+        cache_salt: str = "",
     ) -> Turn:
+        """The turn's whole conversation and where it goes: `owner` owns the stored history,
+        `cache_salt` names the tenant whose conversation `key` is (its routing state)."""
         history: list[ChatMessage] = []
         previous_engine: str | None = None
         if previous_id is not None:
@@ -66,10 +69,11 @@ class Conversations:
         # Placement and the engine's in-flight slot must not be separated by an await: callers
         # forward right after planning, within the same task step.
         messages = [*history, *new_messages]
-        chunks = (prompt_chunks([{"role": m.role, "content": m.content} for m in messages])
-                  if self.gw.indexes_prompts else ())
-        features = RequestFeatures(key=key, chunks=chunks)
-        decision = prefer(self.gw.route(features), previous_engine, self.gw)
+        tenant = tenant_id(cache_salt)
+        chunks = (prompt_chunks([{"role": m.role, "content": m.content} for m in messages],
+                                tenant) if self.gw.indexes_prompts else ())
+        features = RequestFeatures(key=key, chunks=chunks, tenant=tenant)
+        decision = prefer(await self.gw.route(features), previous_engine, self.gw)
         return Turn(messages, list(new_messages), decision, owner, previous_id)
 
     async def save(

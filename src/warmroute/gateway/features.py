@@ -14,7 +14,10 @@ Requests whose openings agree on all of that are one hot prefix; the load cap sp
 
 For the `cache-aware` policy the whole prompt is also cut into `CHUNK_BYTES`-byte chunks
 of a canonical rendering (role, then content, per message) with chained digests
-(`prompt_chunks`), so the gateway's prefix index can tell which engine holds how much of it.
+(`prompt_chunks`), so the gateway's prefix index can tell which engine holds how much of it. The
+chain starts from the tenant (`tenant_id`, a digest of the tenant's secret cache salt), as the
+engines' block hashes do: one tenant's digests say nothing about another's prompts, so routing
+can neither reveal nor be steered by what another tenant sent.
 This module reads the raw body (a dict) and does no validation beyond the key: engines judge the
 rest, and their 4xx answers pass through.
 """
@@ -39,27 +42,34 @@ MAX_CHUNKS = 4096  # 1 MiB of prompt text; a longer prompt's tail is not indexed
 
 
 def request_features(
-    headers: Mapping[str, str], body: Mapping[str, Any], chunks: bool = True
+    headers: Mapping[str, str], body: Mapping[str, Any], chunks: bool = True, tenant: str = ""
 ) -> RequestFeatures:
     """The key, else the opening's digest; with `chunks` (the cache-aware policy, the only one
-    that reads them) the prompt's chunk digests too."""
+    that reads them) the prompt's chunk digests too, salted with `tenant` (`tenant_id`)."""
     key = routing_key(headers, body)
     messages = body.get("messages")
-    digests = prompt_chunks(messages) if chunks else ()
+    digests = prompt_chunks(messages, tenant) if chunks else ()
     if key is not None:
-        return RequestFeatures(key=key, chunks=digests)
-    return RequestFeatures(affinity=affinity_digest(messages), chunks=digests)
+        return RequestFeatures(key=key, chunks=digests, tenant=tenant)
+    return RequestFeatures(affinity=affinity_digest(messages), chunks=digests, tenant=tenant)
 
 
-def prompt_chunks(messages: object, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:
-    """Chained 64-bit digests of the prompt's full `chunk_bytes`-byte chunks (UTF-8): digest k
-    covers chunks 0..k, so two prompts share digest k exactly when they share that prefix."""
+def tenant_id(cache_salt: str) -> str:
+    """A short stable name for the tenant a cache salt belongs to (16 hex digits)."""
+    return hashlib.blake2b(cache_salt.encode(), digest_size=8).hexdigest()
+
+
+def prompt_chunks(messages: object, tenant: str = "",
+                  chunk_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:
+    """Chained 64-bit digests of the prompt's full `chunk_bytes`-byte chunks (UTF-8), starting
+    from `tenant`: digest k covers chunks 0..k, so two prompts of one tenant share digest k
+    exactly when they share that prefix."""
     if not isinstance(messages, list) or not messages:
         return ()
     text = "".join(f"{role}\x1f{content}\x1e" for role, content in map(role_and_text, messages))
     data = text.encode("utf-8", "surrogatepass")
     out: list[int] = []
-    previous = b""
+    previous = tenant.encode()
     limit = min(len(data) // chunk_bytes, MAX_CHUNKS)
     for index in range(limit):
         chunk = data[index * chunk_bytes : (index + 1) * chunk_bytes]

@@ -30,6 +30,8 @@ from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
+from warmroute.gateway.shared_state import SharedRoutingState, SharedStateParams
+from warmroute.gateway.timeline import Timeline
 
 MAX_CONNECTIONS = 1024
 MAX_KEEPALIVE = 256
@@ -50,11 +52,23 @@ class Gateway:
         self.config = config
         self.rng = rng or random.Random()
         self.clock = clock
-        self.membership = Membership(config.engines, config.probe_failures_to_eject, clock)
+        self.membership = Membership(config.keyed_engines, config.probe_failures_to_eject, clock)
         self.metrics = GatewayMetrics(self.membership)
+        self.timeline = Timeline(self.metrics.registry)  # the operators' recent history
         self.turns = itertools.count()
-        self.placer = CacheAwarePlacer(PlacementParams(config.epsilon, config.load_slack),
-                                       PrefixIndex(sizes=self._cache_chunks))
+        self.placer = CacheAwarePlacer(
+            PlacementParams(config.epsilon, config.load_slack,
+                            max_conversations=config.max_conversations,
+                            max_per_tenant=config.max_conversations_per_tenant),
+            PrefixIndex(sizes=self._cache_chunks),
+        )
+        self.shared: SharedRoutingState | None = None
+        if config.redis_url and config.share_routing and self.indexes_prompts:
+            self.shared = SharedRoutingState(
+                SharedStateParams(config.redis_url, config.routing_prefix, config.home_ttl_s,
+                                  config.routing_log_entries),
+                self.placer, self.metrics.shared_state_up.set,
+            )
         self.membership.listeners.append(self._membership_changed)
         self._client = client
         self._probe_client = probe_client
@@ -86,8 +100,14 @@ class Gateway:
         self._prober = HealthProber(self.membership, self._probe_client, cfg.probe_interval_s)
         await self._prober.probe_all()
         self._prober.start()
+        self.timeline.start()
+        if self.shared is not None:
+            await self.shared.start()
 
     async def stop(self) -> None:
+        await self.timeline.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         if self._prober is not None:
             await self._prober.stop()
         for client in self._owned:
@@ -99,15 +119,42 @@ class Gateway:
         """Whether placement reads the prompt's chunk digests (only the cache-aware policy)."""
         return self.config.policy == "cache-aware"
 
-    def route(self, features: RequestFeatures) -> Decision:
+    async def route(self, features: RequestFeatures) -> Decision:
+        """Where the request goes. Only the cache-aware policy awaits anything, and only with
+        shared routing state: for a conversation new to this replica (one lookup) and for a new
+        or moved home (one claim)."""
         if self.indexes_prompts:
-            return self.placer.place(features, self.membership.loads(), self.membership.queued())
+            if self.shared is None:
+                return self.placer.place(features, self.membership.loads(),
+                                         self.membership.queued())
+            return await self._route_shared(features, self.shared)
         snapshot = self.membership.snapshot()
         if self.config.policy == "round-robin":
             return policies.round_robin(next(self.turns), snapshot)
         return policies.choose(
             features, snapshot, self.config.epsilon, self.rng, self.config.load_slack
         )
+
+    async def _route_shared(self, features: RequestFeatures,
+                            shared: SharedRoutingState) -> Decision:
+        key, tenant, placer = features.key, features.tenant, self.placer
+        before = placer.home_of(key, tenant) if key is not None else None
+        if key is not None and before is None:
+            before = await shared.lookup(tenant, key)
+            if before is not None:
+                placer.adopt_home(tenant, key, before)
+        loads = self.membership.loads()
+        decision = placer.place(features, loads, self.membership.queued())
+        after = placer.home_of(key, tenant) if key is not None else None
+        if key is not None and after is not None and after != before:
+            holder = await shared.claim(tenant, key, after, before)
+            if holder != after:  # another replica placed it first: that is its home
+                placer.adopt_home(tenant, key, holder)
+                if holder in loads:
+                    rest = tuple(e for e in decision.ranked if e != holder)
+                    decision = Decision((holder, *rest), "sticky", decision.work)
+        shared.placed(decision.engine_id, tenant, key, features.chunks)
+        return decision
 
     def _cache_chunks(self, engine_id: str) -> int | None:
         """How many prompt chunks the engine's cache holds, as its health answer says."""
@@ -132,19 +179,10 @@ class Gateway:
         return json.dumps(forwarded, separators=(",", ":"), ensure_ascii=False).encode()
 
     def health(self) -> dict[str, Any]:
-        engines = [
-            {
-                "id": s.engine_id,
-                "url": s.endpoint.url,
-                "healthy": s.healthy,
-                "in_flight": s.in_flight,
-                "model": s.model,
-            }
-            for s in self.membership.engines.values()
-        ]
-        healthy = sum(1 for e in engines if e["healthy"])
-        return {"status": "ok" if healthy else "unavailable", "healthy_engines": healthy,
-                "engines": engines}
+        """Whether the gateway can serve, and nothing more: this answer is public (engines,
+        their URLs and loads are the operators', `operations.engine_report`)."""
+        healthy = len(self.membership.healthy_ids())
+        return {"status": "ok" if healthy else "unavailable", "healthy_engines": healthy}
 
     async def models(self) -> list[str]:
         """The healthy engines' models, de-duplicated in engine order. A model comes from the
@@ -152,7 +190,7 @@ class Gateway:
         states = [s for s in self.membership.engines.values() if s.healthy]
         unknown = [s for s in states if not s.model]
         if unknown and self._probe_client is not None:
-            found = await asyncio.gather(*(self._listed_models(s.endpoint.url) for s in unknown))
+            found = await asyncio.gather(*(self._listed_models(s.engine_id) for s in unknown))
             for state, listed in zip(unknown, found, strict=True):
                 state.model = listed[0] if listed else None
         names: list[str] = []
@@ -161,10 +199,22 @@ class Gateway:
                 names.append(state.model)
         return names
 
-    async def _listed_models(self, url: str) -> list[str]:
-        assert self._probe_client is not None
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-            response = await self._probe_client.get(url + "/v1/models")
-            if response.status_code == 200:
-                return [str(card["id"]) for card in response.json()["data"]]
+    async def _listed_models(self, engine_id: str) -> list[str]:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            listed = await self.engine_json(engine_id, "/v1/models")
+            if listed is not None:
+                return [str(card["id"]) for card in listed["data"]]
         return []
+
+    async def engine_json(self, engine_id: str, path: str) -> dict[str, Any] | None:
+        """`GET path` on an engine, with its credentials and the probe timeout: the JSON object
+        it answers with 200, else None (best effort: for models, cache statistics)."""
+        if self._probe_client is None:
+            return None
+        endpoint = self.membership.engines[engine_id].endpoint
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = await self._probe_client.get(endpoint.url + path,
+                                                    headers=endpoint.auth_headers())
+            body = response.json() if response.status_code == 200 else None
+            return body if isinstance(body, dict) else None
+        return None

@@ -4,14 +4,15 @@ Counters: routing decisions by reason (each failover move counts once as "failov
 failovers and ejections per engine, prompt and cached tokens per engine as the engines
 reported them in `usage`, answers per engine and status, streams whose engine broke mid-answer
 by outcome (resumed on another engine, or failed when none could continue). Gauges, read from
-the membership at scrape time: in-flight requests and health per engine.
+the membership at scrape time: in-flight requests and health per engine; whether the routing
+state shared with other replicas is reachable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warmroute.gateway.membership import Membership
@@ -20,58 +21,69 @@ from warmroute.types import Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESUME_OUTCOMES = ("resumed", "failed")
+FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class GatewayMetrics:
     def __init__(self, membership: Membership) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
+        self.decisions = self._counter(
             "warmroute_gateway_routing_decisions",
             "Engine choices by reason: keyed, spilled, keyless-affinity, least-loaded, "
             "round-robin, and failover for each move to the next engine",
-            ["reason"],
-            registry=self.registry,
+            ["reason"]
         )
-        self.failovers = Counter(
+        self.failovers = self._counter(
             "warmroute_gateway_failovers",
             "Requests moved away from this engine before their first byte",
-            ["engine"],
-            registry=self.registry,
+            ["engine"]
         )
-        self.ejections = Counter(
+        self.ejections = self._counter(
             "warmroute_gateway_ejections",
             "Times this engine was taken out of rotation",
-            ["engine"],
-            registry=self.registry,
+            ["engine"]
         )
-        self.prompt_tokens = Counter(
+        self.prompt_tokens = self._counter(
             "warmroute_gateway_prompt_tokens",
             "Prompt tokens reported by this engine",
-            ["engine"],
-            registry=self.registry,
+            ["engine"]
         )
-        self.cached_tokens = Counter(
+        self.cached_tokens = self._counter(
             "warmroute_gateway_cached_tokens",
             "Prompt tokens this engine served from its prefix cache",
-            ["engine"],
-            registry=self.registry,
+            ["engine"]
         )
-        self.answers = Counter(
+        self.answers = self._counter(
             "warmroute_gateway_answers",
             "Answers relayed from this engine, by HTTP status",
-            ["engine", "status"],
-            registry=self.registry,
+            ["engine", "status"]
         )
-        self.stream_resumes = Counter(
+        self.stream_resumes = self._counter(
             "warmroute_gateway_stream_resumes",
             "Streams whose engine broke mid-answer, by outcome: resumed on another engine, "
             "or failed (no engine could continue; the client got an error event)",
-            ["outcome"],
+            ["outcome"]
+        )
+        self.shared_state_up = Gauge(
+            "warmroute_gateway_shared_state_up",
+            "1 while the routing state shared with other gateway replicas (Redis) is "
+            "reachable; 0 while this replica routes from its local state alone",
+            registry=self.registry,
+        )
+        self.first_token = Histogram(
+            "warmroute_gateway_first_token_seconds",
+            "Seconds from sending a request to an engine until its first token came back "
+            "(a JSON answer: the whole answer, which is when its caller sees a token)",
+            buckets=FIRST_TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(MembershipCollector(membership))
         membership.listeners.append(self.on_membership_change)
-        for reason in REASONS:  # every series exists from the start, at 0
+        self._zero_series(membership)
+
+    def _zero_series(self, membership: Membership) -> None:
+        """Every series exists from the start, at 0."""
+        for reason in REASONS:
             self.decisions.labels(reason)
         for outcome in RESUME_OUTCOMES:
             self.stream_resumes.labels(outcome)
@@ -79,6 +91,9 @@ class GatewayMetrics:
             for counter in (self.failovers, self.ejections, self.prompt_tokens,
                             self.cached_tokens):
                 counter.labels(engine_id)
+
+    def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
 
     def on_membership_change(self, engine_id: str, healthy: bool, cause: str) -> None:
         if not healthy:

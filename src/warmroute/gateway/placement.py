@@ -20,8 +20,11 @@ cache-aware router reaches the longest-prefix oracle but moves conversations):
    Keyless requests are always placed this way, so a keyless conversation follows its own
    growing prefix, and a shared system prompt spreads under the caps.
 
-State is small and local: a bounded LRU of conversation → home, the prefix index, and per-engine
-served counts halved every `decay_every` requests so the balance follows recent traffic. The
+State is small: a bounded table of (tenant, conversation) → home (`homes.HomeTable`: a
+tenant's conversation ids are its own), the prefix index (over tenant-salted digests), and
+per-engine served counts halved every `decay_every` requests so the balance follows recent
+traffic. Gateway replicas share it (`shared_state.py`): other replicas' homes arrive through
+`adopt_home`, their placements through `observe`. The
 clock never enters; `place` is synchronous and cheap (in a large fleet a new conversation's
 choice looks at a window of a few dozen engines chosen by its hash, not all of them), so a
 simulator drives this very object. Each decision carries its `work`, the prefill it queues.
@@ -33,18 +36,17 @@ import heapq
 import itertools
 import math
 import zlib
-from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 
 from warmroute.errors import EngineUnavailable
+from warmroute.gateway.homes import DEFAULT_MAX_CONVERSATIONS, DEFAULT_MAX_PER_TENANT, HomeTable
 from warmroute.gateway.policies import FLOAT_SLACK, Decision, Reason, RequestFeatures, load_cap
 from warmroute.gateway.prefix_index import PrefixIndex
 
 MAX_ALTERNATIVES = 7
 SAMPLE = 32  # failover candidates looked at in a large fleet
-DEFAULT_MAX_CONVERSATIONS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class PlacementParams:
     slack: int = 10
     balance_epsilon: float = 0.05
     max_conversations: int = DEFAULT_MAX_CONVERSATIONS
+    max_per_tenant: int = DEFAULT_MAX_PER_TENANT
     decay_every: int = 0  # 0: 1,000 requests per engine
 
 
@@ -61,7 +64,7 @@ class CacheAwarePlacer:
                  index: PrefixIndex | None = None) -> None:
         self.params = params or PlacementParams()
         self.index = index or PrefixIndex()
-        self.homes: OrderedDict[str, str] = OrderedDict()
+        self.homes = HomeTable(self.params.max_conversations, self.params.max_per_tenant)
         self.served: dict[str, float] = {}
         self._since_decay = 0
         self._hashes: dict[str, int] = {}
@@ -80,7 +83,7 @@ class CacheAwarePlacer:
         queue = queued if queued is not None else {}
         cap = load_cap(sum(loads.values()), len(loads), self.params.epsilon, self.params.slack)
         key = features.key
-        home = self.homes.get(key) if key is not None else None
+        home = self.homes.get(features.tenant, key) if key is not None else None
         if home is not None and home in loads:
             if loads[home] < cap:
                 work = self._work(features, home)
@@ -184,12 +187,16 @@ class CacheAwarePlacer:
     def _record(self, features: RequestFeatures, engine_id: str, rehome: bool) -> None:
         key = features.key
         if key is not None:
-            if rehome or key not in self.homes:
-                self.homes[key] = engine_id
-            self.homes.move_to_end(key)
-            while len(self.homes) > self.params.max_conversations:
-                self.homes.popitem(last=False)
-        self.index.insert(engine_id, features.chunks)
+            if rehome or self.homes.get(features.tenant, key) is None:
+                self.homes.set(features.tenant, key, engine_id)
+            else:
+                self.homes.touch(features.tenant, key)
+        self.observe(engine_id, features.chunks)
+
+    def observe(self, engine_id: str, chunks: tuple[Hashable, ...]) -> None:
+        """A request with these chunk digests went to `engine_id` (placed here or, with several
+        replicas, by another one): the engine now holds them and served one more."""
+        self.index.insert(engine_id, chunks)
         self.served[engine_id] = self.served.get(engine_id, 0.0) + 1.0
         self._since_decay += 1
         period = self.params.decay_every or 1000 * max(1, len(self.served))
@@ -198,12 +205,20 @@ class CacheAwarePlacer:
             for engine in self.served:
                 self.served[engine] /= 2.0
 
+    def adopt_home(self, tenant: str, key: str, engine_id: str) -> None:
+        """The conversation's home is `engine_id` (decided by another replica)."""
+        self.homes.set(tenant, key, engine_id)
+
     def engine_lost(self, engine_id: str) -> None:
         """An engine failed: its cache is gone. Homes move on their next request."""
         self.index.forget(engine_id)
 
-    def home_of(self, key: str) -> str | None:
-        return self.homes.get(key)
+    def home_of(self, key: str, tenant: str | None = "") -> str | None:
+        """The home of the tenant's conversation `key`; with `tenant=None`, of the first
+        tenant's conversation by that id (for tests and operators)."""
+        if tenant is not None:
+            return self.homes.get(tenant, key)
+        return next((engine for _, engine in self.homes.tenants_of(key)), None)
 
 
 def prefill_work(features: RequestFeatures, cached_depth: int) -> float:

@@ -45,12 +45,15 @@ class EngineLoad:
 @dataclass(frozen=True)
 class RequestFeatures:
     """What placement may look at: the routing key, an affinity digest of the prompt's opening
-    (the `hash` policy's keyless path) and the prompt's chained chunk digests (the
-    `cache-aware` policy's prefix index)."""
+    (the `hash` policy's keyless path), the prompt's chained chunk digests (the `cache-aware`
+    policy's prefix index) and the tenant they belong to."""
 
     key: str | None = None
     affinity: str | None = None
     chunks: tuple[Hashable, ...] = ()
+    # Whose conversation and prompt this is (a short digest of the tenant's cache salt): the
+    # cache-aware placer keeps homes per (tenant, key), and `chunks` are salted with it.
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
