@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.gateway.harness import metric
-from tests.gateway.scripted import Failure, ScriptedFleet, in_process_gateway, sse_payloads
+from tests.gateway.inprocess import in_process_gateway
+from tests.gateway.scripted import Failure, ScriptedFleet, sse_payloads
 from warmroute.gateway.policies import preference
 
 KEY = "failing-over"

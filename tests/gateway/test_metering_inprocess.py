@@ -12,14 +12,8 @@ from typing import Any
 from xai_sdk import AsyncClient
 from xai_sdk.chat import user
 
-from tests.gateway.scripted import (
-    LedgerRow,
-    ScriptedFleet,
-    bearer,
-    in_process_gateway,
-    make_keys,
-    sse_payloads,
-)
+from tests.gateway.inprocess import LedgerRow, bearer, in_process_gateway, make_keys
+from tests.gateway.scripted import ScriptedFleet, sse_payloads
 from tests.procs import free_port
 from warmroute.gateway.policies import preference
 from warmroute.pricing import ModelPrice

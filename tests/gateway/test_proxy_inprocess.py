@@ -15,14 +15,8 @@ import httpx
 import openai
 
 from tests.gateway.harness import metric, record_loads
-from tests.gateway.scripted import (
-    ScriptedFleet,
-    in_process_gateway,
-    salt,
-    sse_payloads,
-    streamed_text,
-    until,
-)
+from tests.gateway.inprocess import in_process_gateway, salt, until
+from tests.gateway.scripted import ScriptedFleet, sse_payloads, streamed_text
 from warmroute.gateway.policies import preference
 from warmroute.pricing import ModelPrice
 

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.scripted import FakeClock, ScriptedFleet, bearer, in_process_gateway, make_keys
+from tests.gateway.inprocess import FakeClock, bearer, in_process_gateway, make_keys
+from tests.gateway.scripted import ScriptedFleet
 from warmroute.errors import RateLimited
 from warmroute.gateway.ratelimit import WINDOW_S, LocalCounters, RateLimiter
 

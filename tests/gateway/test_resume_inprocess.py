@@ -16,15 +16,8 @@ from xai_sdk import AsyncClient
 from xai_sdk.chat import user
 
 from tests.gateway.harness import metric
-from tests.gateway.scripted import (
-    Ending,
-    ScriptedFleet,
-    in_process_gateway,
-    salt,
-    sse_payloads,
-    streamed_text,
-    user_text,
-)
+from tests.gateway.inprocess import in_process_gateway, salt
+from tests.gateway.scripted import Ending, ScriptedFleet, sse_payloads, streamed_text, user_text
 from tests.procs import free_port
 from warmroute.api.chat_completions import usage_json
 from warmroute.gateway.policies import preference
