@@ -84,7 +84,8 @@ class Replicas:
     def add(self, port: int | None = None) -> Proc:
         index = len(self.procs)
         port = port or free_port()
-        engines = [a for e in self.fleet.endpoints() for a in ("--engine", f"{e.engine_id}={e.url}")]
+        engines = [arg for e in self.fleet.endpoints()
+                   for arg in ("--engine", f"{e.engine_id}={e.url}")]
         proc = start(["gateway", "--port", str(port), *engines,
                       "--data-dir", str(self.tmp / f"replica-{index}-{port}"),
                       "--probe-interval", "0.25", *self.args],
