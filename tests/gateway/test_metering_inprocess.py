@@ -1,7 +1,8 @@
 """Metering in-process over scripted engines, on a real SQLite store: every finished request is
 one exact ledger row (key, team, model, engine, surface, tokens, cost), whether it was a JSON
 answer, a stream with or without a usage chunk, a stream its client left, a resumed stream, a
-Responses or a gRPC turn; the cost in each answer is its row's; `/v1/usage` adds them up."""
+Responses or a gRPC turn; the cost in each answer is its row's; `/v1/usage` adds them up and
+`/v1/language-models` shows the prices."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ async def test_every_kind_of_answer_is_one_exact_row(tmp_path: Path) -> None:
         rows = gw.ledger()
         report = (await gw.http.get("/v1/usage", params={"by": "key"},
                                     headers=bearer(a_secret))).json()
+        models = (await gw.http.get("/v1/language-models", headers=bearer(a_secret))).json()
     assert [whole["usage"]["cost_in_usd_ticks"], streamed[-2]["usage"]["cost_in_usd_ticks"],
             response["usage"]["cost_in_usd_ticks"],
             resumed[-2]["usage"]["cost_in_usd_ticks"]] == [WHOLE, WHOLE, WHOLE, cost(20, 16, 12)]
@@ -68,6 +70,9 @@ async def test_every_kind_of_answer_is_one_exact_row(tmp_path: Path) -> None:
         # 5 tokens from the first engine, 6 and one more from the one that went on
         LedgerRow(a_id, "team-a", MODEL, second, chat, 20, 16, 5 + 7, cost(20, 16, 12)),
     ]
+    assert [(m["id"], m["prompt_text_token_price"], m["cached_prompt_text_token_price"],
+             m["completion_text_token_price"]) for m in models["models"]] == [
+        (MODEL, 30_000, 7_500, 150_000)]
     assert report["team"] == "team-a"
     assert [(g["group"], g["requests"], g["prompt_tokens"], g["cached_tokens"],
              g["completion_tokens"], g["cost_in_usd_ticks"]) for g in report["groups"]] == [

@@ -15,9 +15,9 @@ import httpx
 import openai
 
 from tests.gateway.harness import metric, record_loads
-from tests.gateway.inprocess import in_process_gateway, salt, until
+from tests.gateway.inprocess import InProcess, in_process_gateway, salt, until
 from tests.gateway.scripted import ScriptedFleet, sse_payloads, streamed_text
-from warmroute.gateway.policies import preference
+from warmroute.gateway.policies import load_cap, preference
 from warmroute.pricing import ModelPrice
 
 PRICE = ModelPrice(prompt_text_token_price=30_000, cached_prompt_token_price=7_500,
@@ -119,32 +119,57 @@ async def test_a_client_leaving_before_a_json_answer_frees_the_engine_slot(
         assert gw.ledger() == []
 
 
-async def test_a_hot_key_is_bounded_and_spills_to_its_own_second_choice(tmp_path: Path) -> None:
-    """Six clients at once, five times: with every answer held until all six are in flight,
-    placement is exact. ⌈1.25·(n+1)/3⌉ lets the first choice take the 1st, 3rd and 5th."""
-    engines = fleet()
-    pref = preference(KEY, engines.ids)
+async def held_rounds(gw: InProcess, rounds: int, clients: int) -> list[str]:
+    """`rounds` times, `clients` requests of KEY at once, every answer held until all are in
+    flight (so placement sees them all): the engine of each answer."""
     served: list[str] = []
-    async with in_process_gateway(engines, tmp_path) as gw:
+    for _ in range(rounds):
+        release = asyncio.Event()
+        for script in gw.fleet.scripts.values():
+            script.hold = release
+        answers = [asyncio.create_task(gw.chat(BODY, KEY)) for _ in range(clients)]
+        await until(lambda: sum(gw.in_flight().values()) == clients, "every request in flight")
+        release.set()
+        for response in await asyncio.gather(*answers):
+            assert response.status_code == 200, response.text
+            served.append(response.headers["x-warmroute-engine"])
+    return served
+
+
+async def test_a_hot_key_is_bounded_and_spills_to_its_own_second_choice(tmp_path: Path) -> None:
+    """Six clients at once, five times. ⌈1.25·(n+1)/3⌉ lets the first choice take the 1st,
+    3rd and 5th request of each round; the 2nd, 4th and 6th spill to the second choice."""
+    p0, p1, p2 = preference(KEY, fleet().ids)
+    async with in_process_gateway(fleet(), tmp_path) as gw:
         loads_seen = record_loads(gw.gateway.membership)
-        for _ in range(5):
-            release = asyncio.Event()
-            for engine_id in engines.ids:
-                engines[engine_id].hold = release
-            answers = [asyncio.create_task(gw.chat(BODY, KEY)) for _ in range(6)]
-            await until(lambda: sum(gw.in_flight().values()) == 6, "six requests in flight")
-            release.set()
-            for response in await asyncio.gather(*answers):
-                assert response.status_code == 200, response.text
-                served.append(response.headers["x-warmroute-engine"])
+        served = await held_rounds(gw, rounds=5, clients=6)
         metrics = await gw.metrics()
-    p0, p1, p2 = pref
     one_round = [(1, 0), (1, 1), (2, 1), (2, 2), (3, 2), (3, 3)]
     assert [(loads[p0], loads[p1]) for loads in loads_seen] == one_round * 5
     assert {loads[p2] for loads in loads_seen} == {0}
     assert Counter(served) == {p0: 15, p1: 15}
     assert metric(metrics, "warmroute_gateway_routing_decisions_total", reason="keyed") == 15
     assert metric(metrics, "warmroute_gateway_routing_decisions_total", reason="spilled") == 15
+
+
+async def test_a_hot_conversation_keeps_its_cache_aware_home_within_the_cap(
+    tmp_path: Path,
+) -> None:
+    """The same under the default `cache-aware` policy: the conversation's home takes the
+    1st, 3rd and 5th of each round (the first ever places it), the rest spill elsewhere."""
+    async with in_process_gateway(fleet(), tmp_path, policy="cache-aware") as gw:
+        loads_seen = record_loads(gw.gateway.membership)
+        served = await held_rounds(gw, rounds=5, clients=6)
+        home = gw.gateway.placer.home_of(KEY, tenant=None)
+        metrics = await gw.metrics()
+    assert home is not None
+    assert [loads[home] for loads in loads_seen] == [1, 1, 2, 2, 3, 3] * 5
+    for loads in loads_seen:
+        assert max(loads.values()) <= load_cap(sum(loads.values()) - 1, 3, 0.25) + 1, loads
+    assert served.count(home) == 15
+    decisions = {reason: metric(metrics, "warmroute_gateway_routing_decisions_total",
+                                reason=reason) for reason in ("sticky", "spilled")}
+    assert decisions == {"sticky": 14, "spilled": 15}
 
 
 async def test_the_openai_client_reads_a_json_answer(tmp_path: Path) -> None:
