@@ -10,15 +10,20 @@ as, so its prompt is exactly the one the first engine had reached.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from warmroute.errors import InvalidRequest
+from warmroute.errors import ContextTooLong, InvalidRequest
 from warmroute.types import ChatMessage
 
 REMEMBERED_GENERATIONS = 4096
+SEARCH_WINDOW = 1024  # template characters around one message's content, at most
+NORMALIZER_MARGIN = 4
+UTF8_MAX_TOKENS = 4  # an incomplete character is split over at most this many byte tokens
 
 
 class ChatTokenizer:
@@ -52,27 +57,59 @@ class ChatTokenizer:
             raise InvalidRequest(f"cannot render the conversation: {exc}") from exc
         return str(text)
 
+    @functools.cached_property
+    def max_chars_per_token(self) -> int:
+        """No token covers more characters of text than this (with a normalizer, which may fold
+        several characters into one, a margin of 4 is added)."""
+        longest = max((len(token) for token in self.hf.get_vocab()), default=1)
+        normalizer = getattr(getattr(self.hf, "backend_tokenizer", None), "normalizer", None)
+        return max(1, longest) * (1 if normalizer is None else NORMALIZER_MARGIN)
+
     def render(
-        self, messages: Sequence[ChatMessage], salt: str = "", continue_final: bool = False
+        self,
+        messages: Sequence[ChatMessage],
+        salt: str = "",
+        continue_final: bool = False,
+        limit: int | None = None,
     ) -> list[int]:
-        """Prompt token ids for `messages`, reusing generated ids for remembered replies."""
+        """Prompt token ids for `messages`, reusing generated ids for remembered replies.
+        Linear in the prompt: replies are found in order and spliced in one pass. With `limit`,
+        a text too long to fit in `limit` tokens raises `ContextTooLong` before tokenizing."""
         text = self.render_text(messages, continue_final)
+        least = len(text) // self.max_chars_per_token
+        if limit is not None and least >= limit:
+            raise ContextTooLong(
+                f"the prompt has at least {least} tokens; this model's context is {limit} tokens"
+            )
         encoding = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(encoding["input_ids"])
-        offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
-        cursor = 0
+        spans = self._remembered_spans(text, messages, salt)
+        if not spans:
+            return ids
+        return _splice(ids, [tuple(o) for o in encoding["offset_mapping"]], spans)
+
+    def _remembered_spans(
+        self, text: str, messages: Sequence[ChatMessage], salt: str
+    ) -> list[tuple[int, int, tuple[int, ...]]]:
+        """(start, end, generated ids) of each remembered reply in `text`, in text order.
+
+        Each reply is looked for after the previous one found, no further than the messages
+        in between and `SEARCH_WINDOW` characters of template per message could reach, so no
+        stretch of the text is searched twice unless a reply is not found where expected."""
+        spans: list[tuple[int, int, tuple[int, ...]]] = []
+        cursor = budget = 0
         for message in messages:
-            if message.role != "assistant" or not message.content:
+            budget += len(message.content) + SEARCH_WINDOW
+            if message.role != "assistant" or not message.content or not self._generations:
                 continue
-            start = text.find(message.content, cursor)
-            if start < 0:
-                continue
-            end = start + len(message.content)
-            cursor = end
             generated = self._generations.get(self._memo_key(salt, message.content))
-            if generated is not None:
-                ids, offsets = _splice(ids, offsets, start, end, generated)
-        return ids
+            if generated is None:
+                continue
+            start = text.find(message.content, cursor, cursor + budget)
+            if start >= 0:
+                cursor, budget = start + len(message.content), 0
+                spans.append((start, cursor, generated))
+        return spans
 
     def render_continuation(
         self, messages: Sequence[ChatMessage], salt: str, generated: Sequence[int]
@@ -98,27 +135,63 @@ class ChatTokenizer:
 
     @staticmethod
     def _memo_key(salt: str, text: str) -> bytes:
-        return hashlib.sha256(salt.encode() + b"\0" + text.encode()).digest()
+        joined = salt + "\0" + text
+        return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).digest()
 
 
 def _splice(
     ids: list[int],
     offsets: list[tuple[int, int]],
-    start: int,
-    end: int,
-    replacement: Sequence[int],
-) -> tuple[list[int], list[tuple[int, int]]]:
-    """Replace the tokens covering text[start:end] when token boundaries fall exactly there."""
-    first = next((i for i, (s, _) in enumerate(offsets) if s == start), None)
-    last = next((i for i, (_, e) in enumerate(offsets) if e == end and i >= (first or 0)), None)
-    if first is None or last is None:
-        return ids, offsets
-    # Offsets of the spliced tokens are unknown; mark them with the span so later finds skip it.
-    span = [(start, end)] * len(replacement)
-    return (
-        ids[:first] + list(replacement) + ids[last + 1 :],
-        offsets[:first] + span + offsets[last + 1 :],
-    )
+    spans: Sequence[tuple[int, int, Sequence[int]]],
+) -> list[int]:
+    """`ids` with the tokens covering text[start:end] replaced, for each span (in text order)
+    where token boundaries fall exactly at both ends; one pass over `ids`."""
+    starts = [start for start, _ in offsets]
+    ends = [end for _, end in offsets]
+    spliced: list[int] = []
+    taken = 0  # ids[:taken] are settled
+    for start, end, replacement in spans:
+        first = bisect.bisect_left(starts, start, taken)
+        last = bisect.bisect_right(ends, end, first) - 1  # the last token ending at `end`
+        if first == len(ids) or starts[first] != start or last < first or ends[last] != end:
+            continue
+        spliced += ids[taken:first]
+        spliced += replacement
+        taken = last + 1
+    spliced += ids[taken:]
+    return spliced
+
+
+class StopMatcher:
+    """Knuth-Morris-Pratt over one stop string. Fed the text as it grows, it knows the longest
+    prefix of the stop string that the text ends with (`state`: what must be held back), so
+    each character costs O(1) amortised, whatever the lengths of the stop string and text."""
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        self.state = 0
+        self.failure = [0] * len(stop)  # failure[i]: longest proper border of stop[: i + 1]
+        border = 0
+        for i in range(1, len(stop)):
+            while border and stop[i] != stop[border]:
+                border = self.failure[border - 1]
+            if stop[i] == stop[border]:
+                border += 1
+            self.failure[i] = border
+
+    def feed(self, text: str) -> int:
+        """Feed `text`; the index in it just past the first full match, else -1."""
+        stop, failure, state = self.stop, self.failure, self.state
+        for i, char in enumerate(text):
+            while state and stop[state] != char:
+                state = failure[state - 1]
+            if stop[state] == char:
+                state += 1
+                if state == len(stop):
+                    self.state = failure[state - 1]
+                    return i + 1
+        self.state = state
+        return -1
 
 
 class IncrementalDetokenizer:
@@ -129,6 +202,10 @@ class IncrementalDetokenizer:
     is cut before it. `take_ids` hands out, with each released delta, the ids added since the
     previous one: exactly the tokens whose text has been released so far, plus those whose
     text is still held back.
+
+    Each token costs work proportional to its own text, not to the text so far: only a window
+    of ids is decoded (the tokens since the last complete text, after the previous token as
+    context, as vLLM does), and stop strings are matched by `StopMatcher`s fed the new text.
 
     A continuation starts from the state the first generation had reached: `prefix_ids` (the
     ids already handed out) of which the first `released` characters have been sent; the rest
@@ -144,17 +221,18 @@ class IncrementalDetokenizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
+        self.matchers = [StopMatcher(s) for s in self.stop]
         self.ids: list[int] = list(prefix_ids)
-        self.text = tokenizer.decode(self.ids) if self.ids else ""
-        self.emitted = min(released, len(self.text))
         self.handed_out = len(self.ids)
         self.finished_by_stop = False
-        for stop_string in self.stop:  # the prefix may already end the answer
-            cut = self.text.find(stop_string)
-            if cut >= 0:
-                self.text = self.text[: max(cut, self.emitted)]
-                self.finished_by_stop = True
-                break
+        self.text = ""
+        self.emitted = released
+        complete = _complete_prefix(tokenizer, self.ids)
+        # ids[: self._read] are in `text`; a window decodes from self._window (context).
+        self._read = complete
+        self._window = max(0, complete - 1)
+        self._append(tokenizer.decode(self.ids[:complete]) if complete else "")
+        self.emitted = min(released, len(self.text))
 
     def take_ids(self) -> list[int]:
         """The ids added since the last call (call it with each delta released)."""
@@ -167,26 +245,40 @@ class IncrementalDetokenizer:
         if token_id in self.tokenizer.eos_ids:
             return ""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids)
-        for stop in self.stop:
-            cut = self.text.find(stop)
-            if cut >= 0:
-                self.text = self.text[:cut]
-                self.finished_by_stop = True
-                return self._release(len(self.text))
-        safe = len(self.text)
-        if self.text.endswith("\ufffd"):
-            safe = len(self.text.rstrip("\ufffd"))
-        for stop in self.stop:
-            for k in range(min(len(stop) - 1, safe), 0, -1):
-                if self.text[:safe].endswith(stop[:k]):
-                    safe -= k
-                    break
-        return self._release(safe)
+        if not self.finished_by_stop:
+            self._advance(final=False)
+        held = 0 if self.finished_by_stop else max((m.state for m in self.matchers), default=0)
+        return self._release(len(self.text) - held)
 
     def flush(self) -> str:
         """At the end of generation everything left is final."""
+        if not self.finished_by_stop:
+            self._advance(final=True)
         return self._release(len(self.text))
+
+    def _advance(self, final: bool) -> None:
+        """Move the new ids' text into `text` once it is complete (always when `final`)."""
+        if self._read == len(self.ids):
+            return
+        decode = self.tokenizer.decode
+        window = decode(self.ids[self._window :])
+        context = decode(self.ids[self._window : self._read])
+        if not final and (len(window) <= len(context) or window.endswith("\ufffd")):
+            return  # no text yet, or an incomplete UTF-8 sequence: wait for more ids
+        self._window, self._read = self._read, len(self.ids)
+        self._append(window[len(context) :])
+
+    def _append(self, new_text: str) -> None:
+        start = len(self.text)
+        self.text += new_text
+        cuts = []
+        for matcher in self.matchers:
+            end = matcher.feed(new_text)
+            if end >= 0:
+                cuts.append(start + end - len(matcher.stop))
+        if cuts:
+            self.text = self.text[: max(min(cuts), self.emitted)]
+            self.finished_by_stop = True
 
     def _release(self, upto: int) -> str:
         if upto <= self.emitted:
@@ -194,3 +286,12 @@ class IncrementalDetokenizer:
         delta = self.text[self.emitted : upto]
         self.emitted = upto
         return delta
+
+
+def _complete_prefix(tokenizer: ChatTokenizer, ids: Sequence[int]) -> int:
+    """How many of `ids` decode to complete text (a few ids fewer when the last ones end in
+    an incomplete UTF-8 sequence; all of them when no shorter prefix is complete)."""
+    for count in range(len(ids), max(0, len(ids) - UTF8_MAX_TOKENS) - 1, -1):
+        if count == 0 or not tokenizer.decode(ids[:count]).endswith("\ufffd"):
+            return count
+    return len(ids)
