@@ -13,12 +13,14 @@ import contextlib
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+import httpx2
+import openai
 from fastapi import FastAPI
 
 from tests.gateway.scripted import CHAT, ScriptedFleet
@@ -115,6 +117,15 @@ class InProcess:
         if key is not None:
             headers["x-grok-conv-id"] = key
         return AsgiCall(self.app, path, body, headers)
+
+    def openai(self) -> openai.AsyncOpenAI:
+        """The real `openai` client, talking to this app through ASGI (openai brings its own
+        fork of httpx, `httpx2`, and wants a client of it)."""
+        transport = httpx2.ASGITransport(app=self.app)
+        return openai.AsyncOpenAI(
+            base_url="http://gw/v1", api_key="unused", max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=30),
+        )
 
     async def metrics(self) -> str:
         """The gateway's Prometheus exposition (what `GET /metrics` serves to operators)."""
@@ -216,7 +227,7 @@ class AsgiCall:
         await self._left.wait()
         return {"type": "http.disconnect"}
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = {k.decode(): v.decode() for k, v in message.get("headers", [])}

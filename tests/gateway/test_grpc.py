@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,12 +18,20 @@ from xai_sdk.chat import system, user
 from tests.gateway.harness import MODEL, SYSTEM_PROMPT, Fleet, gateway_over
 from tests.procs import free_port
 
+BLOCK = 16
+
 
 @pytest.fixture
 def grpc_host(fleet: Fleet, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     with gateway_over(fleet.endpoints(), data_dir=tmp_path, grpc_port=port):
         yield f"127.0.0.1:{port}"
+
+
+def warm_after(previous: Any) -> int:
+    """The cached tokens of the turn after `previous` (its usage) on its engine: every full
+    block that turn computed (its prompt and its reply but the last token, never computed)."""
+    return BLOCK * ((previous.prompt_tokens + previous.completion_tokens - 1) // BLOCK)
 
 
 def client(host: str, conv: str | None = None) -> Client:
@@ -47,7 +56,7 @@ def test_two_turns_hit_cache_on_same_engine(grpc_host: str) -> None:
     chat.append(first)
     chat.append(user("Why does it matter?"))
     second = chat.sample()
-    assert second.usage.cached_prompt_text_tokens > 0
+    assert second.usage.cached_prompt_text_tokens == warm_after(first.usage)
     assert second.usage.prompt_text_tokens == second.usage.prompt_tokens
     assert second.usage.total_tokens == (
         second.usage.prompt_tokens + second.usage.completion_tokens
@@ -85,7 +94,7 @@ def test_defer_stored_and_chain(grpc_host: str) -> None:
                              previous_response_id=deferred.id, store_messages=True)
     follow.append(user("What did I say?"))
     answer = follow.sample()
-    assert answer.usage.cached_prompt_text_tokens > 0
+    assert answer.usage.cached_prompt_text_tokens == warm_after(deferred.usage)
     assert sdk.chat.delete_stored_completion(deferred.id) == deferred.id
     with pytest.raises(grpc.RpcError) as gone:
         sdk.chat.get_stored_completion(deferred.id)
@@ -118,7 +127,10 @@ async def test_async_client_sample_and_stream(grpc_host: str) -> None:
         seen.append(streamed)
     streamed = seen[-1]
     assert "".join(pieces) == streamed.content
-    assert streamed.usage.cached_prompt_text_tokens > 0  # the same prompt was just sampled
+    # the same prompt was just sampled: every full block but the one of its last token
+    prompt = sampled.usage.prompt_tokens
+    assert streamed.usage.prompt_tokens == prompt
+    assert streamed.usage.cached_prompt_text_tokens == BLOCK * ((prompt - 1) // BLOCK)
 
 
 def test_status_codes(grpc_host: str) -> None:

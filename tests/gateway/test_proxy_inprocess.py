@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 
 from tests.gateway.harness import metric, record_loads
 from tests.gateway.inprocess import InProcess, in_process_gateway, salt, until
@@ -59,8 +58,7 @@ async def test_the_stream_is_the_engines_stream_and_openai_parses_it(tmp_path: P
     body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
     async with in_process_gateway(engines, tmp_path, prices=PRICES) as gw:
         via_gateway = await gw.chat(body, KEY)
-        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", max_retries=0,
-                                 http_client=gw.http)
+        sdk = gw.openai()
         chunks = [c async for c in await sdk.chat.completions.create(
             model="scripted-model", messages=BODY["messages"], max_tokens=50, stream=True,
             stream_options={"include_usage": True}, extra_headers={"x-grok-conv-id": KEY},
@@ -175,8 +173,7 @@ async def test_a_hot_conversation_keeps_its_cache_aware_home_within_the_cap(
 async def test_the_openai_client_reads_a_json_answer(tmp_path: Path) -> None:
     engines = fleet()
     async with in_process_gateway(engines, tmp_path) as gw:
-        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", max_retries=0,
-                                 http_client=gw.http)
+        sdk = gw.openai()
         raw = await sdk.chat.completions.with_raw_response.create(
             model="scripted-model", messages=BODY["messages"], max_tokens=50,
             extra_headers={"x-grok-conv-id": KEY},

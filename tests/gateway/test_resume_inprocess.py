@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 from xai_sdk import AsyncClient
 from xai_sdk.chat import user
@@ -178,8 +177,7 @@ async def test_a_responses_stream_is_resumed_too(tmp_path: Path) -> None:
     engines[first].pieces, engines[first].ending = ["Hel", "lo"], "reset"
     engines[second].pieces = ["Hel", "lo", " there"]
     async with in_process_gateway(engines, tmp_path) as gw:
-        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="unused", max_retries=0,
-                                 http_client=gw.http)
+        sdk = gw.openai()
         events = [e async for e in await sdk.responses.create(
             model="scripted-model", input="hi", max_output_tokens=50, stream=True,
             extra_body={"prompt_cache_key": KEY},
