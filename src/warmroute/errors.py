@@ -11,7 +11,9 @@
     │   └── ApiKeyRevoked       a revoked API key (403)
     ├── NotFound                unknown model, response or route (404)
     ├── RateLimited             a limit was hit (429)
+    ├── RequestFailed           the engine failed computing this request alone (422)
     ├── EngineUnavailable       no engine can serve the request (503)
+    │   └── EngineOverloaded    an engine's wait queue is full; retry after a while (503)
     └── StoreUnavailable        the database cannot be reached or is too new (503)
 
 Only `warmroute.api.wire_errors` turns these into HTTP envelopes or gRPC status codes.
@@ -72,8 +74,21 @@ class RateLimited(WarmrouteError):
         self.retry_after = retry_after
 
 
+class RequestFailed(WarmrouteError):
+    """The engine's work on this request raised (its forward pass or sampling): it failed
+    alone, the engine and its other requests are fine, so it is not worth retrying elsewhere."""
+
+
 class EngineUnavailable(WarmrouteError):
     """No healthy engine could take the request."""
+
+
+class EngineOverloaded(EngineUnavailable):
+    """An engine has as many requests waiting as it queues; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(WarmrouteError):

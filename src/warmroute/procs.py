@@ -4,7 +4,8 @@ module that `serve`, the benchmarks and the tests share.
 Children run `python -m warmroute …` with the thread settings of `config.child_process_env`;
 on Linux they also get SIGTERM if their parent dies without cleaning up (PR_SET_PDEATHSIG), so
 none is orphaned. `BackgroundServer` runs an ASGI app under uvicorn on a thread of this process
-(tests and the in-process benchmarks use it). Cheap to import: uvicorn only when a server starts.
+(tests and the in-process benchmarks use it); `RedisServer` is a private Redis (replicas in the
+benchmarks and tests). Cheap to import: uvicorn only when a server starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,14 +70,17 @@ def spawn(args: Sequence[str], log: Path, threads: int = 1,
         )
 
 
-def start_engine(config: ServeConfig, index: int, extra: Sequence[str] = ()) -> LocalEngine:
-    """The `index`-th local engine of `serve`: `engine-<n>` on a free port."""
+def start_engine(config: ServeConfig, index: int, extra: Sequence[str] = (),
+                 api_key: str | None = None) -> LocalEngine:
+    """The `index`-th local engine of `serve`: `engine-<n>` on a free port, requiring
+    `api_key` when given (passed in its environment, never on its command line)."""
     engine_id, port = f"engine-{index + 1}", free_port()
     log = config.data_dir / f"{engine_id}.log"
     threads = config.threads_per_engine
     args = ["engine", "--host", "127.0.0.1", "--port", str(port), "--engine-id", engine_id,
             "--model", config.model, "--threads", str(threads), "--dtype", config.dtype, *extra]
-    return LocalEngine(engine_id, port, spawn(args, log, threads), log)
+    env = child_process_env(threads, api_key)
+    return LocalEngine(engine_id, port, spawn(args, log, threads, env=env), log)
 
 
 def wait_healthy(engines: Sequence[LocalEngine], timeout: float) -> None:
@@ -124,6 +129,53 @@ def tail(path: Path, chars: int = 2000) -> str:
 def quiet_http_client_logs() -> None:
     """httpx logs every request at INFO; a gateway makes several per request and per second."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class RedisServer:
+    """A `redis-server` of our own on a free loopback port, keeping nothing on disk: for
+    benchmarks and tests that must not touch (or may kill) a shared Redis."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
+            self.popen = subprocess.Popen(
+                [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not self.answers():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(timeout=10)
 
 
 class BackgroundServer:

@@ -49,6 +49,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int]] = [
     ("continue with generation prompt", {"continue_final_message": True, "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]}, 400),
     ("stop list too long", {"stop": ["a", "b", "c", "d", "e"]}, 400),
+    ("stop string too long", {"stop": ["x" * 257]}, 400),
+    ("seed beyond 64 bits", {"seed": 2**64}, 400),
+    ("top_p zero", {"top_p": 0}, 400),
     ("unknown model", {"model": "grok-9"}, 404),
 ]
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import shutil
 import signal
-import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,46 +17,11 @@ import httpx
 
 from tests.gateway.harness import Fleet, chat_body, metric
 from tests.procs import Proc, free_port, start
+from warmroute.procs import RedisServer
 
 
-@dataclass
-class OwnRedis:
-    """A `redis-server` of the test's own on a free loopback port, keeping nothing on disk."""
-
-    tmp: Path
-    port: int = field(default_factory=free_port)
-    popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> OwnRedis:
-        server = shutil.which("redis-server")
-        assert server, "redis-server is not installed"
-        log = (self.tmp / f"redis-{self.port}.log").open("ab")
-        self.popen = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while not self.answers():
-            assert self.popen.poll() is None and time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.05)
-        return self
-
-    def answers(self) -> bool:
-        import redis
-
-        with contextlib.suppress(redis.RedisError):
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        return False
-
-    def kill(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(timeout=10)
+class OwnRedis(RedisServer):
+    """The test's own Redis (never the shared one at 6379)."""
 
 
 @contextlib.contextmanager

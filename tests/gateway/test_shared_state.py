@@ -171,7 +171,7 @@ async def test_without_redis_replicas_route_locally_then_converge(tmp_path: Path
         first_a = (await a.route(keyed("outage"))).engine_id
         first_b = (await b.route(keyed("outage"))).engine_id
         assert first_a != first_b
-        OwnRedis(tmp_path, port=server.port).start()  # Redis is back (empty)
+        server = OwnRedis(tmp_path, port=server.port).start()  # Redis is back (empty)
         await eventually(lambda: a.shared.up and b.shared.up,  # type: ignore[union-attr]
                          "both replicas to reconnect")
         await eventually(lambda: a.placer.home_of("outage", TENANT)
@@ -180,4 +180,4 @@ async def test_without_redis_replicas_route_locally_then_converge(tmp_path: Path
         assert "warmroute_gateway_shared_state_up 1.0" in a.metrics.exposition().decode()
     finally:
         await stopped(a, b)
-        OwnRedis(tmp_path, port=server.port).kill()
+        server.kill()

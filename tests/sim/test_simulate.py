@@ -173,3 +173,39 @@ def test_simulate_command_writes_its_figures(tmp_path: Path) -> None:
     assert [c["keys"] for c in figures["churn"]] == [10, 10]
 
 
+
+
+def test_replicas_with_no_lag_place_as_one_gateway_does() -> None:
+    """Three replicas sharing homes and placements at once reach the single gateway's figures
+    exactly; with a lag, every conversation still keeps one engine (homes are claimed)."""
+    from warmroute.sim.replicas import ReplicatedRouter
+
+    reqs = load_mooncake(trace_file("conversation"), max_requests=1500)
+    params = small_params(engines=8, cache_blocks=4000)
+    ids = engine_ids(8)
+    one = simulate(reqs, PolicyRouter("warmroute", ids, 0.25, random.Random(0), slack=10,
+                                      cache_blocks=4000), params)
+    same = simulate(reqs, ReplicatedRouter(ids, 0.25, 0, 3, 0.0, params.time_scale, 10, 4000),
+                    params)
+    late = simulate(reqs, ReplicatedRouter(ids, 0.25, 0, 3, 0.05, params.time_scale, 10, 4000),
+                    params)
+    assert (same.hit_rate, same.sticky, same.ttft_p50_s) == (one.hit_rate, 1.0, one.ttft_p50_s)
+    assert late.sticky == 1.0
+    assert late.hit_rate >= one.hit_rate - 0.01
+    assert same.policy == "warmroute ×3 gw, lag 0 ms"
+
+
+def test_simulate_runs_replicas_per_lag(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(
+        json.dumps({"timestamp": r.timestamp_ms, "input_length": r.input_length,
+                    "output_length": r.output_length, "hash_ids": list(r.hash_ids)}) + "\n"
+        for r in conversations(10, 3)))
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
+                 "--churn-keys", "10", "--policies", "warmroute", "--gateways", "4",
+                 "--replica-lag-ms", "0,50", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["policy"] for r in results] == [
+        "warmroute", "warmroute ×4 gw, lag 0 ms", "warmroute ×4 gw, lag 50 ms"]
+    assert all(r["sticky"] == 1.0 and r["requests"] == 30 for r in results)

@@ -13,6 +13,7 @@ OpenAI-compatible servers ignore them or, like vLLM, know the first two):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -29,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from warmroute.api import chat_completions as cc
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
-from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, read_json_object
+from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, parse_json_object, read_body
 from warmroute.api.model_card import model_card
 from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 from warmroute.api.wire_errors import (
@@ -60,10 +61,8 @@ def create_engine_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        parsed = cc.parse_body(await read_json_object(request, max_body_bytes))
-        if parsed.model is not None and parsed.model != engine.model_name:
-            raise NotFound(f"The model {parsed.model!r} does not exist")
-        prepared = engine.prepare(cc.to_chat_request(parsed), parsed.continue_token_ids)
+        raw = await read_body(request, max_body_bytes)
+        parsed, prepared = await asyncio.to_thread(parse_and_prepare, engine, raw)
         completion_id = str(uuid.uuid4())
         headers = {"x-warmroute-engine": engine_id}
         if parsed.stream:
@@ -79,6 +78,15 @@ def create_engine_app(
         return JSONResponse(answer, headers=headers)
 
     return app
+
+
+def parse_and_prepare(engine: Engine, body: bytes) -> tuple[cc.ChatCompletionBody, Prepared]:
+    """The CPU-bound start of a request (JSON, validation, chat template, tokenizing), run on
+    a worker thread so health probes and running streams are answered meanwhile."""
+    parsed = cc.parse_body(parse_json_object(body))
+    if parsed.model is not None and parsed.model != engine.model_name:
+        raise NotFound(f"The model {parsed.model!r} does not exist")
+    return parsed, engine.prepare(cc.to_chat_request(parsed), parsed.continue_token_ids)
 
 
 def add_engine_status_routes(app: FastAPI, engine: Engine, engine_id: str) -> None:

@@ -1,8 +1,16 @@
-"""Reading a JSON request body with xAI's answers for what is wrong with it (415, 413, 400)."""
+"""Reading a JSON request body with xAI's answers for what is wrong with it (415, 413, 400).
+
+Valid JSON that Python could not carry on with is a 400 here too: nesting deeper than the
+interpreter recurses, integers beyond Python's 4,300-digit limit, NaN or infinite numbers, and
+strings with lone surrogates (no UTF-8 encodes them). `parse_json_object` is pure CPU: call it
+off the event loop for a large body.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -12,9 +20,18 @@ from warmroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaTy
 DEFAULT_MAX_BODY_BYTES = 20 * 2**20
 
 
+# A surrogate written as an escape, or (json accepts it from bytes) encoded as if UTF-8 could.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
 async def read_json_object(
     request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, max_bytes))
+
+
+async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The body of a request that says it is JSON, within `max_bytes` (else 415 or 413)."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
@@ -28,10 +45,44 @@ async def read_json_object(
             raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
     if not body:
         raise UnsupportedMediaType("the body is empty; send a JSON object")
+    return bytes(body)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in `body`, or `InvalidRequest` saying what is wrong with it."""
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parsed = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise InvalidRequest("the body is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN
+        if "integer string conversion" in str(exc):
+            raise InvalidRequest("the body has an integer of more than 4,300 digits") from exc
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
         raise InvalidRequest("the body must be a JSON object")
+    if _SURROGATE.search(body) is not None:
+        _check_encodable(parsed)
     return parsed
+
+
+def _check_encodable(parsed: dict[str, Any]) -> None:
+    """Refuse a lone surrogate anywhere in `parsed` (paired ones were joined by the parser)."""
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            "the body contains a lone surrogate (such as \\ud800), which is not text"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidRequest("the body is nested too deeply") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value

@@ -22,6 +22,7 @@ from warmroute.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
+    RequestFailed,
     StoreUnavailable,
     UnsupportedMediaType,
     WarmrouteError,
@@ -48,6 +49,8 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     PermissionDenied: WireError(403, "The caller does not have permission", "PERMISSION_DENIED"),
     NotFound: WireError(404, "Some requested entity was not found", "NOT_FOUND"),
     RateLimited: WireError(429, "Some resource has been exhausted", "RESOURCE_EXHAUSTED"),
+    # A 4xx, so a gateway answers it as is: never retried on another engine, never an ejection.
+    RequestFailed: WireError(422, "The request could not be processed", "INTERNAL"),
     EngineUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
     StoreUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
 }
@@ -68,8 +71,9 @@ def error_body(exc: BaseException) -> dict[str, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     headers = {}
-    if isinstance(exc, RateLimited):
-        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited, EngineOverloaded
+    if isinstance(exc, WarmrouteError) and isinstance(retry_after, int | float):
+        headers["retry-after"] = str(max(1, round(retry_after)))
     return JSONResponse(error_body(exc), status_code=wire_error_for(exc).status, headers=headers)
 
 

@@ -32,6 +32,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     capacity.add_argument("--cache-gb", type=float, help="prefix cache capacity in GiB (default 1)")
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto")
     parser.add_argument("--max-running", type=int, default=16, help="requests decoded together")
+    parser.add_argument("--max-waiting", type=int, default=256,
+                        help="requests queued for admission; more get 503 with retry-after")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="context length to serve (default: the model's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -47,6 +49,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         cache_gb=args.cache_gb,
         dtype=args.dtype,
         max_running=args.max_running,
+        max_waiting=args.max_waiting,
         max_model_len=args.max_model_len,
         engine_id=getattr(args, "engine_id", None) or "",
         served_model_name=args.served_model_name,

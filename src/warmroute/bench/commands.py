@@ -102,7 +102,11 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                        help="each engine's prefix cache, in 16-token blocks")
     fleet.add_argument("--targets", default="warmroute,round-robin",
                        help="comma-separated: warmroute, warmroute-keyless, warmroute-hash, "
-                            "round-robin")
+                            "round-robin, warmroute-<N>gw (with --gateways N)")
+    fleet.add_argument("--gateways", type=int, default=1, metavar="N",
+                       help="also run warmroute as N replicas sharing Redis and the store "
+                            "(target warmroute-<N>gw, added after warmroute), the client "
+                            "spreading requests over them round-robin")
     fleet.add_argument("--peers", nargs="?", const="all", default=None, metavar="NAMES",
                        help="also sglang-router, SMG and vllm-router (installed under --data-dir);"
                             " NAMES: only these configurations (comma-separated, as the table "
@@ -144,30 +148,13 @@ def out_dir(args: argparse.Namespace) -> Path:
 
 def run_fleet_command(args: argparse.Namespace) -> int:
     from warmroute.bench.fleet import EngineParams
-    from warmroute.bench.fleet_bench import BenchParams, run_fleet_bench, warmroute_targets
+    from warmroute.bench.fleet_bench import BenchParams, run_fleet_bench
     from warmroute.procs import quiet_http_client_logs
 
     quiet_http_client_logs()
     console = wide_console()
     workload, trace = build_workload_and_trace(args)
-    known = warmroute_targets(args.epsilon)
-    names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown targets {unknown}; choose from {sorted(known)}")
-    specs = [known[n] for n in names]
-    if args.peers:
-        from warmroute.bench.peers import peer_targets
-
-        peers = peer_targets(args.data_dir, console)
-        if args.peers != "all":
-            wanted = {n.strip() for n in args.peers.split(",") if n.strip()}
-            missing = wanted - {p.name for p in peers}
-            if missing:
-                raise SystemExit(f"unknown peers {sorted(missing)}; choose from "
-                                 f"{[p.name for p in peers]}")
-            peers = [p for p in peers if p.name in wanted]
-        specs += peers
+    specs = chosen_targets(args, console)
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
     if args.repeat > 1:
@@ -199,6 +186,37 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if reference is not None:
         meta["reference"] = reference
     return finish(console, directory, meta, runs, args.no_plots)
+
+
+def chosen_targets(args: argparse.Namespace, console: Console) -> list[Any]:
+    """`--targets` (with `warmroute-<N>gw` added after warmroute for `--gateways N`), then the
+    `--peers` asked for."""
+    from warmroute.bench.fleet_bench import warmroute_targets
+
+    if args.gateways < 1:
+        raise SystemExit("--gateways must be at least 1")
+    known = warmroute_targets(args.epsilon, args.gateways)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    replicated = f"warmroute-{args.gateways}gw"
+    if args.gateways > 1 and replicated not in names:
+        names.insert(names.index("warmroute") + 1 if "warmroute" in names else 0, replicated)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown targets {unknown}; choose from {sorted(known)}")
+    specs: list[Any] = [known[n] for n in names]
+    if args.peers:
+        from warmroute.bench.peers import peer_targets
+
+        peers = peer_targets(args.data_dir, console)
+        if args.peers != "all":
+            wanted = {n.strip() for n in args.peers.split(",") if n.strip()}
+            missing = wanted - {p.name for p in peers}
+            if missing:
+                raise SystemExit(f"unknown peers {sorted(missing)}; choose from "
+                                 f"{[p.name for p in peers]}")
+            peers = [p for p in peers if p.name in wanted]
+        specs += peers
+    return specs
 
 
 def trace_reference(args: argparse.Namespace, trace: list[TraceRequest],

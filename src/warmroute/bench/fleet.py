@@ -3,7 +3,8 @@
 `SimFleet` starts N `warmroute engine --model sim` processes on ports chosen once, so every
 target sees the same engine ids and URLs, and restarts them fresh (cold caches) for every run.
 `launch_gateway` starts a `warmroute gateway` over them (`--policy cache-aware` for warmroute,
-`--policy round-robin` for the floor) and waits until it sees every engine healthy. Every
+`--policy round-robin` for the floor), or several replicas sharing a Redis and a store, and
+waits until each sees every engine healthy. Every
 child gets SIGTERM if this process dies (PR_SET_PDEATHSIG), and `stop` ends them all.
 """
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ import httpx
 from warmroute.config import child_process_env
 from warmroute.procs import (
     LocalEngine,
+    RedisServer,
     die_with_parent,
     free_port,
     stop_engines,
@@ -120,11 +122,17 @@ class SimFleet:
 
 @dataclass
 class Launched:
-    """A router process and the base URL clients send to."""
+    """A router process and the base URL clients send to; with gateway replicas, the other
+    replicas' URLs and processes too (a client spreads requests over `urls`)."""
 
     url: str
     popen: subprocess.Popen[bytes]
     log: Path
+    replicas: list[Launched] = field(default_factory=list)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *(r.url for r in self.replicas))
 
 
 def http_ok(response: httpx.Response) -> bool:
@@ -154,20 +162,47 @@ def wait_ready(
 
 @contextlib.contextmanager
 def launch_gateway(
-    fleet: SimFleet, policy: str, log: Path, epsilon: float = 0.25
+    fleet: SimFleet, policy: str, log: Path, epsilon: float = 0.25, gateways: int = 1
 ) -> Iterator[Launched]:
-    """A `warmroute gateway` over the fleet, ready once it counts every engine healthy."""
+    """`warmroute gateway` over the fleet, ready once it counts every engine healthy. With
+    `gateways` > 1, that many replicas sharing a Redis of their own (routing state) and one
+    SQLite store (the deployment's secret), each with its own data dir, as a deployment behind
+    a load balancer runs them."""
+    shared: list[str] = []
+    redis = None
+    if gateways > 1:
+        redis = RedisServer(log.parent / "redis").start()
+        shared = ["--redis-url", redis.url,
+                  "--database-url", f"sqlite:///{log.parent / 'shared-store.db'}"]
+    launched: list[Launched] = []
+    try:
+        for index in range(gateways):
+            name = log if index == 0 else log.with_name(f"{log.stem}-{index + 1}{log.suffix}")
+            launched.append(start_gateway(fleet, policy, name, epsilon, shared))
+        first = launched[0]
+        first.replicas = launched[1:]
+        yield first
+    finally:
+        for one in launched:
+            stop_process(one.popen)
+        if redis is not None:
+            redis.kill()
+
+
+def start_gateway(fleet: SimFleet, policy: str, log: Path, epsilon: float,
+                  extra: Sequence[str] = ()) -> Launched:
     port = free_port()
     command = [sys.executable, "-m", "warmroute", "gateway", "--port", str(port),
                "--policy", policy, "--epsilon", str(epsilon), "--probe-interval", "0.5",
-               "--data-dir", str(log.parent / f"{log.stem}-data"), "--no-api-keys"]
+               "--data-dir", str(log.parent / f"{log.stem}-data"), "--no-api-keys", *extra]
     for engine_id, url in zip(fleet.ids, fleet.urls, strict=True):
         command += ["--engine", f"{engine_id}={url}"]
     launched = Launched(f"http://127.0.0.1:{port}", spawn(command, log), log)
+    wanted = len(fleet.ids)
     try:
-        wanted = len(fleet.ids)
         wait_ready(launched, "/health", STARTUP_TIMEOUT_S,
                    lambda r: http_ok(r) and r.json().get("healthy_engines") == wanted)
-        yield launched
-    finally:
+    except BaseException:
         stop_process(launched.popen)
+        raise
+    return launched

@@ -48,21 +48,27 @@ class BenchParams:
     progress: bool = True
 
 
-def warmroute_targets(epsilon: float) -> dict[str, TargetSpec]:
+def warmroute_targets(epsilon: float, gateways: int = 1) -> dict[str, TargetSpec]:
     """warmroute (keyed by `x-grok-conv-id`), warmroute without keys, warmroute's stateless
-    `hash` policy (keyed), and round-robin."""
+    `hash` policy (keyed), and round-robin; with `gateways` > 1 also `warmroute-<N>gw`:
+    warmroute as N replicas sharing Redis and the store, the client spreading requests over
+    them round-robin."""
 
-    def gateway(policy: str) -> Launcher:
+    def gateway(policy: str, replicas: int = 1) -> Launcher:
         def launch(fleet: SimFleet, log: Path) -> AbstractContextManager[Launched]:
-            return launch_gateway(fleet, policy, log, epsilon)
+            return launch_gateway(fleet, policy, log, epsilon, replicas)
         return launch
 
-    return {
+    targets = {
         "warmroute": TargetSpec("warmroute", DEFAULT_KEY_HEADER, gateway("cache-aware")),
         "warmroute-keyless": TargetSpec("warmroute-keyless", None, gateway("cache-aware")),
         "warmroute-hash": TargetSpec("warmroute-hash", DEFAULT_KEY_HEADER, gateway("hash")),
         "round-robin": TargetSpec("round-robin", DEFAULT_KEY_HEADER, gateway("round-robin")),
     }
+    if gateways > 1:
+        name = f"warmroute-{gateways}gw"
+        targets[name] = TargetSpec(name, DEFAULT_KEY_HEADER, gateway("cache-aware", gateways))
+    return targets
 
 
 def workload_span_s(workload: Workload) -> float:
@@ -119,7 +125,8 @@ def one_run(
     try:
         with spec.launch(fleet, out_dir / "logs" / run_name / "router.log") as launched:
             # Name the model: some peers require the field, sglang-router fills in "unknown".
-            target = Target(spec.name, launched.url, spec.key_header, model=SIM_MODEL)
+            target = Target(spec.name, launched.url, spec.key_header, model=SIM_MODEL,
+                            replicas=launched.urls[1:])
             result = asyncio.run(run_workload(
                 workload, target, options,
                 fault=lambda: killed.append(fleet.kill(params.fault_engine)),

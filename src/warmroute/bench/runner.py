@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ class Target:
     url: str
     key_header: str | None = DEFAULT_KEY_HEADER
     model: str | None = None
+    # Further replicas of the same router: requests go to `url` and these in turn, as a
+    # round-robin load balancer sends them.
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.replicas)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class _Driver:
         self.blocks = BlockText()
         self.started = time.perf_counter()
         self.records: list[RequestRecord] = []
+        self.turns = itertools.count()
 
     def now(self) -> float:
         return time.perf_counter() - self.started
@@ -101,7 +110,9 @@ class _Driver:
         headers = {self.target.key_header: conv.conv_id} if self.target.key_header else {}
         started = time.perf_counter()
         record = RequestRecord(conv.conv_id, index, started - self.started, 0, False)
-        answer = await stream_chat(self.client, self.target.url, body, headers, record, started)
+        urls = self.target.urls
+        url = urls[next(self.turns) % len(urls)]
+        answer = await stream_chat(self.client, url, body, headers, record, started)
         self.records.append(record)
         self.on_done(record)
         return answer.reply if record.ok else None

@@ -89,6 +89,13 @@ class BlockPool:
         block.block_hash = block_hash
         self._cached[block_hash] = block
 
+    def uncache(self, blocks: Iterable[Block]) -> None:
+        """Withdraw published blocks whose KV never reached the store (they stay referenced)."""
+        for block in blocks:
+            if block.block_hash is not None:
+                del self._cached[block.block_hash]
+                block.block_hash = None
+
     def free_blocks(self, blocks: Sequence[Block]) -> None:
         """Drop one reference on each block, in order; freed blocks join the queue's tail.
 

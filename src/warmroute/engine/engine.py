@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncGenerator
 from collections.abc import Sequence as Seq
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from warmroute.config import EngineConfig
 from warmroute.engine.block_pool import BlockPool
+from warmroute.engine.limits import checked_sampling, shown
 from warmroute.engine.prefix_cache import PrefixCache, hash_seed
-from warmroute.engine.scheduler import ModelRunner, Scheduler
+from warmroute.engine.scheduler import DEFAULT_MAX_WAITING, ModelRunner, Scheduler
 from warmroute.engine.sequence import SeqEvent, Sequence
 from warmroute.engine.tokenizer import ChatTokenizer, IncrementalDetokenizer
-from warmroute.errors import ContextTooLong, EngineUnavailable, InvalidRequest
+from warmroute.errors import ContextTooLong, EngineUnavailable, InvalidRequest, RequestFailed
 from warmroute.types import ChatRequest, Usage
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class Engine:
         block_size: int,
         context_len: int,
         max_running: int,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         self.model_name = model_name
         self.dtype = dtype
@@ -102,6 +105,7 @@ class Engine:
             runner,
             self.cache,
             max_running=max_running,
+            max_waiting=max_waiting,
             context_len=context_len,
             eos_ids=tokenizer.eos_ids,
             seed=hash_seed(model_name, dtype),
@@ -130,6 +134,7 @@ class Engine:
             block_size=config.block_size,
             context_len=min(loaded.context_len, config.max_model_len or loaded.context_len),
             max_running=config.max_running,
+            max_waiting=config.max_waiting,
         )
 
     def start(self) -> None:
@@ -151,10 +156,12 @@ class Engine:
         `continue_token_ids` (with `continue_final_message`): the ids the final assistant
         message was generated as; used when they decode to text starting with its content,
         else that content is tokenized canonically."""
+        self.scheduler.check_room()  # a full wait queue answers at once, before any work
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
         if request.continue_final_message and request.messages[-1].role != "assistant":
             raise InvalidRequest("continue_final_message needs a final assistant message")
+        request = dataclasses.replace(request, sampling=checked_sampling(request.sampling))
         continued = self._continued_ids(request, continue_token_ids)
         prompt = None
         if continued:
@@ -164,7 +171,8 @@ class Engine:
         if prompt is None:
             continued = ()
             prompt = self.tokenizer.render(
-                request.messages, request.cache_salt, request.continue_final_message
+                request.messages, request.cache_salt, request.continue_final_message,
+                limit=self.context_len,
             )
         released = len(request.messages[-1].content) if continued else 0
         self._prompt_chars += sum(len(m.content) for m in request.messages)
@@ -182,8 +190,8 @@ class Engine:
             raise InvalidRequest("max_tokens must be at least 1")
         if max_tokens > room:
             raise ContextTooLong(
-                f"max_tokens {max_tokens} plus the prompt's {len(prompt)} tokens exceed this "
-                f"model's context of {self.context_len} tokens"
+                f"max_tokens {shown(max_tokens)} plus the prompt's {len(prompt)} tokens exceed "
+                f"this model's context of {self.context_len} tokens"
             )
         return Prepared(request, prompt, max_tokens, continued, released)
 
@@ -238,6 +246,8 @@ class Engine:
         try:
             while reason is None:
                 event = await queue.get()
+                if event.failed is not None:
+                    raise RequestFailed(event.failed)
                 if event.error is not None:
                     raise EngineUnavailable(event.error)
                 if event.token_id is not None:
@@ -287,6 +297,7 @@ class Engine:
             "generated_tokens": s.generated_tokens,
             "hit_rate": s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
             "requests_finished": s.requests_finished,
+            "requests_failed": s.requests_failed,
             "running": self.scheduler.num_running,
             "waiting": self.scheduler.num_waiting,
             "decode_steps": s.decode_steps,

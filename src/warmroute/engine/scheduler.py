@@ -6,10 +6,17 @@ prefix cache right after the first token is emitted (off the TTFT path); the gen
 blocks when the sequence finishes. A finished or aborted sequence releases its references, its
 last block first in eviction order. Events go back to the caller through `Sequence.emit`,
 which must be thread-safe.
+
+Faults stay with their sequence: when a prefill, a decode step or its sampling raises, only the
+sequences of that pass are failed (a `failed` event: a request-level error), and a batched
+decode that raises is retried one sequence at a time to find the culprit, so the rest of the
+batch goes on. Only a failure elsewhere in a step (the cache's own bookkeeping) fails everyone.
+At most `max_waiting` sequences wait; `add` beyond that raises `EngineOverloaded`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +26,12 @@ from typing import Any, Protocol
 from warmroute.engine.block_pool import Block
 from warmroute.engine.prefix_cache import PrefixCache, extend_block_hashes
 from warmroute.engine.sequence import SeqEvent, SeqStatus, Sequence
+from warmroute.errors import EngineOverloaded
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_WAITING = 256
+RETRY_AFTER_S = 1.0
+FAULT_MESSAGE_CHARS = 300
 
 
 class ModelRunner(Protocol):
@@ -40,6 +53,7 @@ class SchedulerStats:
     requests_finished: int = 0
     decode_steps: int = 0
     max_decode_batch: int = 0
+    requests_failed: int = 0
 
 
 class Scheduler:
@@ -52,6 +66,7 @@ class Scheduler:
         context_len: int,
         eos_ids: frozenset[int],
         seed: bytes,
+        max_waiting: int = DEFAULT_MAX_WAITING,
         on_decode_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.runner = runner
@@ -60,7 +75,12 @@ class Scheduler:
         self.context_len = context_len
         self.eos_ids = eos_ids
         self.seed = seed
+        self.max_waiting = max_waiting
         self.on_decode_batch = on_decode_batch
+        # For tests only (nothing outside this process can set it): called with the phase
+        # ("prefill" or "decode") and the sequences of each forward pass before it runs; what
+        # it raises is that pass's failure.
+        self.fault: Callable[[str, list[Sequence]], None] | None = None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.stats = SchedulerStats()
@@ -72,8 +92,17 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         with self._wake:
+            self.check_room()
             self.waiting.append(seq)
             self._wake.notify()
+
+    def check_room(self) -> None:
+        """Raise `EngineOverloaded` when `max_waiting` sequences already wait."""
+        if len(self.waiting) >= self.max_waiting:
+            raise EngineOverloaded(
+                f"this engine already has {self.max_waiting} requests waiting; retry shortly",
+                retry_after=RETRY_AFTER_S,
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="warmroute-scheduler", daemon=True)
@@ -140,19 +169,67 @@ class Scheduler:
         seq.status = SeqStatus.RUNNING
         self.stats.prompt_tokens += seq.num_prompt_tokens
         self.stats.cached_tokens += seq.num_cached_tokens
-        self.running.append(seq)  # from here on a failure is cleaned up by _fail_all
-        logits = self.runner.prefill(seq, hits)
-        self._append_token(seq, self.runner.sample_one(logits, seq))
+        self.running.append(seq)
+        try:
+            self._inject_fault("prefill", [seq])
+            token = self.runner.sample_one(self.runner.prefill(seq, hits), seq)
+        except Exception as exc:
+            self._fail(seq, "prefill", exc)
+            return
+        self._append_token(seq, token)
         if seq.status is SeqStatus.RUNNING:
-            self.runner.write_blocks(seq, self.cache.insert(seq.blocks, seq.hashes))
+            self._publish(seq, self.cache.insert(seq.blocks, seq.hashes))
 
     def _decode(self, seqs: list[Sequence]) -> None:
+        """One batched step; if it raises, each sequence is stepped alone and only those that
+        raise again fail."""
         self.stats.decode_steps += 1
         self.stats.max_decode_batch = max(self.stats.max_decode_batch, len(seqs))
         self.on_decode_batch(len(seqs))
-        logits = self.runner.decode(seqs)
-        for seq, token in zip(seqs, self.runner.sample_batch(logits, seqs), strict=True):
+        try:
+            tokens = self._forward(seqs)
+        except Exception as exc:
+            if len(seqs) == 1:
+                self._fail(seqs[0], "decode", exc)
+                return
+            log.warning("a decode step of %d sequences raised %r; stepping each alone",
+                        len(seqs), exc)
+            for seq in seqs:
+                try:
+                    [token] = self._forward([seq])
+                except Exception as alone:
+                    self._fail(seq, "decode", alone)
+                else:
+                    self._append_token(seq, token)
+            return
+        for seq, token in zip(seqs, tokens, strict=True):
             self._append_token(seq, token)
+
+    def _forward(self, seqs: list[Sequence]) -> list[int]:
+        """Decode and sample one token for each of `seqs`; if it raises, none has advanced (a
+        sampled sequence's random generator excepted)."""
+        computed = [seq.num_computed for seq in seqs]
+        try:
+            self._inject_fault("decode", seqs)
+            return self.runner.sample_batch(self.runner.decode(seqs), seqs)
+        except Exception:
+            for seq, num_computed in zip(seqs, computed, strict=True):
+                seq.num_computed = num_computed
+            raise
+
+    def _inject_fault(self, phase: str, seqs: list[Sequence]) -> None:
+        if self.fault is not None:
+            self.fault(phase, seqs)
+
+    def _publish(self, seq: Sequence, to_write: list[tuple[int, Block]]) -> None:
+        """Write the KV of blocks just cached; if that raises, withdraw them from the cache
+        (the answer itself is unaffected)."""
+        try:
+            self.runner.write_blocks(seq, to_write)
+        except Exception:
+            log.exception("writing %d blocks of request %s failed; not cached",
+                          len(to_write), seq.request_id)
+            self.cache.pool.uncache([block for _, block in to_write])
 
     def _append_token(self, seq: Sequence, token: int) -> None:
         seq.output_ids.append(token)
@@ -167,15 +244,26 @@ class Scheduler:
         """Publish every full block whose KV was computed, then drop the references."""
         computed = seq.all_ids[: seq.num_computed]
         extend_block_hashes(seq.hashes, computed, self.cache.block_size, seq.salt, self.seed)
-        self.runner.write_blocks(
-            seq, self.cache.insert(seq.blocks, seq.hashes[: len(computed) // self.cache.block_size])
-        )
+        full = len(computed) // self.cache.block_size
+        self._publish(seq, self.cache.insert(seq.blocks, seq.hashes[:full]))
         self.cache.release(seq.blocks)
         self.runner.release(seq)
         self.running.remove(seq)
         seq.status = SeqStatus.FINISHED
         self.stats.requests_finished += 1
         seq.emit(SeqEvent(finish_reason=reason))
+
+    def _fail(self, seq: Sequence, phase: str, exc: Exception) -> None:
+        """`seq` alone failed: drop its blocks, KV and place, and tell its consumer why."""
+        log.error("request %s failed in %s", seq.request_id, phase, exc_info=exc)
+        self.cache.release(seq.blocks)
+        self.runner.release(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        seq.status = SeqStatus.FINISHED
+        self.stats.requests_failed += 1
+        why = f"{type(exc).__name__}: {exc}"[:FAULT_MESSAGE_CHARS]
+        seq.emit(SeqEvent(failed=f"the engine failed in this request's {phase}: {why}"))
 
     def _fail_all(self, message: str) -> None:
         with self._wake:

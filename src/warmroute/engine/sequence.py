@@ -19,11 +19,13 @@ class SeqStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class SeqEvent:
-    """What the scheduler reports: a new token, or the end (with why)."""
+    """What the scheduler reports: a new token, or the end (with why): finished, failed alone
+    (`failed`: this request's own computation raised) or failed with the engine (`error`)."""
 
     token_id: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    failed: str | None = None
 
 
 @dataclass(eq=False)

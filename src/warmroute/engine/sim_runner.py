@@ -111,4 +111,5 @@ def sim_engine_kwargs(config: EngineConfig, profile: SimProfile | None = None) -
         "block_size": config.block_size,
         "context_len": SIM_CONTEXT_LEN,
         "max_running": config.max_running,
+        "max_waiting": config.max_waiting,
     }

@@ -72,7 +72,11 @@ class SimTokenizer(ChatTokenizer):
         return "".join(parts)
 
     def render(
-        self, messages: Sequence[ChatMessage], salt: str = "", continue_final: bool = False
+        self,
+        messages: Sequence[ChatMessage],
+        salt: str = "",
+        continue_final: bool = False,
+        limit: int | None = None,
     ) -> list[int]:
         """`<|im_start|> role words... <|im_end|>` per message, then `<|im_start|> assistant`."""
         ids: list[int] = []

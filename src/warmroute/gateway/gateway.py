@@ -67,7 +67,7 @@ class Gateway:
             self.shared = SharedRoutingState(
                 SharedStateParams(config.redis_url, config.routing_prefix, config.home_ttl_s,
                                   config.routing_log_entries),
-                self.placer, self.metrics.shared_state_up.set,
+                self.placer, self.membership, self.metrics.shared_state_up.set,
             )
         self.membership.listeners.append(self._membership_changed)
         self._client = client
@@ -153,7 +153,7 @@ class Gateway:
                 if holder in loads:
                     rest = tuple(e for e in decision.ranked if e != holder)
                     decision = Decision((holder, *rest), "sticky", decision.work)
-        shared.placed(decision.engine_id, tenant, key, features.chunks)
+        shared.placed(decision.engine_id, tenant, key, features.chunks, decision.work)
         return decision
 
     def _cache_chunks(self, engine_id: str) -> int | None:

@@ -28,6 +28,7 @@ class EngineState:
     healthy: bool = False
     in_flight: int = 0
     queued: float = 0.0  # prefill work placed here whose first token has not come back yet
+    remote_queued: float = 0.0  # the same, placed by other gateway replicas (shared state)
     probe_failures: int = 0
     ejected_at: float = float("-inf")
     model: str | None = None
@@ -49,6 +50,9 @@ class Membership:
         self.failures_to_eject = failures_to_eject
         self.clock = clock
         self.listeners: list[Listener] = []
+        # Told of every first token (engine, the prefill work it ends): shared routing state
+        # passes it on to the other replicas.
+        self.prefill_listeners: list[Callable[[str, float], None]] = []
 
     def snapshot(self) -> tuple[EngineLoad, ...]:
         """The healthy engines and their in-flight counts, for a policy."""
@@ -61,8 +65,21 @@ class Membership:
         return {s.engine_id: s.in_flight for s in self.engines.values() if s.healthy}
 
     def queued(self) -> dict[str, float]:
-        """The healthy engines' outstanding prefill work, for the cache-aware placer."""
-        return {s.engine_id: s.queued for s in self.engines.values() if s.healthy}
+        """The healthy engines' outstanding prefill work (this replica's and, with shared
+        routing state, the others'), for the cache-aware placer."""
+        return {s.engine_id: s.queued + s.remote_queued for s in self.engines.values()
+                if s.healthy}
+
+    def remote_work(self, engine_id: str, delta: float) -> None:
+        """Another replica queued (`delta` > 0) or saw prefilled (< 0) work on the engine."""
+        state = self.engines.get(engine_id)
+        if state is not None:
+            state.remote_queued = max(0.0, state.remote_queued + delta)
+
+    def decay_remote_work(self, factor: float) -> None:
+        """Forget other replicas' work gradually: a replica that died never says it is done."""
+        for state in self.engines.values():
+            state.remote_queued *= factor
 
     def healthy_ids(self) -> list[str]:
         return [s.engine_id for s in self.engines.values() if s.healthy]
@@ -79,6 +96,8 @@ class Membership:
         """A request's first token came back (or it ended): its prefill is off the queue."""
         state = self.engines[engine_id]
         state.queued = max(0.0, state.queued - work)
+        for listener in self.prefill_listeners:
+            listener(engine_id, work)
 
     def release(self, engine_id: str, work: float = 0.0) -> None:
         """A request ended; `work`: its prefill, if still counted (it never got a token)."""
@@ -115,6 +134,6 @@ class Membership:
 
     def _notify(self, state: EngineState, cause: str) -> None:
         verb = "admitted" if state.healthy else "ejected"
-        log.info("engine %s (%s) %s: %s", state.engine_id, state.endpoint.url, verb, cause)
+        log.info("engine %s (%s) %s: %s", state.engine_id, state.endpoint.shown_url, verb, cause)
         for listener in self.listeners:
             listener(state.engine_id, state.healthy, cause)

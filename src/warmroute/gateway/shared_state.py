@@ -7,8 +7,11 @@ Redis makes the replicas agree on it:
   replica to place a conversation claims it atomically (a Lua script: set it if absent, else
   answer the holder); a rehome (the home failed) is a compare-and-set from the old home. Each
   change is appended to the routing log;
-- every placement (engine, the prompt's tenant-salted chunk digests) is appended to the same log,
-  a Redis stream capped at `log_entries` (`XADD MAXLEN ~`);
+- every placement (engine, the prompt's tenant-salted chunk digests, the prefill work it queues)
+  and every first token (the work it ends) is appended to the same log, a Redis stream capped
+  at `log_entries` (`XADD MAXLEN ~`), so each replica's picture of the caches, of requests
+  served and of prefill queued ahead covers every replica's traffic (the work others queued is
+  forgotten with a half-life of `remote_work_half_life_s`, in case a replica dies mid-request);
 - a replica reads the retained log from its start when it starts (catch-up: `start` waits for
   it, bounded), then follows it (`XREAD BLOCK`), applying other replicas' events to its placer.
 
@@ -39,6 +42,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from warmroute.gateway.membership import Membership
 from warmroute.gateway.placement import CacheAwarePlacer
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class SharedStateParams:
     timeout_s: float = 0.5
     block_ms: int = 1_000
     catch_up_s: float = 5.0
+    remote_work_half_life_s: float = 10.0
 
 
 def pack_digests(chunks: tuple[Hashable, ...]) -> bytes:
@@ -88,12 +93,14 @@ class SharedRoutingState:
     """One replica's link to the shared routing state; `start`, then `stop`."""
 
     def __init__(self, params: SharedStateParams, placer: CacheAwarePlacer,
-                 on_health: Callable[[bool], None] = lambda up: None,
+                 membership: Membership, on_health: Callable[[bool], None] = lambda up: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         import redis.asyncio as redis
 
         self.params = params
         self.placer = placer
+        self.membership = membership
+        membership.prefill_listeners.append(self.first_token)
         self.on_health = on_health
         self.clock = clock
         self.origin = uuid.uuid4().hex[:12]
@@ -114,6 +121,7 @@ class SharedRoutingState:
         self._outbox: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._decayed_at = clock()
 
     def home_key(self, tenant: str, key: str) -> str:
         return f"{self.params.prefix}:home:{tenant}:{key}"
@@ -163,14 +171,22 @@ class SharedRoutingState:
         return engine_id
 
     def placed(self, engine_id: str, tenant: str, key: str | None,
-               chunks: tuple[Hashable, ...]) -> None:
+               chunks: tuple[Hashable, ...], work: float) -> None:
         """A request of this replica went to `engine_id`: tell the others (batched)."""
         if not self.up:
             return
-        self._outbox.append({"k": "p", "o": self.origin, "e": engine_id,
-                             "d": pack_digests(chunks)})
+        self._send({"k": "p", "o": self.origin, "e": engine_id, "d": pack_digests(chunks),
+                    "w": f"{work:g}"})
         if key is not None:
             self._refresh_ttl(tenant, key)
+
+    def first_token(self, engine_id: str, work: float) -> None:
+        """A request of this replica got its first token: its prefill is no longer queued."""
+        if self.up and work:
+            self._send({"k": "f", "o": self.origin, "e": engine_id, "w": f"{work:g}"})
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self._outbox.append(event)
         if len(self._outbox) > MAX_OUTBOX:
             del self._outbox[: len(self._outbox) - MAX_OUTBOX]
         self._wake.set()
@@ -242,27 +258,41 @@ class SharedRoutingState:
                 answer = await self.reader.xread({self.stream: last}, count=READ_BATCH,
                                                  block=block)
                 entries = answer[0][1] if answer else []
+                live = self.caught_up.is_set()
                 for entry_id, fields in entries:
                     last = entry_id
-                    self._apply(fields)
+                    self._apply(fields, live)
                 if len(entries) < READ_BATCH:
                     self.caught_up.set()
+                self._decay()
             except UNREACHABLE as exc:  # retried; routing goes on locally
                 if self.closing:
                     return
                 self._down(exc)
+                self._decay()
                 await asyncio.sleep(RETRY_S)
 
-    def _apply(self, fields: dict[bytes, bytes]) -> None:
+    def _apply(self, fields: dict[bytes, bytes], live: bool) -> None:
+        """One event of another replica; `live`: read as it happened, not caught up on (old
+        prefill work is long done)."""
         if fields.get(b"o", b"").decode() == self.origin:
             return
         kind, engine_id = fields.get(b"k"), fields.get(b"e", b"").decode()
         self.applied += 1
+        work = float(fields.get(b"w", b"0")) if live else 0.0
         if kind == b"p":
             self.placer.observe(engine_id, unpack_digests(fields.get(b"d", b"")))
+            self.membership.remote_work(engine_id, work)
+        elif kind == b"f":
+            self.membership.remote_work(engine_id, -work)
         elif kind == b"h":
             tenant, key = fields[b"t"].decode(), fields[b"c"].decode()
             self.placer.adopt_home(tenant, key, engine_id)
+
+    def _decay(self) -> None:
+        now = self.clock()
+        elapsed, self._decayed_at = now - self._decayed_at, now
+        self.membership.decay_remote_work(0.5 ** (elapsed / self.params.remote_work_half_life_s))
 
     async def _flush(self) -> None:
         p = self.params

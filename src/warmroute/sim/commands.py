@@ -43,6 +43,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                              "gateway's --load-slack")
     parser.add_argument("--churn-keys", type=int, default=2000,
                         help="conversation keys sampled for the join/leave measurement")
+    parser.add_argument("--gateways", type=int, default=1, metavar="N",
+                        help="also run warmroute as N replicas behind a round-robin balancer, "
+                             "sharing routing state (one run per --replica-lag-ms)")
+    parser.add_argument("--replica-lag-ms", default="5", metavar="L[,L…]",
+                        help="how late a placement reaches the other replicas (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
@@ -53,7 +58,6 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     from warmroute.engine.sim_profile import sim_profile
     from warmroute.sim.churn import measure_churn
     from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
-    from warmroute.sim.routers import OracleRouter, PolicyRouter, Router
     from warmroute.sim.traces import load_mooncake, resolve_trace
 
     console = Console(width=max(150, Console().width))
@@ -75,15 +79,8 @@ def run_simulate_command(args: argparse.Namespace) -> int:
                   f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}, "
                   f"in-flight slack {args.slack}")
     results = []
-    for name in names:
-        router: Router
-        if name.startswith("oracle"):
-            router = OracleRouter(params.epsilon, "in-flight" if name.endswith("flight") else
-                                  "served")
-        else:
-            router = PolicyRouter(name, ids, params.epsilon, random.Random(params.seed),
-                                  slack=args.slack, cache_blocks=params.cache_blocks)
-        with console.status(f"simulating {name} …"):
+    for router in routers(names, args, params, ids):
+        with console.status(f"simulating {router.name} …"):
             results.append(simulate(requests, router, params))
     ceiling = ceiling_hit_rate(requests)
     keys = sorted({r.conv_id for r in requests})
@@ -97,6 +94,32 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         write_figures(args.json, path, requests, ceiling, params, results, churns)
         console.print(f"figures: {args.json}")
     return 0
+
+
+def routers(names: list[str], args: argparse.Namespace, params: Any, ids: list[str]) -> list[Any]:
+    """One router per policy asked for; after warmroute, its replicated runs (`--gateways`)."""
+    from warmroute.sim.replicas import ReplicatedRouter
+    from warmroute.sim.routers import OracleRouter, PolicyRouter
+
+    if args.gateways < 1:
+        raise SystemExit("--gateways must be at least 1")
+    try:
+        lags = [float(v) / 1000.0 for v in args.replica_lag_ms.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit("--replica-lag-ms: milliseconds, comma-separated") from None
+    out: list[Any] = []
+    for name in names:
+        if name.startswith("oracle"):
+            out.append(OracleRouter(params.epsilon, "in-flight" if name.endswith("flight")
+                                    else "served"))
+            continue
+        out.append(PolicyRouter(name, ids, params.epsilon, random.Random(params.seed),
+                                slack=args.slack, cache_blocks=params.cache_blocks))
+        if name == "warmroute" and args.gateways > 1:
+            out += [ReplicatedRouter(ids, params.epsilon, params.seed, args.gateways, lag,
+                                     params.time_scale, args.slack, params.cache_blocks)
+                    for lag in lags]
+    return out
 
 
 def print_results(console: Any, params: Any, requests: list[Any], trace: str, ceiling: float,

@@ -1,0 +1,118 @@
+"""Gateway replicas in the simulation: N copies of warmroute's placer behind a round-robin load
+balancer, sharing routing state the way `gateway/shared_state.py` shares it through Redis.
+
+- Request i goes to replica i mod N, which places it with its own `CacheAwarePlacer`.
+- Conversation homes live in one registry (Redis' home keys): a replica that does not know a
+  conversation's home looks it up (a round trip, modelled as instant), and a new or moved home
+  is claimed there atomically (the first claim wins; a losing replica sends the request to the
+  winner's home and adopts it).
+- Every placement (engine, chunk digests, and the home it set) reaches the other replicas
+  `lag_s` of simulated time later (the routing log), and only then feeds their prefix pictures
+  and served counts.
+- Prefill work queued ahead: each replica's own at once, the others' when their placement (and
+  later their first token) reaches it through the log, as the gateway shares it. In-flight
+  counts are the engines', which the load caps compare to their average, so a replica's own
+  share (about 1/N of each) would give the same caps but for the slack.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from collections.abc import Hashable, Sequence
+
+from warmroute.sim.routers import PolicyRouter
+from warmroute.sim.simulated_engine import SimulatedEngine
+from warmroute.sim.traces import TraceRequest
+
+# (due, origin, engine, chunks, conversation, its new home, prefill work: + queued, - done)
+Event = tuple[float, int, str, tuple[Hashable, ...], str | None, str | None, float]
+
+
+class ReplicatedRouter:
+    def __init__(self, engine_ids: Sequence[str], epsilon: float, seed: int, replicas: int,
+                 lag_s: float, time_scale: float, slack: int = 0,
+                 cache_blocks: int = 1000) -> None:
+        if replicas < 1 or lag_s < 0:
+            raise ValueError("replicas must be at least 1 and the lag not negative")
+        self.name = f"warmroute ×{replicas} gw, lag {lag_s * 1000:g} ms"
+        self.replicas = [
+            PolicyRouter("warmroute", engine_ids, epsilon, random.Random(seed + r), slack,
+                         cache_blocks) for r in range(replicas)
+        ]
+        self.ids = list(engine_ids)
+        self.lag_s = lag_s
+        self.time_scale = time_scale
+        self.homes: dict[str, str] = {}  # the shared registry: conversation → home
+        self.inbox: deque[Event] = deque()
+        self.turns = itertools.count()
+        self.placed_by: dict[int, deque[int]] = {}  # engine → replicas, in placement order
+        self.now = 0.0
+
+    @property
+    def decision_s(self) -> list[float]:
+        return [s for r in self.replicas for s in r.decision_s]
+
+    @property
+    def snapshot_s(self) -> list[float]:
+        return [s for r in self.replicas for s in r.snapshot_s]
+
+    def place(self, request: TraceRequest, keys: Sequence[bytes],
+              engines: Sequence[SimulatedEngine]) -> int:
+        now = request.timestamp_ms / 1000.0 * self.time_scale
+        self._deliver(now)
+        origin = next(self.turns) % len(self.replicas)
+        router = self.replicas[origin]
+        placer, key = router.placer, request.conv_id
+        before = placer.home_of(key)
+        if before is None and key in self.homes:  # a lookup
+            before = self.homes[key]
+            placer.adopt_home("", key, before)
+        index = router.place(request, keys, engines)
+        after = placer.home_of(key)
+        if after is not None and after != before:
+            holder = self._claim(key, after, before)
+            if holder != after:
+                placer.adopt_home("", key, holder)
+                index = self.ids.index(holder)
+        chunks = router.features(request).chunks
+        work = router.works[index][-1] if router.works.get(index) else 0.0
+        self.inbox.append((now + self.lag_s, origin, self.ids[index], chunks, key,
+                           self.homes.get(key) if after != before else None, work))
+        self.placed_by.setdefault(index, deque()).append(origin)
+        self.now = now
+        return index
+
+    def _claim(self, key: str, engine_id: str, previous: str | None) -> str:
+        current = self.homes.get(key)
+        if current is None or current == previous:
+            self.homes[key] = engine_id
+        return self.homes[key]
+
+    def _deliver(self, now: float) -> None:
+        while self.inbox and self.inbox[0][0] <= now:
+            _, origin, engine_id, chunks, key, home, work = self.inbox.popleft()
+            for r, router in enumerate(self.replicas):
+                if r == origin:
+                    continue
+                queued = router.queued
+                queued[engine_id] = max(0.0, queued.get(engine_id, 0.0) + work)
+                if chunks or key is not None:  # a placement, not a first token
+                    router.placer.observe(engine_id, chunks)
+                if key is not None and home is not None:
+                    router.placer.adopt_home("", key, home)
+
+    def placed(self, engine: int, keys: Sequence[bytes]) -> None:
+        """The replica's placer recorded its choice already."""
+
+    def first_token(self, engine: int) -> None:
+        origins = self.placed_by.get(engine)
+        if origins:
+            origin = origins.popleft()
+            router = self.replicas[origin]
+            works = router.works.get(engine)
+            work = works[0] if works else 0.0
+            router.first_token(engine)
+            self.inbox.append((self.now + self.lag_s, origin, self.ids[engine], (), None, None,
+                               -work))
