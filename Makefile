@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
 .PHONY: venv serve test test-fast lint bench bench-gateway clean
@@ -17,7 +18,11 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/warmroute serve
 
-test: $(STAMP)
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads one).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Skips the suites marked slow (CI runs everything through `make test`).

@@ -116,12 +116,16 @@ class EngineEndpoint:
         url = url.rstrip("/")
         if "://" not in url:
             url = "http://" + url
-        host = urlsplit(url).netloc.rpartition("@")[2]  # never the URL's credentials
-        return EngineEndpoint(url, engine_id or host, model, api_key or None)
+        netloc, rest = urlsplit(url).netloc, url.split("://", 1)[1]
+        shown = netloc.rpartition("@")[2] + rest[len(netloc):]  # never the URL's credentials
+        return EngineEndpoint(url, engine_id or shown, model, api_key or None)
 
     @property
     def shown_url(self) -> str:
         return redacted_url(self.url)
+
+    def __repr__(self) -> str:  # never the URL's credentials, nor the key
+        return f"EngineEndpoint({self.shown_url!r}, {self.engine_id!r}, model={self.model!r})"
 
     def auth_headers(self) -> dict[str, str]:
         """What a request to this engine carries to be let in."""

@@ -90,11 +90,13 @@ def gateway_over(
     Unless a test names its policy, the gateway runs the stateless `hash` policy with the plain
     ⌈(1+ε)·average⌉ cap (no slack): tests of the proxy, failover, resume and tenancy then know
     in advance where a key lands (`policies.preference`). The default `cache-aware` policy has
-    its own tests, which pass `policy="cache-aware"`."""
+    its own tests, which pass `policy="cache-aware"`. `/metrics` is open unless a test passes
+    `public_metrics=False`."""
     settings.setdefault("policy", "hash")
     settings.setdefault("load_slack", 0)
     settings.setdefault("probe_interval_s", 0.25)
     settings.setdefault("require_api_keys", False)
+    settings.setdefault("public_metrics", True)  # tests read /metrics; test_operators does not
     data_dir = Path(tempfile.mkdtemp(prefix="warmroute-gateway-"))
     settings.setdefault("data_dir", data_dir)
     config = GatewayConfig(engines=endpoints, port=free_port(), **settings)

@@ -114,6 +114,7 @@ def test_the_gateway_command_serves_engines_from_a_toml_file(fleet: Fleet, tmp_p
     entries = "".join(f'[[engines]]\nurl = "{fleet.url(i)}"\nid = "{i}"\n\n' for i in fleet.ids)
     config.write_text(
         f'[gateway]\nport = {port}\nepsilon = 0.5\nrequire_api_keys = false\n'
+        'public_metrics = true\n'
         f'data_dir = "{tmp_path / "data"}"\n\n{entries}'
     )
     gateway = start(["gateway", "--config", str(config), "--max-body-bytes", "65536"],

@@ -1,7 +1,7 @@
 """Account routes on the gateway: the caller's API key (`GET /v1/api-key`), models with prices
 (`GET /v1/language-models[/{id}]`, xAI's units: cents per 100 M tokens), and the usage ledger
 of the caller's team (`GET /v1/usage?since=&by=`): tokens, cached share, cost, what caching
-saved."""
+saved. An admin key may ask for any team's (`team=NAME`) or every team's (`team=*`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from warmroute.pricing import price_for
 from warmroute.store import UsageTotals
 
 GROUPINGS = ("key", "model", "day", "team")
+EVERY_TEAM = "*"
 DEFAULT_USAGE_WINDOW_S = 30 * 24 * 3600.0
 
 
@@ -122,15 +123,18 @@ def add_account_routes(app: FastAPI, auth: Authenticator, meter: Meter, gw: Gate
         return language_model(model_id, meter, created)
 
     @app.get("/v1/usage")
-    async def usage(request: Request, since: float | None = None, by: str = "model") -> Any:
+    async def usage(request: Request, since: float | None = None, by: str = "model",
+                    team: str | None = None) -> Any:
+        authorization = request.headers.get("authorization")
         caller = await caller_of(request)
+        if team is not None and team != caller.team:
+            caller = await auth.admin(authorization)  # another team's bill: operators only
         if by not in GROUPINGS:
             raise InvalidRequest(f"by must be one of {', '.join(GROUPINGS)}")
         start = since if since is not None else time.time() - DEFAULT_USAGE_WINDOW_S
+        wanted = team or caller.team
+        owner = None if wanted == EVERY_TEAM else wanted
         ledger = meter.store().usage
-        rows = await ledger.summary(start, by, owner=caller.team)  # type: ignore[arg-type]
-        by_model = rows if by == "model" else await ledger.summary(
-            start, "model", owner=caller.team
-        )
-        return {"team": caller.team, "since": start, "by": by,
-                **usage_report(rows, by_model, meter)}
+        rows = await ledger.summary(start, by, owner=owner)  # type: ignore[arg-type]
+        by_model = rows if by == "model" else await ledger.summary(start, "model", owner=owner)
+        return {"team": wanted, "since": start, "by": by, **usage_report(rows, by_model, meter)}

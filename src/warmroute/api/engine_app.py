@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from warmroute.api import chat_completions as cc
+from warmroute.api.bearer_guard import BearerGuard
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import DEFAULT_MAX_BODY_BYTES, parse_json_object, read_body
 from warmroute.api.model_card import model_card
@@ -45,8 +46,10 @@ from warmroute.sse import DONE, sse_data
 
 
 def create_engine_app(
-    engine: Engine, engine_id: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    engine: Engine, engine_id: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
 ) -> FastAPI:
+    """`api_key`: when set, every route but `/health` needs `Authorization: Bearer <it>`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
@@ -54,6 +57,8 @@ def create_engine_app(
         engine.stop()
 
     app = FastAPI(title="warmroute engine", lifespan=lifespan)
+    if api_key:
+        app.add_middleware(BearerGuard, api_key=api_key)
     app.add_exception_handler(WarmrouteError, handle_warmroute_error)
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)

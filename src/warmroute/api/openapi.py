@@ -22,7 +22,7 @@ ENVELOPE = {
 ERRORS = {
     "400": "Invalid argument (also a wrong API key)",
     "401": "Missing API key",
-    "403": "Revoked API key",
+    "403": "Revoked API key, or a tenant's key on an admin route",
     "404": "Not found",
     "413": "Body too large",
     "415": "Not JSON",
@@ -41,7 +41,7 @@ STREAMED = {
         "required": ["data"],
     }},
 }
-OPEN_ROUTES = {"/health", "/metrics", "/openapi.json"}
+OPEN_ROUTES = {"/health", "/openapi.json"}
 
 
 def body_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:

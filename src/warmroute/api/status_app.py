@@ -1,5 +1,7 @@
-"""The gateway's status routes: `GET /health` (can it serve), `GET /v1/models[/{id}]` (the
-healthy engines' models) and `GET /metrics` (Prometheus exposition)."""
+"""The gateway's status routes: `GET /health` (public: can it serve, and nothing more),
+`GET /v1/models[/{id}]` (the healthy engines' models, for any caller with a key) and
+`GET /metrics` (Prometheus exposition: admin keys only, as a bearer token, unless the gateway
+runs with `--public-metrics` on a private network)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,17 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from warmroute.api.model_card import model_card
 from warmroute.errors import NotFound
+from warmroute.gateway.auth import Authenticator
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metrics import CONTENT_TYPE
 
 
-def add_status_routes(app: FastAPI, gw: Gateway) -> None:
+def add_status_routes(app: FastAPI, gw: Gateway, auth: Authenticator) -> None:
     created = int(time.time())
 
     @app.get("/health")
@@ -24,15 +28,19 @@ def add_status_routes(app: FastAPI, gw: Gateway) -> None:
         return JSONResponse(report, status_code=200 if report["healthy_engines"] else 503)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, Any]:
+        await auth.caller(request.headers.get("authorization"))
         return {"object": "list", "data": [model_card(m, created) for m in await gw.models()]}
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> dict[str, Any]:
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        await auth.caller(request.headers.get("authorization"))
         if model_id not in await gw.models():
             raise NotFound(f"The model {model_id!r} does not exist")
         return model_card(model_id, created)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not gw.config.public_metrics:
+            await auth.admin(request.headers.get("authorization"))
         return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -32,6 +32,9 @@ def register_admin_commands(sub: Any) -> None:
     create.add_argument("--team", required=True)
     create.add_argument("--rpm", type=int, default=None, help="requests per minute")
     create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    create.add_argument("--admin", action="store_true",
+                        help="an operator's key: /metrics, /v1/admin/*, every team's usage, "
+                             "the dashboard")
     add_store_location(create)
     create.set_defaults(func=run(keys_create))
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
@@ -62,15 +65,20 @@ def run(
 
 
 async def keys_create(args: argparse.Namespace) -> int:
+    from warmroute.errors import InvalidRequest
     from warmroute.gateway.auth import create_key
     from warmroute.store import open_store
 
     store = await open_store(store_url(args))
     try:
-        secret, key = await create_key(store, args.name, args.team, args.rpm, args.tpm)
+        secret, key = await create_key(store, args.name, args.team, args.rpm, args.tpm,
+                                       admin=args.admin)
+    except InvalidRequest as exc:
+        raise SystemExit(f"warmroute keys create: {exc.message}") from exc
     finally:
         await store.close()
-    print(f"key id:  {key.key_id}\nteam:    {key.team}\nsecret:  {secret}\n"
+    role = "admin" if key.admin else "tenant"
+    print(f"key id:  {key.key_id}\nteam:    {key.team}\nrole:    {role}\nsecret:  {secret}\n"
           "(the secret is shown only now; only its hash is stored)")
     return 0
 
@@ -85,7 +93,8 @@ async def keys_list(args: argparse.Namespace) -> int:
         await store.close()
     for key in keys:
         state = "revoked" if key.revoked else "active"
-        print(f"{key.key_id}  {key.team:12}  {key.name:16}  {key.redacted}  {state}"
+        role = "admin " if key.admin else "tenant"
+        print(f"{key.key_id}  {key.team:12}  {key.name:16}  {key.redacted}  {role}  {state}"
               f"  rpm={key.rpm or '-'} tpm={key.tpm or '-'}")
     return 0
 

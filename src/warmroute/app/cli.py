@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from warmroute.app.admin_commands import register_admin_commands
 from warmroute.app.engine_command import (
     add_engine_arguments,
+    add_engine_serving_arguments,
     add_sim_arguments,
     run_bench_engine,
     run_engine,
@@ -38,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     engine = sub.add_parser("engine", help="run one inference server with a prefix cache")
     add_engine_arguments(engine)
-    engine.add_argument("--host", default="127.0.0.1")
-    engine.add_argument("--port", type=int, default=8100)
-    engine.add_argument("--engine-id", default=None, help="name reported in x-warmroute-engine")
+    add_engine_serving_arguments(engine)
     add_sim_arguments(engine)
     engine.set_defaults(func=run_engine)
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from warmroute.config import EngineConfig, warmroute_home
+from warmroute.config import (
+    ENGINE_API_KEY_ENV,
+    EngineConfig,
+    engine_api_key_from_env,
+    warmroute_home,
+)
 from warmroute.engine.sim_profile import PROFILES, SimProfile, sim_profile
 
 
@@ -39,6 +44,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
 
+def add_engine_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """What only `warmroute engine` takes: where it listens, its id, who may call it."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--engine-id", default=None, help="name reported in x-warmroute-engine")
+    parser.add_argument("--api-key", default=None,
+                        help="refuse callers without Authorization: Bearer KEY on every route "
+                             f"but /health (default: ${ENGINE_API_KEY_ENV}, if set)")
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=args.model,
@@ -55,6 +70,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         served_model_name=args.served_model_name,
         threads=args.threads,
         home=warmroute_home(),
+        api_key=getattr(args, "api_key", None) or engine_api_key_from_env(),
     )
 
 
@@ -78,11 +94,12 @@ def run_engine(args: argparse.Namespace) -> int:
     if not simulated:
         set_threads(config.threads)
     engine = Engine.from_config(config, sim_profile_from_args(args) if simulated else None)
-    app = create_engine_app(engine, config.resolved_engine_id)
+    app = create_engine_app(engine, config.resolved_engine_id, api_key=config.api_key)
     print(
         f"warmroute engine {config.resolved_engine_id}: {engine.model_name} ({engine.dtype}), "
         f"{engine.pool.num_blocks} cache blocks of {engine.block_size} tokens, "
-        f"listening on http://{config.host}:{config.port}",
+        f"listening on http://{config.host}:{config.port}"
+        + (" (API key required)" if config.api_key else ""),
         flush=True,
     )
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -19,7 +19,9 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
 from warmroute.api.account_app import add_account_routes
+from warmroute.api.admin_app import add_admin_routes
 from warmroute.api.chat_app import add_chat_routes
+from warmroute.api.dashboard_app import add_dashboard_routes
 from warmroute.api.openapi import gateway_openapi
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
 from warmroute.api.status_app import add_status_routes
@@ -92,7 +94,9 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     add_responses_routes(app, ResponsesService(conversations, meter), auth,
                          gw.config.max_body_bytes)
     add_account_routes(app, auth, meter, gw)
-    add_status_routes(app, gw)
+    add_status_routes(app, gw, auth)
+    add_admin_routes(app, gw, auth)
+    add_dashboard_routes(app, gw, auth, meter)
     app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
     return app
 

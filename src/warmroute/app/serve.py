@@ -2,9 +2,11 @@
 
 Engines are child processes (`python -m warmroute engine`) on free 127.0.0.1 ports, each
 given `cores // N` torch threads (oversubscribed engines lose 2.4–6×), logging under the data
-directory. Once every engine is healthy the gateway listens and a ready-to-paste `curl` is
-printed. Ctrl-C or SIGTERM stops the gateway and then every child; on Linux the children also
-get SIGTERM if this process dies without cleaning up (`procs.die_with_parent`).
+directory. Engines require a key made for this run (passed in their environment) and the
+gateway sends it. Once every engine is healthy the gateway listens and a ready-to-paste `curl`
+is printed, with the development key (an admin key: it opens `/dashboard` too). Ctrl-C or
+SIGTERM stops the gateway and then every child; on Linux the children also get SIGTERM if this
+process dies without cleaning up (`procs.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -68,12 +71,14 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
         print(f"warmroute serve: starting {config.engines} engine(s) of {config.model} with "
               f"{config.threads_per_engine} thread(s) each; logs in {config.data_dir}/",
               file=out, flush=True)
+        engine_key = secrets.token_urlsafe(32)  # only this run's engines and gateway know it
         for index in range(config.engines):
-            engines.append(start_engine(config, index))
+            engines.append(start_engine(config, index, api_key=engine_key))
         wait_healthy(engines, config.startup_timeout_s)
         dev_key = asyncio.run(ensure_dev_key(config))
         gateway = GatewayConfig(
             engines=tuple(EngineEndpoint.of(e.url, e.engine_id) for e in engines),
+            engine_api_key=engine_key,
             port=config.port,
             grpc_port=config.grpc_port or None,
             data_dir=config.data_dir,
@@ -113,16 +118,20 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
 
 
 async def ensure_dev_key(config: ServeConfig) -> str:
-    """The development API key: created on first start, kept in <data-dir>/dev-key (0600)."""
+    """The development API key, an admin key: created on first start, kept in
+    <data-dir>/dev-key (0600); made anew when the kept one is unknown, revoked or (made by an
+    older warmroute) not an admin key."""
     from warmroute.gateway.auth import create_key
-    from warmroute.store import open_store
+    from warmroute.store import hash_key, open_store
 
     path = config.data_dir / "dev-key"
-    if path.exists():
-        return path.read_text().strip()
+    kept = path.read_text().strip() if path.exists() else ""
     store = await open_store(config.database_url or str(config.data_dir / "warmroute.db"))
     try:
-        secret, _ = await create_key(store, name="development", team="dev")
+        known = await store.api_keys.get_by_hash(hash_key(kept)) if kept else None
+        if known is not None and known.admin and not known.revoked:
+            return kept
+        secret, _ = await create_key(store, name="development", team="dev", admin=True)
     finally:
         await store.close()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -144,7 +153,8 @@ def banner(config: ServeConfig, engines: list[LocalEngine], dev_key: str) -> str
         "    -H 'content-type: application/json' -H 'x-grok-conv-id: my-first-conversation' \\",
         f"    -d '{{\"model\": \"{model}\", \"max_tokens\": 16, \"messages\": "
         "[{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
-        f"The development API key is kept in {config.data_dir / 'dev-key'}.",
+        f"The development API key (an admin key) is kept in {config.data_dir / 'dev-key'}.",
+        f"Dashboard: {url}/dashboard (paste the development key)",
         "Ctrl-C stops the gateway and its engines.",
     ]
     return "\n".join(lines)

@@ -6,12 +6,17 @@ secret — one per deployment, kept in the shared store (`deployment_secret`), s
 replica derives the same salts — so teams never share cache entries and a salt cannot be guessed
 from outside. Keys are
 stored hashed (`store.hash_key`); the secret is shown once, at creation.
+
+Team names are short words (`TEAM_NAME`); the anonymous tenant of `--no-api-keys` is named so
+that no key's team can be (`ANONYMOUS_TEAM`), so it shares no cache salt, stored response or
+ledger row with a real team. Admin keys (`Caller.admin`) are operators': `admin` resolves them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -20,12 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from warmroute.errors import ApiKeyRevoked, AuthError, InvalidApiKey
+from warmroute.errors import (
+    ApiKeyRevoked,
+    AuthError,
+    InvalidApiKey,
+    InvalidRequest,
+    PermissionDenied,
+)
 from warmroute.store import ApiKey, Store, hash_key, redact_key
 
 KEY_PREFIX = "xai-wr-"
 CACHE_SECRET_SETTING = "cache_secret"
-DEV_TEAM = "default"
+ANONYMOUS_TEAM = "~anonymous"  # "~" is outside TEAM_NAME: no real team can be named so
+TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Isolation = Literal["team", "key"]
 
 
@@ -40,6 +52,18 @@ class Caller:
     rpm: int | None = None
     tpm: int | None = None
     anonymous: bool = False
+    admin: bool = False
+
+
+def check_team_name(team: str) -> str:
+    """`team` when it is a valid team name (letters, digits, `.`, `_`, `-`; at most 64,
+    starting with a letter or digit), else `InvalidRequest`."""
+    if not TEAM_NAME.fullmatch(team):
+        raise InvalidRequest(
+            f"team name {team!r} is invalid: use 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return team
 
 
 def new_secret() -> str:
@@ -53,18 +77,20 @@ async def create_key(
     rpm: int | None = None,
     tpm: int | None = None,
     clock: Callable[[], float] = time.time,
+    admin: bool = False,
 ) -> tuple[str, ApiKey]:
     """A new key: the secret (to show once) and what is stored of it."""
     secret = new_secret()
     key = ApiKey(
         key_id=str(uuid.uuid4()),
         name=name,
-        team=team,
+        team=check_team_name(team),
         key_hash=hash_key(secret),
         redacted=redact_key(secret),
         created_at=clock(),
         rpm=rpm,
         tpm=tpm,
+        admin=admin,
     )
     await store.api_keys.create(key)
     return secret, key
@@ -113,11 +139,11 @@ class Authenticator:
     def anonymous(self, token: str | None) -> Caller:
         """The development tenant, for callers without a (known) key when keys are optional."""
         return Caller(
-            key_id=DEV_TEAM,
+            key_id=ANONYMOUS_TEAM,
             name="anonymous",
-            team=DEV_TEAM,
+            team=ANONYMOUS_TEAM,
             redacted=redact_key(token) if token else "",
-            cache_salt=self.salt_for(DEV_TEAM, DEV_TEAM),
+            cache_salt=self.salt_for(ANONYMOUS_TEAM, ANONYMOUS_TEAM),
             created_at=0.0,
             anonymous=True,
         )
@@ -125,14 +151,25 @@ class Authenticator:
     async def caller(self, authorization: str | None) -> Caller:
         """The caller named by an Authorization value; 401 when missing, 400 when unknown,
         403 when revoked. With keys not required, a request without one is the dev tenant."""
+        return await self._resolve(authorization, self.required)
+
+    async def admin(self, authorization: str | None) -> Caller:
+        """The operator named by an Authorization value, keys required or not: 401 when
+        missing, 400 when unknown, 403 when revoked or a tenant's key."""
+        caller = await self._resolve(authorization, required=True)
+        if not caller.admin:
+            raise PermissionDenied("This route needs an admin API key.")
+        return caller
+
+    async def _resolve(self, authorization: str | None, required: bool) -> Caller:
         token = bearer_token(authorization)
         if token is None:
-            if not self.required:
+            if not required:
                 return self.anonymous(None)
             raise AuthError("Missing API key: send Authorization: Bearer <key>")
         key = await self.store().api_keys.get_by_hash(hash_key(token))
         if key is None:
-            if not self.required:
+            if not required:
                 return self.anonymous(token)
             raise InvalidApiKey(f"Incorrect API key provided: {redact_key(token)}.")
         if key.revoked:
@@ -146,4 +183,5 @@ class Authenticator:
             created_at=key.created_at,
             rpm=key.rpm,
             tpm=key.tpm,
+            admin=key.admin,
         )

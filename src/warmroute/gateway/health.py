@@ -33,7 +33,9 @@ class HealthProber:
     async def probe(self, engine_id: str) -> None:
         started_at = self.membership.clock()
         try:
-            response = await self.client.get(self.membership.url(engine_id) + "/health")
+            endpoint = self.membership.engines[engine_id].endpoint
+            response = await self.client.get(endpoint.url + "/health",
+                                             headers=endpoint.auth_headers())
         except httpx.HTTPError as exc:
             self.membership.probe_failed(engine_id, f"probe: {type(exc).__name__}")
             return

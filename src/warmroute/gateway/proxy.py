@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class Upstream:
     first: bytes
     proxy: Proxy
     work: float = 0.0
+    opened_at: float = 0.0  # when the request was sent (monotonic); 0 once its token came
     tap: SseUsageTap = field(default_factory=SseUsageTap)
     closed: bool = False
 
@@ -109,6 +111,9 @@ class Upstream:
         self.proxy.finished(self.engine_id, self.status, self.tap.usage(), work)
 
     def prefilled(self) -> None:
+        if self.opened_at:  # the first chunk after the role chunk: the first token
+            self.proxy.metrics.first_token.observe(time.monotonic() - self.opened_at)
+            self.opened_at = 0.0
         if self.work:
             self.proxy.membership.prefilled(self.engine_id, self.work)
             self.work = 0.0
@@ -286,8 +291,11 @@ class Proxy:
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
                        work: float = 0.0) -> Relayed | Upstream:
-        url = self.membership.url(engine_id) + CHAT_PATH
-        request = self.client.build_request("POST", url, content=payload, headers=UPSTREAM_HEADERS)
+        endpoint = self.membership.engines[engine_id].endpoint
+        headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
+        request = self.client.build_request("POST", endpoint.url + CHAT_PATH, content=payload,
+                                            headers=headers)
+        started = time.monotonic()
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -295,15 +303,16 @@ class Proxy:
         try:
             if response.status_code >= 500:
                 raise EngineFailed(f"HTTP {response.status_code}")
-            headers = relayed_headers(response, engine_id)
+            relayed = relayed_headers(response, engine_id)
             if not stream or response.status_code != 200:
                 body = await response.aread()
-                return Relayed(engine_id, response.status_code, headers, body)
+                if response.status_code == 200:
+                    self.metrics.first_token.observe(time.monotonic() - started)
+                return Relayed(engine_id, response.status_code, relayed, body)
             upstream = response.aiter_raw()
             first = await anext(upstream, b"")
-            return Upstream(
-                engine_id, response.status_code, headers, response, upstream, first, self, work
-            )
+            return Upstream(engine_id, response.status_code, relayed, response, upstream, first,
+                            self, work, opened_at=started)
         except httpx.TransportError as exc:
             await close_quietly(response)
             raise EngineFailed(type(exc).__name__) from exc

@@ -88,7 +88,8 @@ class DeferredCompletion:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """An API key as stored: never the secret, only its hash (`hash_key`) and redacted form."""
+    """An API key as stored: never the secret, only its hash (`hash_key`) and redacted form.
+    `admin`: an operator's key (metrics, engines, every team's usage, the dashboard)."""
 
     key_id: str
     name: str
@@ -99,6 +100,7 @@ class ApiKey:
     rpm: int | None = None
     tpm: int | None = None
     revoked_at: float | None = None
+    admin: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.key_id) and bool(self.key_hash), "key_id and key_hash are required")

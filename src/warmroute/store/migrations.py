@@ -121,9 +121,14 @@ def m005_deployment_settings(conn: Connection) -> None:
     table.create(conn)
 
 
+def m006_api_key_admin(conn: Connection) -> None:
+    """Operators' keys: existing keys stay tenant keys."""
+    conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
 STEPS = (
     m001_responses, m002_deferred_completions, m003_api_keys, m004_usage_ledger,
-    m005_deployment_settings,
+    m005_deployment_settings, m006_api_key_admin,
 )
 MIGRATIONS = tuple(Migration(i + 1, step.__name__, step) for i, step in enumerate(STEPS))
 

@@ -58,6 +58,7 @@ api_keys = sa.Table(
     sa.Column("tpm", sa.BigInteger),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked_at", sa.Double),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 usage_ledger = sa.Table(

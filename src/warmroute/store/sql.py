@@ -250,6 +250,7 @@ class SqlApiKeys(_Tables, ApiKeyStore):
                         tpm=key.tpm,
                         created_at=key.created_at,
                         revoked_at=key.revoked_at,
+                        admin=key.admin,
                     )
                 )
         except sa.exc.IntegrityError as exc:
@@ -296,6 +297,7 @@ def _api_key(row: sa.Row[Any]) -> ApiKey:
         rpm=row.rpm,
         tpm=row.tpm,
         revoked_at=row.revoked_at,
+        admin=bool(row.admin),
     )
 
 

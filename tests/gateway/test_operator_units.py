@@ -1,0 +1,115 @@
+"""The pieces of issue 15 on their own: engine credentials in the configuration (flags, TOML,
+environment) and URLs shown redacted; admin keys stored and resolved; the timeline's steps and
+the operators' summaries computed exactly from the gateway's own metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from warmroute.app.cli import build_parser
+from warmroute.app.gateway_command import gateway_config
+from warmroute.config import EngineEndpoint, GatewayConfig, redacted_url
+from warmroute.errors import AuthError, InvalidApiKey, PermissionDenied
+from warmroute.gateway.auth import ANONYMOUS_TEAM, Authenticator, create_key
+from warmroute.gateway.membership import Membership
+from warmroute.gateway.metrics import GatewayMetrics
+from warmroute.gateway.operations import activity_of, ttft_quantile_ms
+from warmroute.gateway.timeline import Timeline
+from warmroute.store import open_store
+from warmroute.types import Usage
+
+CREDENTIALED = "http://wr-user:pw-123@127.0.0.1:8101/"
+
+
+def test_urls_are_shown_without_their_credentials() -> None:
+    endpoint = EngineEndpoint.parse(CREDENTIALED)
+    assert (endpoint.url, endpoint.engine_id) == ("http://wr-user:pw-123@127.0.0.1:8101",
+                                                  "127.0.0.1:8101")
+    assert endpoint.shown_url == "http://***@127.0.0.1:8101"
+    assert redacted_url("http://127.0.0.1:1/v1") == "http://127.0.0.1:1/v1"
+    assert "pw-123" not in repr(endpoint)
+    keyed = EngineEndpoint.of("http://h:1", "a", api_key="k-secret")
+    assert keyed.auth_headers() == {"authorization": "Bearer k-secret"}
+    assert "k-secret" not in repr(keyed) and "k-secret" not in repr(GatewayConfig(
+        engines=(keyed,), engine_api_key="k-secret"))
+    with pytest.raises(ValueError, match="not both"):
+        GatewayConfig(engines=(EngineEndpoint.of(CREDENTIALED, api_key="k"),))
+
+
+def test_engine_keys_from_toml_flags_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nengine_api_key = "from-file"\npublic_metrics = true\n\n'
+                    '[[engines]]\nurl = "http://h:1"\nid = "own"\napi_key = "own-key"\n\n'
+                    '[[engines]]\nurl = "http://h:2"\nid = "default"\n')
+    config = GatewayConfig.from_toml(path)
+    assert [e.api_key for e in config.keyed_engines] == ["own-key", "from-file"]
+    assert config.public_metrics
+    flagged = gateway_config(build_parser().parse_args(
+        ["gateway", "--config", str(path), "--engine-api-key", "from-flag"]))
+    assert [e.api_key for e in flagged.keyed_engines] == ["own-key", "from-flag"]
+    monkeypatch.setenv("WARMROUTE_ENGINE_API_KEY", "from-env")
+    plain = gateway_config(build_parser().parse_args(["gateway", "--engine", "http://h:3"]))
+    assert [e.api_key for e in plain.keyed_engines] == ["from-env"] and not plain.public_metrics
+    engine = build_parser().parse_args(["engine", "--api-key", "k"])
+    assert engine.api_key == "k"
+
+
+async def test_admin_keys_are_stored_and_resolved(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "w.db"))
+    try:
+        admin_secret, admin = await create_key(store, "ops", "ops", admin=True)
+        tenant_secret, tenant = await create_key(store, "t", "team-a")
+        assert (await store.api_keys.get(admin.key_id)) == admin and admin.admin
+        assert not (await store.api_keys.get(tenant.key_id)).admin  # type: ignore[union-attr]
+        auth = Authenticator(lambda: store, b"s", required=False)
+        assert (await auth.admin(f"Bearer {admin_secret}")).admin
+        with pytest.raises(PermissionDenied):
+            await auth.admin(f"Bearer {tenant_secret}")
+        with pytest.raises(AuthError):
+            await auth.admin(None)  # keys optional for tenants, never for operators
+        with pytest.raises(InvalidApiKey):
+            await auth.admin("Bearer xai-wr-unknown-unknown")
+        anonymous = await auth.caller(None)
+        assert (anonymous.team, anonymous.key_id, anonymous.admin) == (
+            ANONYMOUS_TEAM, ANONYMOUS_TEAM, False)
+        assert anonymous.cache_salt != auth.salt_for("default", "default")
+    finally:
+        await store.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timeline_steps_hold_exact_increases() -> None:
+    clock = Clock()
+    metrics = GatewayMetrics(Membership([EngineEndpoint.of("http://h:1", "e1")]))
+    timeline = Timeline(metrics.registry, clock)
+    timeline.sample()
+    for second, cached in ((1, 0), (2, 48), (7, 96)):
+        clock.now = 1000.0 + second
+        metrics.decisions.labels("sticky").inc()
+        metrics.answers.labels("e1", "200").inc()
+        metrics.record_usage("e1", Usage(100, 4, cached))
+        metrics.first_token.observe(0.02 * second)
+        timeline.sample()
+    clock.now = 1010.0
+    a = activity_of(timeline.steps(10, 5), 5)
+    assert a["t"] == [1005.0, 1010.0]
+    assert a["requests"] == [2, 1] and a["decisions"]["sticky"] == [2, 1]
+    assert a["hit_rate"] == [0.24, 0.96]
+    assert a["ttft_ms"] == [30.0, 140.0]
+    w = a["window"]
+    assert (w["requests"], w["prompt_tokens"], w["cached_tokens"]) == (3, 300, 144)
+    assert (w["failovers"], w["resumed"], w["errors"]) == (0, 0, 0)
+    quiet = activity_of(timeline.steps(2, 1), 1)  # 1008..1010: nothing happened
+    assert quiet["requests"] == [0, 0] and quiet["hit_rate"] == [None, None]
+    assert ttft_quantile_ms(timeline.steps(10, 10)[0], 0.5) == 37.5
