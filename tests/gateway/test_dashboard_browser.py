@@ -144,6 +144,7 @@ def test_the_dashboard_shows_the_fleet_in_a_real_browser(served: Served, tmp_pat
             page.click("#open")
             page.wait_for_function("document.getElementById('login-error').textContent !== ''")
             assert "Incorrect API key" in page.text_content("#login-error")
+            page.screenshot(path=str(tmp_path / "login.png"))
             errors.clear()  # the refused key's 400 is logged by the browser, as it should be
             page.fill("#key", served.dev_key)
             page.click("#open")
@@ -162,6 +163,10 @@ def test_the_dashboard_shows_the_fleet_in_a_real_browser(served: Served, tmp_pat
             assert page.evaluate("document.cookie") == ""
             assert page.text_content("#status-text").startswith("serving · 2/2 engines healthy")
             assert errors == []
+        except BaseException:
+            with contextlib.suppress(Exception):  # what the page showed, for whoever debugs it
+                page.screenshot(path=str(tmp_path / "dashboard-failed.png"), full_page=True)
+            raise
         finally:
             browser.close()
     assert (tmp_path / SCREENSHOT).stat().st_size > 10_000

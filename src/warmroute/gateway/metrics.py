@@ -5,7 +5,8 @@ failovers and ejections per engine, prompt and cached tokens per engine as the e
 reported them in `usage`, answers per engine and status, streams whose engine broke mid-answer
 by outcome (resumed on another engine, or failed when none could continue). Gauges, read from
 the membership at scrape time: in-flight requests and health per engine; whether the routing
-state shared with other replicas is reachable.
+state shared with other replicas is reachable. A histogram: seconds to an answer's first token.
+Admin keys only read them (`/metrics`), unless the gateway runs with `--public-metrics`.
 """
 
 from __future__ import annotations

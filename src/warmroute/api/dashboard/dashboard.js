@@ -155,14 +155,14 @@
     set("kpi-requests", int(w.requests));
     set("kpi-rate", `${(w.requests / seconds).toFixed(2)} req/s · ${int(w.errors)} not 2xx`);
     set("kpi-hit", pct(w.hit_rate));
-    set("kpi-hit-note", `${compact(w.cached_tokens)} of ${compact(w.prompt_tokens)} prompt tokens cached`);
+    set("kpi-hit-note", `${compact(w.cached_tokens)} / ${compact(w.prompt_tokens)} tokens cached`);
     set("kpi-ttft", w.ttft_p50_ms == null ? "–" : ms(w.ttft_p50_ms));
     set("kpi-ttft-note", w.ttft_ms == null ? "no requests yet" : `p95 ${ms(w.ttft_p95_ms)} · mean ${ms(w.ttft_ms)}`);
     set("kpi-failover", `${int(w.failovers)} · ${int(w.resumed)}`);
     set("kpi-failover-note", w.resume_failed ? `${int(w.resume_failed)} streams could not resume` : "5 min · no stream lost");
     const t = tenants.total;
     set("today-cached-share", pct(t.cached_share));
-    set("today-tokens", `${compact(t.cached_tokens)} of ${compact(t.prompt_tokens)} prompt tokens · ${int(t.requests)} requests`);
+    set("today-tokens", `${compact(t.cached_tokens)} / ${compact(t.prompt_tokens)} tokens cached`);
     set("today-cost", usd(t.cost_in_usd_ticks));
     set("today-saved", `caching saved ${usd(t.saved_by_caching_in_usd_ticks)}`);
   }
@@ -256,7 +256,7 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = 10 ** Math.floor(Math.log10(v));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;  // whole quarter ticks
     return 10 * p;
   }
   function axes(node, f, n, max, format) {
