@@ -319,8 +319,22 @@ def run_gateway_bench(args: argparse.Namespace) -> int:
     return run_gateway_bench_command(args)
 
 
+def run_overhead(args: argparse.Namespace) -> int:
+    from warmroute.bench.overhead import run_overhead_command
+
+    return run_overhead_command(args)
+
+
 def register_bench_commands(bench_sub: Any) -> None:
-    """`bench gateway`, `bench fleet`, `bench run` and `bench report` under `warmroute bench`."""
+    """`bench gateway`, `bench overhead`, `bench fleet`, `bench run` and `bench report` under
+    `warmroute bench`."""
+    from warmroute.bench.overhead import add_overhead_arguments
+
+    overhead = bench_sub.add_parser(
+        "overhead", help="latency and CPU a router adds over calling the engine, vs the peers"
+    )
+    add_overhead_arguments(overhead)
+    overhead.set_defaults(func=run_overhead)
     gateway = bench_sub.add_parser(
         "gateway", help="sticky vs round-robin hit rate and TTFT; gateway overhead"
     )

@@ -117,11 +117,16 @@ def launch_peer(peer: PeerConfig, venv: Path, fleet: SimFleet, log: Path) -> Ite
         stop_process(launched.popen)
 
 
+def peer_venvs(data_dir: Path, console: Console) -> dict[str, Path]:
+    """The peers' virtual environments, installed if needed."""
+    root = (data_dir / "peers").resolve()
+    return {name: ensure_venv(root, name, reqs, console)
+            for name, reqs in (ROUTERS_VENV, SMG_VENV)}
+
+
 def peer_targets(data_dir: Path, console: Console) -> list[TargetSpec]:
     """Install the peers if needed and return one target per configuration."""
-    root = (data_dir / "peers").resolve()
-    venvs = {name: ensure_venv(root, name, reqs, console)
-             for name, reqs in (ROUTERS_VENV, SMG_VENV)}
+    venvs = peer_venvs(data_dir, console)
 
     def launcher(peer: PeerConfig) -> Launcher:
         def launch(fleet: SimFleet, log: Path) -> AbstractContextManager[Launched]:

@@ -247,7 +247,7 @@ class ApiKeyStore(ABC):
 class UsageLedger(ABC):
     @abstractmethod
     async def record(self, row: UsageRecord) -> None:
-        """Append one row; durable on return (committed and synced: it survives SIGKILL).
+        """Append one row; durable on return (committed: it survives the process being killed).
         Raises `DuplicateId` when `row.id` is already recorded."""
 
     @abstractmethod

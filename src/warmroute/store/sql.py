@@ -7,52 +7,37 @@ Owner scoping is part of every WHERE clause, so another owner's row is never rea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warmroute.errors import InvalidRequest
-from warmroute.store.backends import WRITE
 from warmroute.store.base import (
-    GROUP_BYS,
     ApiKey,
     ApiKeyStore,
     DeferredCompletion,
     DeferredStatus,
     DeferredStore,
     DuplicateId,
-    GroupBy,
     Json,
     ResponseNotFound,
     ResponseStore,
     Store,
     StoredResponse,
-    UsageLedger,
-    UsageRecord,
-    UsageTotals,
 )
+from warmroute.store.ledger import SqlUsage
+from warmroute.store.parts import Tables as _Tables
 from warmroute.store.schema import (
     api_keys,
     deferred_completions,
     responses,
     schema_migrations,
-    usage_ledger,
 )
 from warmroute.store.settings import SqlSettings
 
-GROUP_COLUMNS: dict[str, str] = {"key": "key_id", "model": "model", "day": "day", "team": "team"}
 MAX_CHAIN = 100_000
 """A bound on `history`'s walk; `put` already makes cycles impossible."""
-
-
-class _Tables:
-    """A part of the store: an engine for reads and one for writing transactions."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._writer = engine.execution_options(**WRITE)
 
 
 class SqlResponses(_Tables, ResponseStore):
@@ -301,72 +286,9 @@ def _api_key(row: sa.Row[Any]) -> ApiKey:
     )
 
 
-def utc_day(time: float) -> str:
-    return datetime.fromtimestamp(time, UTC).date().isoformat()
-
-
-class SqlUsage(_Tables, UsageLedger):
-    async def record(self, row: UsageRecord) -> None:
-        try:
-            async with self._writer.begin() as conn:
-                await conn.execute(
-                    usage_ledger.insert().values(
-                        id=row.id,
-                        time=row.time,
-                        day=utc_day(row.time),
-                        key_id=row.key_id,
-                        team=row.team,
-                        model=row.model,
-                        engine_id=row.engine_id,
-                        surface=row.surface,
-                        prompt_tokens=row.prompt_tokens,
-                        cached_tokens=row.cached_tokens,
-                        completion_tokens=row.completion_tokens,
-                        cost_in_usd_ticks=row.cost_in_usd_ticks,
-                    )
-                )
-        except sa.exc.IntegrityError as exc:
-            raise DuplicateId(f"usage row {row.id!r} is already recorded") from exc
-
-    async def summary(
-        self,
-        since: float,
-        group_by: GroupBy,
-        owner: str | None = None,
-        until: float | None = None,
-    ) -> list[UsageTotals]:
-        if group_by not in GROUP_BYS:
-            raise InvalidRequest(f"group_by must be one of {', '.join(GROUP_BYS)}")
-        u = usage_ledger
-        group = u.c[GROUP_COLUMNS[group_by]]
-        query = (
-            sa.select(
-                group,
-                sa.func.count(),
-                *(
-                    sa.cast(sa.func.sum(column), sa.BigInteger)
-                    for column in (
-                        u.c.prompt_tokens,
-                        u.c.cached_tokens,
-                        u.c.completion_tokens,
-                        u.c.cost_in_usd_ticks,
-                    )
-                ),
-            )
-            .where(u.c.time >= since)
-            .group_by(group)
-            .order_by(group.asc().nulls_first())
-        )
-        if until is not None:
-            query = query.where(u.c.time < until)
-        if owner is not None:
-            query = query.where(u.c.team == owner)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [UsageTotals(row[0], *(int(value) for value in row[1:])) for row in rows]
-
-
 class SqlStore(Store):
+    usage: SqlUsage
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.responses = SqlResponses(engine)
@@ -376,6 +298,7 @@ class SqlStore(Store):
         self.settings = SqlSettings(engine)
 
     async def close(self) -> None:
+        await self.usage.close_writer()
         await self.engine.dispose()
 
     async def schema_versions(self) -> Sequence[tuple[int, str, float]]:
