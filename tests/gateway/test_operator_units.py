@@ -10,14 +10,15 @@ import pytest
 
 from warmroute.app.cli import build_parser
 from warmroute.app.gateway_command import gateway_config
-from warmroute.config import EngineEndpoint, GatewayConfig, redacted_url
+from warmroute.app.serve import ensure_dev_key
+from warmroute.config import EngineEndpoint, GatewayConfig, ServeConfig, redacted_url
 from warmroute.errors import AuthError, InvalidApiKey, PermissionDenied
 from warmroute.gateway.auth import ANONYMOUS_TEAM, Authenticator, create_key
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.operations import activity_of, ttft_quantile_ms
 from warmroute.gateway.timeline import Timeline
-from warmroute.store import open_store
+from warmroute.store import hash_key, open_store
 from warmroute.types import Usage
 
 CREDENTIALED = "http://wr-user:pw-123@127.0.0.1:8101/"
@@ -54,6 +55,9 @@ def test_engine_keys_from_toml_flags_and_the_environment(
     monkeypatch.setenv("WARMROUTE_ENGINE_API_KEY", "from-env")
     plain = gateway_config(build_parser().parse_args(["gateway", "--engine", "http://h:3"]))
     assert [e.api_key for e in plain.keyed_engines] == ["from-env"] and not plain.public_metrics
+    opened = gateway_config(build_parser().parse_args(
+        ["gateway", "--engine", "http://h:3", "--public-metrics"]))
+    assert opened.public_metrics
     engine = build_parser().parse_args(["engine", "--api-key", "k"])
     assert engine.api_key == "k"
 
@@ -79,6 +83,21 @@ async def test_admin_keys_are_stored_and_resolved(tmp_path: Path) -> None:
         assert anonymous.cache_salt != auth.salt_for("default", "default")
     finally:
         await store.close()
+
+
+async def test_serves_dev_key_is_an_admin_key_even_in_an_old_data_dir(tmp_path: Path) -> None:
+    config = ServeConfig(data_dir=tmp_path)
+    first = await ensure_dev_key(config)
+    assert await ensure_dev_key(config) == first
+    store = await open_store(str(tmp_path / "warmroute.db"))
+    try:
+        assert (await store.api_keys.get_by_hash(hash_key(first))).admin  # type: ignore[union-attr]
+        old, _ = await create_key(store, "development", "dev")  # what an older serve made
+    finally:
+        await store.close()
+    (tmp_path / "dev-key").write_text(old + "\n")
+    renewed = await ensure_dev_key(config)
+    assert renewed not in (old, first) and (tmp_path / "dev-key").read_text().strip() == renewed
 
 
 class Clock:

@@ -78,3 +78,11 @@ async def test_revoke(store: Store) -> None:
     other = await store.api_keys.get("key_2")
     assert other is not None and not other.revoked
     assert [k.revoked for k in await store.api_keys.list_keys()] == [True, False]
+
+
+async def test_admin_flag_round_trips(store: Store) -> None:
+    admin = ApiKey("key_1", "ops", "ops", hash_key(SECRET_A), redact_key(SECRET_A), T0, admin=True)
+    await store.api_keys.create(admin)
+    await store.api_keys.create(key("key_2", SECRET_B))
+    assert await store.api_keys.get("key_1") == admin
+    assert [k.admin for k in await store.api_keys.list_keys()] == [True, False]

@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import contextlib
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,13 +58,30 @@ class Timeline:
         self.clock = clock
         self.interval_s = interval_s
         self.started_at = clock()  # every counter was 0 then
-        self.samples: deque[tuple[float, dict[Key, float]]] = deque(
+        # Each sample is an array of values in the order of `keys` (a series that appeared
+        # later is absent from older, shorter arrays): 8 bytes a series a second.
+        self.samples: deque[tuple[float, array[float]]] = deque(
             maxlen=int(keep_s / interval_s) + 2
         )
+        self.keys: list[Key] = []
+        self._index: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
-        self.samples.append((self.clock(), counter_totals(self.registry)))
+        self.samples.append((self.clock(), self._encode(counter_totals(self.registry))))
+
+    def _encode(self, totals: Totals) -> array[float]:
+        for key in totals:
+            if key not in self._index:
+                self._index[key] = len(self.keys)
+                self.keys.append(key)
+        values = array("d", bytes(8 * len(self.keys)))
+        for key, value in totals.items():
+            values[self._index[key]] = value
+        return values
+
+    def _decode(self, values: array[float]) -> Totals:
+        return dict(zip(self.keys, values, strict=False))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="warmroute-timeline")
@@ -103,7 +121,7 @@ class Timeline:
                 found.append({})
                 continue
             index = bisect.bisect_right(times, moment) - 1
-            found.append(self.samples[max(0, index)][1])
+            found.append(self._decode(self.samples[max(0, index)][1]))
         return found
 
 
