@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from warmroute.config import warmroute_home
-from warmroute.engine.builtin import builtin_path, is_builtin
 from warmroute.errors import NotFound
 
 
 def local_tokenizer(model: str) -> Any:
     """The tokenizer of a built-in model or a model folder on this machine (for TokenizeText)."""
     from transformers import PreTrainedTokenizerFast
+
+    from warmroute.engine.builtin import builtin_path, is_builtin  # torch: only when asked
 
     if is_builtin(model):
         return PreTrainedTokenizerFast.from_pretrained(builtin_path(model, warmroute_home()))
