@@ -31,6 +31,7 @@ ROUTES = {
     ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"), ("GET", "/v1/api-key"),
     ("GET", "/v1/language-models"), ("GET", "/v1/language-models/{model_id}"),
     ("GET", "/v1/usage"), ("GET", "/health"), ("GET", "/metrics"),
+    ("GET", "/v1/admin/engines"), ("GET", "/v1/admin/dashboard"),
 }
 
 
