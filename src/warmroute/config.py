@@ -163,6 +163,9 @@ class GatewayConfig:
     # With a Redis URL, replicas share routing state (conversation homes, placements): see
     # gateway/shared_state.py. Homes expire after a day unused; the log keeps 50,000 events.
     share_routing: bool = True
+    # API keys are read from the store at most this often each: a revoked key stops working
+    # within this many seconds.
+    key_cache_s: float = 2.0
     routing_prefix: str = "wr:routing"
     home_ttl_s: int = 24 * 3600
     routing_log_entries: int = 50_000
@@ -176,6 +179,20 @@ class GatewayConfig:
     engine_api_key: str | None = field(default=None, repr=False)
     # `/metrics` without an admin key: only for a private network that Prometheus scrapes.
     public_metrics: bool = False
+    # Faults and bounded waits (README, "Limits and failures"). An engine that answers a 5xx
+    # while its probe passes is ejected once this many different requests failed there in a
+    # minute; at most `max_in_flight` requests at engines at once (beyond: 503 at once); a
+    # request waits at most `pool_timeout_s` for a connection to an engine.
+    request_failures_to_eject: int = 3
+    max_in_flight: int = 1024
+    pool_timeout_s: float = 2.0
+    # A client has `header_timeout_s` to send a request's headers and `body_timeout_s` for
+    # its whole body (else the connection is closed, or the answer is 408).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    # Deferred completions pending at once: in all, and per team (beyond: 429).
+    max_deferred: int = 1000
+    max_deferred_per_team: int = 100
 
     @property
     def store_url(self) -> str:
@@ -208,6 +225,10 @@ class GatewayConfig:
             raise ValueError(f"policy must be one of {list(ROUTING_POLICIES)}, got {self.policy!r}")
         if self.max_resumes < 0:
             raise ValueError("max_resumes must be >= 0")
+        if min(self.request_failures_to_eject, self.max_in_flight, self.max_deferred,
+               self.max_deferred_per_team) < 1:
+            raise ValueError("request_failures_to_eject, max_in_flight and the deferred "
+                             "bounds must be positive")
 
     @staticmethod
     def from_toml(path: Path) -> GatewayConfig:

@@ -51,3 +51,44 @@ async def test_callers_from_keys(tmp_path: Path) -> None:
         assert (await optional.caller(None)).anonymous
     finally:
         await store.close()
+
+
+async def test_a_revoked_key_stops_working_within_the_cache_lifetime(tmp_path: Path) -> None:
+    """Keys are read from the store at most once per `cache_s`: a revocation (made by any
+    replica, or `warmroute keys revoke`, straight in the store) takes effect within it."""
+    store = await open_store(str(tmp_path / "w.db"))
+    now = [100.0]
+    reads: list[str] = []
+    lookup = store.api_keys.get_by_hash
+
+    async def counted(digest: str) -> object:
+        reads.append(digest)
+        return await lookup(digest)
+
+    store.api_keys.get_by_hash = counted  # type: ignore[method-assign,assignment]
+    try:
+        secret, key = await create_key(store, "n", "team-x")
+        auth = Authenticator(lambda: store, b"s", cache_s=2.0, clock=lambda: now[0])
+        assert (await auth.caller(f"Bearer {secret}")).key_id == key.key_id
+        await auth.caller(f"Bearer {secret}")
+        assert len(reads) == 1  # the second request was answered from the cache
+        await store.api_keys.revoke(key.key_id, 1.0)
+        now[0] += 1.9
+        assert (await auth.caller(f"Bearer {secret}")).key_id == key.key_id  # still cached
+        now[0] += 0.2
+        with pytest.raises(ApiKeyRevoked):
+            await auth.caller(f"Bearer {secret}")
+        assert len(reads) == 2
+        with pytest.raises(InvalidApiKey):  # unknown keys are cached too, as briefly
+            await auth.caller("Bearer unknown-key-unknown")
+        with pytest.raises(InvalidApiKey):
+            await auth.caller("Bearer unknown-key-unknown")
+        assert len(reads) == 3
+        uncached = Authenticator(lambda: store, b"s", cache_s=0.0, clock=lambda: now[0])
+        with pytest.raises(ApiKeyRevoked):
+            await uncached.caller(f"Bearer {secret}")
+        with pytest.raises(ApiKeyRevoked):
+            await uncached.caller(f"Bearer {secret}")
+        assert len(reads) == 5
+    finally:
+        await store.close()

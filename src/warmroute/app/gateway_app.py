@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from warmroute.api.account_app import add_account_routes
 from warmroute.api.admin_app import add_admin_routes
+from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.chat_app import add_chat_routes
 from warmroute.api.dashboard_app import add_dashboard_routes
 from warmroute.api.openapi import gateway_openapi
@@ -56,7 +57,8 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
 
     conversations = Conversations(gw, store, gw.config.response_ttl_s)
     auth = Authenticator(
-        store, required=gw.config.require_api_keys, isolation=gw.config.cache_isolation
+        store, required=gw.config.require_api_keys, isolation=gw.config.cache_isolation,
+        cache_s=gw.config.key_cache_s,
     )
     meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
 
@@ -87,6 +89,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
 
     app = FastAPI(title="warmroute gateway", lifespan=lifespan)
     app.state.gateway = gw
+    app.add_middleware(BodyDeadline, timeout_s=gw.config.body_timeout_s)
     app.add_exception_handler(WarmrouteError, handle_warmroute_error)
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)

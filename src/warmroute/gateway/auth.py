@@ -36,6 +36,8 @@ from warmroute.store import ApiKey, Store, hash_key, redact_key
 
 KEY_PREFIX = "xai-wr-"
 CACHE_SECRET_SETTING = "cache_secret"
+DEFAULT_KEY_CACHE_S = 2.0
+MAX_CACHED_KEYS = 100_000
 ANONYMOUS_TEAM = "~anonymous"  # "~" is outside TEAM_NAME: no real team can be named so
 TEAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Isolation = Literal["team", "key"]
@@ -120,17 +122,42 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class Authenticator:
+    """Keys are looked up in the store at most once per `cache_s` each (a key revoked in the
+    store stops working within that long, on every replica); unknown keys are remembered
+    as briefly, and at most `MAX_CACHED_KEYS` lookups are kept."""
+
     def __init__(
         self,
         store: Callable[[], Store],
         secret: bytes = b"",
         required: bool = True,
         isolation: Isolation = "team",
+        cache_s: float = DEFAULT_KEY_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.secret = secret
         self.required = required
         self.isolation = isolation
+        self.cache_s = cache_s
+        self.clock = clock
+        self._keys: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def _key(self, token: str) -> ApiKey | None:
+        """The stored key of a secret, through the short-lived cache."""
+        digest = hash_key(token)
+        now = self.clock()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = await self.store().api_keys.get_by_hash(digest)
+        if self.cache_s > 0:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys = {d: e for d, e in self._keys.items() if e[0] > now}
+                if len(self._keys) >= MAX_CACHED_KEYS:
+                    self._keys.clear()
+            self._keys[digest] = (now + self.cache_s, key)
+        return key
 
     def salt_for(self, team: str, key_id: str) -> str:
         subject = f"key:{key_id}" if self.isolation == "key" else f"team:{team}"
@@ -167,7 +194,7 @@ class Authenticator:
             if not required:
                 return self.anonymous(None)
             raise AuthError("Missing API key: send Authorization: Bearer <key>")
-        key = await self.store().api_keys.get_by_hash(hash_key(token))
+        key = await self._key(token)
         if key is None:
             if not required:
                 return self.anonymous(token)
