@@ -35,7 +35,7 @@ async def test_callers_from_keys(tmp_path: Path) -> None:
     store = await open_store(str(tmp_path / "w.db"))
     try:
         secret, key = await create_key(store, "n", "team-x", rpm=5)
-        required = Authenticator(lambda: store, b"s")
+        required = Authenticator(lambda: store, b"s", cache_s=0.0)  # every lookup reads
         caller = await required.caller(f"Bearer {secret}")
         assert (caller.team, caller.key_id, caller.rpm, caller.anonymous) == (
             "team-x", key.key_id, 5, False)
