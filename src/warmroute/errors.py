@@ -5,6 +5,7 @@
     │   └── ContextTooLong      prompt or max_tokens beyond the model's context (400)
     ├── UnsupportedMediaType    body is not application/json (415)
     ├── PayloadTooLarge         body over the configured limit (413)
+    ├── RequestTimeout          the body did not arrive in time (408)
     ├── AuthError               missing credentials (401)
     │   └── InvalidApiKey       an API key that is not ours (400, as xAI answers it)
     ├── PermissionDenied        credentials valid but not allowed (403)
@@ -44,6 +45,10 @@ class UnsupportedMediaType(WarmrouteError):
 
 class PayloadTooLarge(WarmrouteError):
     """The body exceeds the configured size limit."""
+
+
+class RequestTimeout(WarmrouteError):
+    """The client did not send its whole body within the time allowed."""
 
 
 class AuthError(WarmrouteError):
@@ -92,4 +97,9 @@ class EngineOverloaded(EngineUnavailable):
 
 
 class StoreUnavailable(WarmrouteError):
-    """The database cannot be opened or reached, or its schema is newer than this code."""
+    """The database cannot be opened or reached (or is locked), or its schema is newer than
+    this code; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -3,9 +3,11 @@ module that `serve`, the benchmarks and the tests share.
 
 Children run `python -m warmroute …` with the thread settings of `config.child_process_env`;
 on Linux they also get SIGTERM if their parent dies without cleaning up (PR_SET_PDEATHSIG), so
-none is orphaned. `BackgroundServer` runs an ASGI app under uvicorn on a thread of this process
-(tests and the in-process benchmarks use it); `RedisServer` is a private Redis (replicas in the
-benchmarks and tests). Cheap to import: uvicorn only when a server starts.
+none is orphaned. `server_config` is how every warmroute HTTP server runs under uvicorn (with a
+bound on the time a client takes to send a request's headers); `BackgroundServer` runs an ASGI
+app so on a thread of this process (tests and the in-process benchmarks use it); `RedisServer`
+is a private Redis (replicas in the benchmarks and tests). Cheap to import: uvicorn only when a
+server starts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import httpx
 from warmroute.config import ServeConfig, child_process_env
 
 STOP_GRACE_S = 10.0
+HEADER_TIMEOUT_S = 10.0
 SERVER_STARTUP_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1
 WARMROUTE_COMMAND = (sys.executable, "-m", "warmroute")
@@ -178,15 +181,69 @@ class RedisServer:
             self.popen.wait(timeout=10)
 
 
+def server_config(app: Any, host: str, port: int, header_timeout_s: float = HEADER_TIMEOUT_S,
+                  **settings: Any) -> Any:
+    """uvicorn's `Config` for `app`, logging warnings only, closing a connection that has not
+    sent a whole request head within `header_timeout_s` of its first byte (or of connecting):
+    uvicorn alone holds a connection that sends nothing, or its headers a byte at a time,
+    for ever."""
+    import uvicorn
+
+    settings.setdefault("log_level", "warning")
+    return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(header_timeout_s),
+                          **settings)
+
+
+def header_timeout_protocol(timeout_s: float) -> type[Any]:
+    """uvicorn's HTTP/1.1 protocol with a timer from a request's first byte to its last header
+    (a new request object appears on the protocol when its headers are complete)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            if self.header_timer is None and (before is None or before.response_complete):
+                self.arm()  # a new request head begins
+            super().data_received(data)
+            if self.cycle is not before:
+                self.disarm()  # its headers are complete
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def arm(self) -> None:
+            self.header_timer = self.loop.call_later(timeout_s, self.too_slow)
+
+        def disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def too_slow(self) -> None:
+            self.header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
 class BackgroundServer:
     """A uvicorn server for `app` on a thread of this process; `stop()` shuts it down."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int,
+                 header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
         import uvicorn
 
         self.url = f"http://{host}:{port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            server_config(app, host, port, header_timeout_s, lifespan="on")
         )
         self.thread = threading.Thread(target=self.server.run, name="warmroute-server")
 

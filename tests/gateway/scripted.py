@@ -53,6 +53,8 @@ class Script:
     finish_reason: str = "stop"  # "stop" counts one end-of-sequence token more
     status: int = 200  # any other: xAI's error envelope with `error`
     error: str = "boom"
+    retry_after: str | None = None  # sent with an error status when set (a busy engine)
+    event_code: str = "Internal error"  # the code of the "error-event" ending's event
     failure: Failure | None = None  # raised instead of an answer (after `hold`, if set)
     hold: asyncio.Event | None = None  # the answer waits for it after `hold_after` pieces
     hold_after: int = 0
@@ -86,7 +88,9 @@ class Script:
             raise FAILURES[self.failure](f"scripted {self.failure}", request=request)
         if self.status != 200:
             code = "Client specified an invalid argument" if self.status < 500 else "Internal"
-            return httpx.Response(self.status, json={"code": code, "error": self.error})
+            headers = {"retry-after": self.retry_after} if self.retry_after else {}
+            return httpx.Response(self.status, json={"code": code, "error": self.error},
+                                  headers=headers)
         if body.get("stream") is True:
             events = self.events(body, len(self.received))
             return httpx.Response(200, headers={"content-type": "text/event-stream"},
@@ -144,7 +148,7 @@ class Script:
         if self.ending == "early-end":
             return
         if self.ending == "error-event":
-            yield b'data: {"code": "Internal error", "error": "engine step failed"}\n\n'
+            yield encode_event({"code": self.event_code, "error": "engine step failed"})
             return
         if self.ending == "reset":
             raise httpx.RemoteProtocolError("peer closed connection without a complete body")

@@ -67,12 +67,15 @@ async def test_a_transport_failure_fails_over_and_ejects_until_a_later_probe(
 async def test_a_5xx_fails_over_at_once_and_a_4xx_passes_through(
     tmp_path: Path, stream: bool
 ) -> None:
+    """A 5xx whose engine then fails its probe too (run at once) is the engine's failure."""
     engines, (first, second, third) = fleet()
     engines[first].status = 500
     body = {**BODY, "stream": True} if stream else BODY
     async with in_process_gateway(engines, tmp_path) as gw:
+        engines[first].health_status = 503
         ok = await gw.chat(body, KEY)
         engines[first].status, engines[first].error = 400, "messages must not be empty"
+        engines[first].health_status = 200
         gw.clock.advance(1.0)
         await gw.probe()
         refused = await gw.chat({**body, "messages": []}, KEY)

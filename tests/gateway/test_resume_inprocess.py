@@ -41,6 +41,7 @@ async def test_a_broken_stream_goes_on_on_the_next_engine(tmp_path: Path, ending
     engines[first].pieces, engines[first].ending = ["Hel", "lo"], ending
     engines[second].pieces = ["Hel", "lo", " wor", "ld"]
     async with in_process_gateway(engines, tmp_path) as gw:
+        engines[first].health_status = 500  # an error event ejects once the probe fails too
         response = await gw.chat(BODY, KEY)
         metrics = await gw.metrics()
         assert first not in gw.gateway.membership.healthy_ids()

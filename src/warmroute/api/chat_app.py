@@ -21,12 +21,13 @@ from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import read_json_object
 from warmroute.api.sse import ClosingStream
 from warmroute.api.wire_errors import sse_error_event
+from warmroute.errors import InvalidRequest, WarmrouteError
 from warmroute.gateway.auth import Authenticator, Caller
 from warmroute.gateway.features import request_features, tenant_id
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.policies import RequestFeatures
-from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
 from warmroute.gateway.usage import usage_from
@@ -38,6 +39,7 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
         caller = await auth.caller(request.headers.get("authorization"))
         await meter.admit(caller)
         body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
+        check_relayed_fields(body)
         features = request_features(request.headers, body, gw.indexes_prompts,
                                     tenant_id(caller.cache_salt))
         view = ClientView.of(body) if body.get("stream") is True else None
@@ -50,6 +52,15 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
         if isinstance(opened, Streaming):
             return relayed_stream(opened, StreamMeter(meter, caller, opened))
         return await metered_response(opened, meter, caller)
+
+
+def check_relayed_fields(body: dict[str, Any]) -> None:
+    """What the gateway itself reads of a relayed body must have its type (the engine checks
+    the rest): `stream` decides how the answer is read, so `"stream": "true"` is a 400."""
+    if not isinstance(body.get("stream", False), bool):
+        raise InvalidRequest("stream must be true or false")
+    if not isinstance(body.get("stream_options"), dict | None):
+        raise InvalidRequest("stream_options must be an object")
 
 
 def tenant_body(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -109,7 +120,7 @@ async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[byt
     try:
         async for chunk in upstream.chunks():
             yield await metering.before_sending(chunk)
-    except UpstreamBroken as exc:
+    except WarmrouteError as exc:  # no engine could go on, the request failed, the store is down
         yield sse_error_event(exc)
     finally:
         await metering.cut_off()

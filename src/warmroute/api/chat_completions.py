@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from warmroute.errors import InvalidRequest
 from warmroute.types import ROLES, ChatMessage, ChatRequest, SamplingParams, Usage
@@ -46,7 +46,7 @@ class ChatCompletionBody(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     n: int | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     cache_salt: str | None = None
     prompt_cache_key: str | None = None

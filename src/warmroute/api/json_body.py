@@ -2,12 +2,13 @@
 
 Valid JSON that Python could not carry on with is a 400 here too: nesting deeper than the
 interpreter recurses, integers beyond Python's 4,300-digit limit, NaN or infinite numbers, and
-strings with lone surrogates (no UTF-8 encodes them). `parse_json_object` is pure CPU: call it
-off the event loop for a large body.
+strings with lone surrogates (no UTF-8 encodes them). `parse_json_object` is pure CPU:
+`read_json_object` runs it off the event loop for a body over `OFF_LOOP_BYTES`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from warmroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_BODY_BYTES = 20 * 2**20
+OFF_LOOP_BYTES = 256 * 2**10
 
 
 # A surrogate written as an escape, or (json accepts it from bytes) encoded as if UTF-8 could.
@@ -27,7 +29,10 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 async def read_json_object(
     request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, max_bytes))
+    body = await read_body(request, max_bytes)
+    if len(body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse_json_object, body)
+    return parse_json_object(body)
 
 
 async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from warmroute.api.chat_completions import describe_validation_error
 from warmroute.errors import InvalidRequest
@@ -30,12 +30,12 @@ class ResponsesBody(BaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     previous_response_id: str | None = None
-    store: bool = True
+    store: StrictBool = True
     prompt_cache_key: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stream: bool = False
+    stream: StrictBool = False  # "true" is a 400, not a stream
     metadata: dict[str, Any] | None = None
 
 

@@ -23,6 +23,7 @@ from warmroute.errors import (
     PermissionDenied,
     RateLimited,
     RequestFailed,
+    RequestTimeout,
     StoreUnavailable,
     UnsupportedMediaType,
     WarmrouteError,
@@ -42,6 +43,8 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     InvalidRequest: WireError(400, "Client specified an invalid argument", "INVALID_ARGUMENT"),
     UnsupportedMediaType: WireError(415, "Unsupported media type", "INVALID_ARGUMENT"),
     PayloadTooLarge: WireError(413, "Request entity too large", "RESOURCE_EXHAUSTED"),
+    RequestTimeout: WireError(408, "Deadline expired before operation could complete",
+                              "DEADLINE_EXCEEDED"),
     AuthError: WireError(
         401, "The request does not have valid authentication credentials", "UNAUTHENTICATED"
     ),
@@ -71,10 +74,18 @@ def error_body(exc: BaseException) -> dict[str, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     headers = {}
-    retry_after = getattr(exc, "retry_after", None)  # RateLimited, EngineOverloaded
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited, EngineOverloaded, store
     if isinstance(exc, WarmrouteError) and isinstance(retry_after, int | float):
         headers["retry-after"] = str(max(1, round(retry_after)))
     return JSONResponse(error_body(exc), status_code=wire_error_for(exc).status, headers=headers)
+
+
+def grpc_trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a gRPC error: `retry-after` where the HTTP answer has it."""
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, WarmrouteError) and isinstance(retry_after, int | float):
+        return (("retry-after", str(max(1, round(retry_after)))),)
+    return ()
 
 
 def sse_error_event(exc: BaseException) -> bytes:

@@ -14,6 +14,7 @@ from warmroute.config import (
     warmroute_home,
 )
 from warmroute.engine.sim_profile import PROFILES, SimProfile, sim_profile
+from warmroute.procs import server_config
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +103,7 @@ def run_engine(args: argparse.Namespace) -> int:
         + (" (API key required)" if config.api_key else ""),
         flush=True,
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    uvicorn.Server(server_config(app, config.host, config.port)).run()
     return 0
 
 

@@ -18,7 +18,7 @@ from warmroute.config import (
     engine_api_key_from_env,
     env_str,
 )
-from warmroute.procs import quiet_http_client_logs
+from warmroute.procs import quiet_http_client_logs, server_config
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +122,6 @@ def run_gateway(args: argparse.Namespace) -> int:
     quiet_http_client_logs()
     engines = ", ".join(f"{e.engine_id}={e.shown_url}" for e in config.engines)
     print(f"warmroute gateway on http://{config.host}:{config.port} -> {engines}", flush=True)
-    uvicorn.run(create_gateway_app(config), host=config.host, port=config.port,
-                log_level="warning")
+    uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
+                                 config.header_timeout_s)).run()
     return 0

@@ -26,6 +26,7 @@ from warmroute.config import EngineConfig, EngineEndpoint, GatewayConfig, ServeC
 from warmroute.procs import (
     LocalEngine,
     quiet_http_client_logs,
+    server_config,
     start_engine,
     stop_engines,
     wait_healthy,
@@ -107,8 +108,8 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
 
     from warmroute.app.gateway_app import create_gateway_app
 
-    server = uvicorn.Server(uvicorn.Config(create_gateway_app(config), host=config.host,
-                                           port=config.port, log_level="warning"))
+    server = uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
+                                          config.header_timeout_s))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)

@@ -5,7 +5,7 @@ call through the proxy (so placement, failover and metrics are the same as for r
 requests) and turns the engine's JSON or SSE answer back into neutral events: text deltas and
 one `Finished` with usage. A stream whose engine breaks mid-answer is resumed on the next
 engine as a relayed one is (`proxy.Streaming`), so these surfaces see one unbroken answer. An
-engine's 4xx answer becomes the matching exception.
+engine's error answer becomes the matching exception (`faults.engine_error`).
 """
 
 from __future__ import annotations
@@ -15,20 +15,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from warmroute.errors import (
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    WarmrouteError,
-)
+from warmroute.gateway.faults import engine_error
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision
 from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.usage import usage_from
 from warmroute.types import ChatMessage, SamplingParams, Usage
-
-ENGINE_ERRORS: dict[int, type[WarmrouteError]] = {404: NotFound, 413: PayloadTooLarge}
 
 
 @dataclass(frozen=True)
@@ -78,18 +71,10 @@ def chat_body(
     return body
 
 
-def engine_error(status: int, body: bytes) -> WarmrouteError:
-    try:
-        message = str(json.loads(body).get("error") or body.decode(errors="replace"))
-    except (ValueError, AttributeError):
-        message = body.decode(errors="replace")
-    return ENGINE_ERRORS.get(status, InvalidRequest)(message)
-
-
 async def complete(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Answer:
     answer = await gw.proxy.complete(decision, gw.upstream_payload(body))
     if answer.status != 200:
-        raise engine_error(answer.status, answer.body)
+        raise engine_error(answer.status, answer.body, answer.headers)
     data = json.loads(answer.body)
     choice = data["choices"][0]
     return Answer(
@@ -107,7 +92,7 @@ async def open_stream(gw: Gateway, decision: Decision, body: dict[str, Any]) -> 
     payload = gw.upstream_payload(upstream_stream_body(body))
     opened = await gw.proxy.open_stream(decision, payload, ClientView(), gw.config.max_resumes)
     if isinstance(opened, Relayed):
-        raise engine_error(opened.status, opened.body)
+        raise engine_error(opened.status, opened.body, opened.headers)
     return opened
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from warmroute.config import GatewayConfig
 from warmroute.gateway import policies
+from warmroute.gateway.faults import FaultJudge
 from warmroute.gateway.features import CHUNK_BYTES
 from warmroute.gateway.health import HealthProber
 from warmroute.gateway.membership import Membership
@@ -87,7 +88,8 @@ class Gateway:
         cfg = self.config
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s),
+                timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s,
+                                      pool=cfg.pool_timeout_s),
                 limits=httpx.Limits(
                     max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
                 ),
@@ -96,8 +98,10 @@ class Gateway:
         if self._probe_client is None:
             self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
             self._owned.append(self._probe_client)
-        self._proxy = Proxy(self._client, self.membership, self.metrics)
         self._prober = HealthProber(self.membership, self._probe_client, cfg.probe_interval_s)
+        judge = FaultJudge(self.membership, self._prober.check, cfg.request_failures_to_eject)
+        self._proxy = Proxy(self._client, self.membership, self.metrics, judge,
+                            cfg.max_in_flight)
         await self._prober.probe_all()
         self._prober.start()
         self.timeline.start()

@@ -26,6 +26,7 @@ class HealthProber:
         self.client = client
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._checks: dict[str, asyncio.Future[bool]] = {}
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(engine_id) for engine_id in self.membership.engines))
@@ -46,6 +47,26 @@ class HealthProber:
         self.membership.probe_succeeded(
             engine_id, started_at, model_named(body), cache_chars(body)
         )
+
+    async def check(self, engine_id: str) -> bool:
+        """Whether the engine answers its health probe now (for the proxy, after an answer
+        that may mean the engine is sick). Concurrent checks of one engine share one probe;
+        it changes no membership state itself."""
+        pending = self._checks.get(engine_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._answers(engine_id))
+            self._checks[engine_id] = pending
+            pending.add_done_callback(lambda _: self._checks.pop(engine_id, None))
+        return await asyncio.shield(pending)
+
+    async def _answers(self, engine_id: str) -> bool:
+        endpoint = self.membership.engines[engine_id].endpoint
+        try:
+            response = await self.client.get(endpoint.url + "/health",
+                                             headers=endpoint.auth_headers())
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="warmroute-health-prober")

@@ -1,15 +1,21 @@
 """Forwarding one Chat Completions request to its engines, failing over before the first byte.
 
-The engines of a `Decision` are tried in order. A connect error, a timeout or a 5xx before
-anything has reached the client ejects that engine and moves the request to the next one at
-once (a dead engine is never retried); a 4xx is the engine's answer and passes through
-unchanged. "Before anything has reached the client" means: for a JSON answer, before the whole
-body is in (it is buffered, so a crash mid-answer still fails over); for a stream, before its
-first chunk. After that, a stream's events are relayed as they arrive; if its engine breaks
-(transport error, an error event, the stream ending before `[DONE]`), the engine is ejected and
-the answer is continued on the next healthy engine of the decision and spliced into the same
-client stream (`resume.py`), at most `max_resumes` times; failing that, the client gets an error
-event, never a silently truncated stream.
+The engines of a `Decision` are tried in order. A connect error or a timeout before anything
+has reached the client ejects that engine and moves the request to the next one at once (a dead
+engine is never retried). An answer is judged by `faults.py`: a 4xx (a 422: the engine failed
+this request alone) is the request's and passes through unchanged, never tried elsewhere; a 503
+with `retry-after` moves on without ejecting; another 5xx ejects and moves on only when the
+engine's probe, run at once, fails too (or several different requests failed there), else it
+is the answer. "Before anything has reached the client" means: for a JSON answer, before the
+whole body is in (it is buffered, so a crash mid-answer still fails over); for a stream, before
+its first chunk. After that, a stream's events are relayed as they arrive; an error event the
+engine puts on the request ends the client's stream with that error. If its engine breaks
+(transport error, another error event, the stream ending before `[DONE]`), the answer is
+continued on the next healthy engine of the decision and spliced into the same client stream
+(`resume.py`), at most `max_resumes` times (the engine ejected as above); failing that, the
+client gets an error event, never a silently truncated stream. Waits are bounded: at most
+`max_in_flight` requests at once (beyond: 503 with `retry-after` at once), and a request that
+finds every upstream connection busy is refused the same way, not queued.
 
 In-flight counts are held from the moment an engine is tried until its answer is done (for a
 stream: until `Streaming.aclose`). This module is the only one that talks to engines about
@@ -28,7 +34,15 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 
-from warmroute.errors import EngineUnavailable
+from warmroute.errors import EngineOverloaded, EngineUnavailable
+from warmroute.gateway.faults import (
+    FaultJudge,
+    Verdict,
+    event_error,
+    event_verdict,
+    retry_after,
+    status_verdict,
+)
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
@@ -162,7 +176,11 @@ class Streaming:
                 cause = "failed mid-stream"
             if self.splice.done:
                 return
-            await self._broke(cause)
+            event = self.splice.error_event
+            if event is not None and event_verdict(event) is Verdict.ANSWER:
+                await self.current.aclose()  # the request failed alone: not resumed elsewhere
+                raise event_error(event)
+            await self._broke(cause, event)
             if not self.splice.needs_engine:
                 yield self.splice.closing()
                 return
@@ -172,12 +190,17 @@ class Streaming:
                 return
             await self._resume(body, cause)
 
-    async def _broke(self, cause: str) -> None:
+    async def _broke(self, cause: str, event: dict[str, object] | None) -> None:
+        """The engine broke the stream: ejected if it is at fault (a transport failure or an
+        early end; after an error event, as `FaultJudge` says), never tried again for it."""
         engine_id = self.current.engine_id
         log.warning("engine %s %s; the answer goes on elsewhere", engine_id, cause)
-        self.proxy.membership.eject(engine_id, f"mid-stream: {cause}")
         self.broken.append(engine_id)
         await self.current.aclose()
+        if event is None:
+            self.proxy.membership.eject(engine_id, f"mid-stream: {cause}")
+        elif event_verdict(event) is Verdict.SUSPECT:
+            await self.proxy.judge.suspect(engine_id, f"mid-stream: {cause}", self.payload)
 
     async def _resume(self, body: dict[str, object], cause: str) -> None:
         """Continue on the next engine, or raise `UpstreamBroken` for the client."""
@@ -201,11 +224,21 @@ class Streaming:
 
 class Proxy:
     def __init__(
-        self, client: httpx.AsyncClient, membership: Membership, metrics: GatewayMetrics
+        self,
+        client: httpx.AsyncClient,
+        membership: Membership,
+        metrics: GatewayMetrics,
+        judge: FaultJudge | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
+        """`judge` decides whether an engine that answered a 5xx is at fault (default: only
+        after several different requests failed there); `max_in_flight` bounds the requests
+        this gateway has at engines at once."""
         self.client = client
         self.membership = membership
         self.metrics = metrics
+        self.judge = judge or FaultJudge(membership, None)
+        self.max_in_flight = max_in_flight
 
     async def complete(self, decision: Decision, payload: bytes) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered."""
@@ -256,6 +289,12 @@ class Proxy:
     async def _forward(
         self, decision: Decision, payload: bytes, stream: bool
     ) -> Relayed | Upstream:
+        if self.max_in_flight is not None:
+            in_flight = sum(s.in_flight for s in self.membership.engines.values())
+            if in_flight >= self.max_in_flight:
+                raise EngineOverloaded(
+                    f"the gateway already has {in_flight} requests in flight; retry shortly"
+                )
         self.metrics.decisions.labels(decision.reason).inc()
         return await self._try_in_order(decision.ranked, payload, stream, moved=False,
                                          work=decision.work)
@@ -267,6 +306,7 @@ class Proxy:
         """The first of `ranked` that answers; each move past the placement counts as a
         failover, and an engine ejected meanwhile is skipped (never retry a dead engine)."""
         failures: list[str] = []
+        busy: list[float] = []
         for engine_id in ranked:
             if failures or moved:
                 if engine_id not in self.membership.healthy_ids():
@@ -286,8 +326,19 @@ class Proxy:
                 raise
             if isinstance(answer, Relayed):
                 self.finished(engine_id, answer.status, usage_of_json(answer.body), work)
+                cause = await self.judge.moves_on(engine_id, answer.status, answer.headers,
+                                                  payload)
+                if cause is not None:
+                    self.metrics.failovers.labels(engine_id).inc()
+                    failures.append(f"{engine_id}: {cause}")
+                    if status_verdict(answer.status, answer.headers) is Verdict.BUSY:
+                        busy.append(retry_after(answer.headers))
+                    continue
             return answer
-        raise EngineUnavailable("no engine could answer: " + ("; ".join(failures) or "none left"))
+        reason = "no engine could answer: " + ("; ".join(failures) or "none left")
+        if busy and len(busy) == len(failures):
+            raise EngineOverloaded(reason, retry_after=min(busy))
+        raise EngineUnavailable(reason)
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
                        work: float = 0.0) -> Relayed | Upstream:
@@ -298,13 +349,15 @@ class Proxy:
         started = time.monotonic()
         try:
             response = await self.client.send(request, stream=True)
+        except httpx.PoolTimeout as exc:  # this gateway is busy, not the engine
+            raise EngineOverloaded(
+                "every connection to the engines is busy; retry shortly"
+            ) from exc
         except httpx.TransportError as exc:
             raise EngineFailed(type(exc).__name__) from exc
         try:
-            if response.status_code >= 500:
-                raise EngineFailed(f"HTTP {response.status_code}")
             relayed = relayed_headers(response, engine_id)
-            if not stream or response.status_code != 200:
+            if not stream or response.status_code != 200:  # buffered whole, judged by the caller
                 body = await response.aread()
                 if response.status_code == 200:
                     self.metrics.first_token.observe(time.monotonic() - started)

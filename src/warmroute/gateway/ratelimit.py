@@ -2,18 +2,24 @@
 
 `check` runs before a request (both limits); `add_tokens` after it, with every token it used
 (cached ones count, as xAI counts them). In-process by default; with a Redis URL the counters
-live in Redis (INCR/INCRBY with an expiry), so gateway replicas share one limit.
+live in Redis (INCR/INCRBY with an expiry), so gateway replicas share one limit. When Redis
+cannot be reached (within `REDIS_TIMEOUT_S`), limits fail open to this process's own counters:
+no request fails for it, each replica then enforces the limits on what it sees alone, and the
+shared counters are used again as soon as Redis answers (README, "Limits and failures").
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from warmroute.errors import RateLimited
 
+log = logging.getLogger(__name__)
 WINDOW_S = 60
+REDIS_TIMEOUT_S = 0.5
 
 
 class Counters(Protocol):
@@ -45,21 +51,48 @@ class LocalCounters:
 
 
 class RedisCounters:
-    def __init__(self, url: str) -> None:
+    """Counters in Redis, falling back to `LocalCounters` while Redis fails (fail open)."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as redis
 
-        self.client: Any = redis.from_url(url)
+        self.client: Any = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                                          socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.fallback = LocalCounters(clock)
+        self.failing = False
 
     async def incr(self, name: str, amount: int, expire_s: int) -> int:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.incrby(name, amount)
-            pipe.expire(name, expire_s, nx=True)
-            value, _ = await pipe.execute()
-        return int(value)
+        async def shared() -> int:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, amount)
+                pipe.expire(name, expire_s, nx=True)
+                value, _ = await pipe.execute()
+            return int(value)
+
+        return await self._or_local(shared, lambda: self.fallback.incr(name, amount, expire_s))
 
     async def get(self, name: str) -> int:
-        value = await self.client.get(name)
-        return int(value) if value is not None else 0
+        async def shared() -> int:
+            value = await self.client.get(name)
+            return int(value) if value is not None else 0
+
+        return await self._or_local(shared, lambda: self.fallback.get(name))
+
+    async def _or_local(self, shared: Callable[[], Awaitable[int]],
+                        local: Callable[[], Awaitable[int]]) -> int:
+        try:
+            value = await shared()
+        except self.errors as exc:
+            if not self.failing:
+                log.warning("rate limits: Redis unavailable (%s); counting in this process",
+                            type(exc).__name__)
+            self.failing = True
+            return await local()
+        if self.failing:
+            log.info("rate limits: Redis answers again; shared counters in use")
+            self.failing = False
+        return value
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -84,6 +84,7 @@ class StreamSplice:
         self.usage_sent = False
         self.done = False
         self.failed: str | None = None
+        self.error_event: dict[str, Any] | None = None  # the engine's error event, if any
         self._partial = b""
 
     # -- reading one attempt --------------------------------------------------------------
@@ -123,6 +124,7 @@ class StreamSplice:
     def _event(self, event: dict[str, Any]) -> dict[str, Any] | None:
         if "choices" not in event and "error" in event:
             self.failed = f"an error event: {event['error']}"
+            self.error_event = event
             return None
         if self.template is None:
             self.template = {k: event[k] for k in CHUNK_FIELDS if k in event}
@@ -245,6 +247,7 @@ class StreamSplice:
         self.attempt_chunks = 0
         self.attempt_usage = None
         self.failed = None
+        self.error_event = None
         self._partial = b""
 
     def closing(self) -> bytes:

@@ -31,6 +31,7 @@ from warmroute.store.base import (
     hash_key,
     redact_key,
 )
+from warmroute.store.guard import guard_store
 from warmroute.store.migrations import apply_migrations
 from warmroute.store.sql import SqlStore
 
@@ -62,7 +63,8 @@ async def open_store(
     schema up to date. `clock` stamps `schema_migrations.applied_at` only.
 
     Raises ValueError for an unsupported URL, `StoreUnavailable` when the database cannot be
-    reached or its schema is newer than this code.
+    reached or its schema is newer than this code. The store's database errors become
+    `StoreUnavailable` too (`guard.py`).
     """
     url = database_url(url_or_path)
     engine = make_engine(url)
@@ -75,4 +77,4 @@ async def open_store(
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(engine)
+    return guard_store(SqlStore(engine))

@@ -4,7 +4,10 @@ SQLite (the default, one file in the data dir): WAL so readers never wait for th
 `synchronous=FULL` so a commit is on disk when it returns, a busy timeout so concurrent
 processes wait for the write lock instead of failing, and `BEGIN IMMEDIATE` for transactions
 that write (`WRITE`), so a read-then-write transaction cannot lose a lock upgrade race.
-PostgreSQL: `postgresql://…` through psycopg 3. Nothing above this module knows which it is.
+PostgreSQL: `postgresql://…` through psycopg 3, with bounded waits: a connection is made within
+`POSTGRES_CONNECT_TIMEOUT_S` and a lock is granted within `POSTGRES_LOCK_TIMEOUT_MS`, or the
+operation fails (and `guard.py` answers 503), as SQLite's busy timeout does. Nothing above
+this module knows which it is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ WRITE: dict[str, Any] = {"warmroute_write": True}
 """Execution options for a transaction that writes (`engine.execution_options(**WRITE)`)."""
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_LOCK_TIMEOUT_MS = 10_000
+POSTGRES_CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10.0
 WAL_RETRY_S = 0.02
 SQLITE_FILE_NAME = "warmroute.db"
 POSTGRES_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg")
@@ -60,7 +66,26 @@ def database_url(url_or_path: str | os.PathLike[str]) -> sa.URL:
 def make_engine(url: sa.URL) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    return create_async_engine(url, pool_pre_ping=True)
+    return _postgres_engine(url)
+
+
+def _postgres_engine(url: sa.URL) -> AsyncEngine:
+    connect_args = {} if "connect_timeout" in url.query else {
+        "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    engine = create_async_engine(url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT_S,
+                                 connect_args=connect_args)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Outside a transaction, so that no rollback of the pool's undoes it.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET lock_timeout = {POSTGRES_LOCK_TIMEOUT_MS}")
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 def _sqlite_engine(url: sa.URL) -> AsyncEngine:

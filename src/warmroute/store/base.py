@@ -197,15 +197,40 @@ class ResponseStore(ABC):
 
 
 class DeferredStore(ABC):
-    @abstractmethod
-    async def create(
-        self, request_id: str, owner: str, created_at: float, expires_at: float
-    ) -> DeferredCompletion:
-        """A new PENDING entry; raises `DuplicateId` when the request id is taken."""
+    """A PENDING entry names its `runner` (the gateway running it), which renews
+    `heartbeat_at` while it runs; an entry whose heartbeat stopped is failed by `fail_stale`."""
 
     @abstractmethod
-    async def complete(self, request_id: str, result: Json) -> bool:
-        """PENDING → DONE with its result. False when unknown or no longer PENDING."""
+    async def create(
+        self, request_id: str, owner: str, created_at: float, expires_at: float,
+        runner: str = "",
+    ) -> DeferredCompletion:
+        """A new PENDING entry (its heartbeat at `created_at`); raises `DuplicateId` when the
+        request id is taken."""
+
+    @abstractmethod
+    async def complete(self, request_id: str, result: Json,
+                       charge: UsageRecord | None = None) -> bool:
+        """PENDING → DONE with its result and, in the same transaction, `charge` appended to
+        the usage ledger: both are written or neither. False when unknown or no longer PENDING
+        (then nothing is written)."""
+
+    @abstractmethod
+    async def pending(self, owner: str | None = None) -> int:
+        """How many entries (of `owner`, when given) are PENDING."""
+
+    @abstractmethod
+    async def heartbeat(self, runner: str, now: float) -> int:
+        """Renew `heartbeat_at` of the runner's PENDING entries; returns how many."""
+
+    @abstractmethod
+    async def fail_stale(self, before: float, error: Json) -> int:
+        """PENDING → FAILED with `error` for every entry whose heartbeat is older than `before`
+        (its runner stopped); returns how many."""
+
+    @abstractmethod
+    async def fail_runner(self, runner: str, error: Json) -> int:
+        """PENDING → FAILED with `error` for every entry of `runner`; returns how many."""
 
     @abstractmethod
     async def fail(self, request_id: str, error: Json) -> bool:

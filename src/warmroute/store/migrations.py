@@ -126,9 +126,19 @@ def m006_api_key_admin(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
+def m007_deferred_runner(conn: Connection) -> None:
+    """Which gateway runs a PENDING deferred completion, and when it last said it still does
+    (older rows have neither: they count as stale)."""
+    conn.execute(sa.text("ALTER TABLE deferred_completions ADD COLUMN runner TEXT"))
+    conn.execute(sa.text(
+        "ALTER TABLE deferred_completions ADD COLUMN heartbeat_at DOUBLE PRECISION"))
+    conn.execute(sa.text(
+        "CREATE INDEX deferred_status_owner ON deferred_completions (status, owner)"))
+
+
 STEPS = (
     m001_responses, m002_deferred_completions, m003_api_keys, m004_usage_ledger,
-    m005_deployment_settings, m006_api_key_admin,
+    m005_deployment_settings, m006_api_key_admin, m007_deferred_runner,
 )
 MIGRATIONS = tuple(Migration(i + 1, step.__name__, step) for i, step in enumerate(STEPS))
 

@@ -44,6 +44,9 @@ deferred_completions = sa.Table(
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Column("result", sa.JSON(none_as_null=True)),
     sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("runner", sa.Text),
+    sa.Column("heartbeat_at", sa.Double),
+    sa.Index("deferred_status_owner", "status", "owner"),
 )
 
 api_keys = sa.Table(

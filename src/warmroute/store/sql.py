@@ -12,13 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warmroute.errors import InvalidRequest
 from warmroute.store.base import (
     ApiKey,
     ApiKeyStore,
-    DeferredCompletion,
-    DeferredStatus,
-    DeferredStore,
     DuplicateId,
     Json,
     ResponseNotFound,
@@ -26,11 +22,11 @@ from warmroute.store.base import (
     Store,
     StoredResponse,
 )
+from warmroute.store.deferred import SqlDeferred
 from warmroute.store.ledger import SqlUsage
 from warmroute.store.parts import Tables as _Tables
 from warmroute.store.schema import (
     api_keys,
-    deferred_completions,
     responses,
     schema_migrations,
 )
@@ -150,74 +146,6 @@ def _visible(table: sa.FromClause, owner: str, now: float | None) -> list[sa.Col
     if now is not None:
         conditions.append(table.c.expires_at > now)
     return conditions
-
-
-class SqlDeferred(_Tables, DeferredStore):
-    async def create(
-        self, request_id: str, owner: str, created_at: float, expires_at: float
-    ) -> DeferredCompletion:
-        if expires_at <= created_at:
-            raise InvalidRequest("expires_at must be after created_at")
-        entry = DeferredCompletion(
-            request_id, owner, DeferredStatus.PENDING, created_at, expires_at
-        )
-        try:
-            async with self._writer.begin() as conn:
-                await conn.execute(
-                    deferred_completions.insert().values(
-                        request_id=request_id,
-                        owner=owner,
-                        status=entry.status.value,
-                        created_at=created_at,
-                        expires_at=expires_at,
-                    )
-                )
-        except sa.exc.IntegrityError as exc:
-            raise DuplicateId(f"deferred request id {request_id!r} already exists") from exc
-        return entry
-
-    async def complete(self, request_id: str, result: Json) -> bool:
-        return await self._finish(request_id, DeferredStatus.DONE, result=result)
-
-    async def fail(self, request_id: str, error: Json) -> bool:
-        return await self._finish(request_id, DeferredStatus.FAILED, error=error)
-
-    async def _finish(self, request_id: str, status: DeferredStatus, **values: Any) -> bool:
-        d = deferred_completions
-        async with self._writer.begin() as conn:
-            result = await conn.execute(
-                d.update()
-                .where(d.c.request_id == request_id, d.c.status == DeferredStatus.PENDING.value)
-                .values(status=status.value, **values)
-            )
-        return result.rowcount > 0
-
-    async def get(self, request_id: str, owner: str, now: float) -> DeferredCompletion | None:
-        d = deferred_completions
-        query = sa.select(d).where(d.c.request_id == request_id, d.c.owner == owner)
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        if now >= row.expires_at:
-            return DeferredCompletion(
-                row.request_id, row.owner, DeferredStatus.EXPIRED, row.created_at, row.expires_at
-            )
-        return DeferredCompletion(
-            row.request_id,
-            row.owner,
-            DeferredStatus(row.status),
-            row.created_at,
-            row.expires_at,
-            row.result,
-            row.error,
-        )
-
-    async def purge_expired(self, now: float) -> int:
-        d = deferred_completions
-        async with self._writer.begin() as conn:
-            result = await conn.execute(d.delete().where(d.c.expires_at <= now))
-        return result.rowcount
 
 
 class SqlApiKeys(_Tables, ApiKeyStore):
