@@ -32,6 +32,8 @@ ROUTES = {
     ("GET", "/v1/language-models"), ("GET", "/v1/language-models/{model_id}"),
     ("GET", "/v1/usage"), ("GET", "/health"), ("GET", "/metrics"),
     ("GET", "/v1/admin/engines"), ("GET", "/v1/admin/dashboard"),
+    ("POST", "/v1/messages"), ("POST", "/v1/responses/compact"), ("POST", "/v1/tokenize-text"),
+    ("GET", "/v1/chat/deferred-completion/{request_id}"),
 }
 
 

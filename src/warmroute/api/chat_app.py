@@ -10,7 +10,7 @@ carries `x-warmroute-engine`. A client that goes away cancels its upstream reque
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -32,8 +32,13 @@ from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
 from warmroute.gateway.usage import usage_from
 
+DeferredStart = Callable[[Caller, RequestFeatures, dict[str, Any]], Awaitable[Response]]
 
-def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter) -> None:
+
+def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter,
+                    deferred: DeferredStart | None = None) -> None:
+    """`deferred` starts a request whose body asks for `deferred` (`api/deferred_app.py`)."""
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         caller = await auth.caller(request.headers.get("authorization"))
@@ -42,6 +47,8 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
         check_relayed_fields(body)
         features = request_features(request.headers, body, gw.indexes_prompts,
                                     tenant_id(caller.cache_salt))
+        if deferred is not None and body.get("deferred", False) is not False:
+            return await deferred(caller, features, body)
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened = await unless_disconnected(
@@ -92,14 +99,20 @@ async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Res
     before the answer leaves)."""
     if answer.status != 200:
         return relayed_response(answer)
-    data = json.loads(answer.body)
+    data = await metered_data(answer, meter, caller)
+    headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
+    return JSONResponse(data, status_code=answer.status, headers=headers)
+
+
+async def metered_data(answer: Relayed, meter: Meter, caller: Caller) -> dict[str, Any]:
+    """A whole 200 answer's JSON, its ledger row written, its usage priced."""
+    data: dict[str, Any] = json.loads(answer.body)
     usage = usage_from(data.get("usage") or {})
     model = str(data.get("model", ""))
     cost = await meter.record(caller, "chat.completions", model, answer.engine_id, usage)
     if isinstance(data.get("usage"), dict):
         data["usage"]["cost_in_usd_ticks"] = cost
-    headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
-    return JSONResponse(data, status_code=answer.status, headers=headers)
+    return data
 
 
 def relayed_response(answer: Relayed) -> Response:

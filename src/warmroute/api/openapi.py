@@ -11,7 +11,10 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from warmroute.api.chat_completions import ChatCompletionBody
+from warmroute.api.compaction_app import CompactBody
+from warmroute.api.messages import MessagesBody
 from warmroute.api.responses import ResponsesBody
+from warmroute.api.tokenize_app import TokenizeBody
 
 REF = "#/components/schemas/{model}"
 ENVELOPE = {
@@ -32,6 +35,23 @@ ERRORS = {
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/v1/chat/completions", "post"): ChatCompletionBody,
     ("/v1/responses", "post"): ResponsesBody,
+    ("/v1/responses/compact", "post"): CompactBody,
+    ("/v1/messages", "post"): MessagesBody,
+    ("/v1/tokenize-text", "post"): TokenizeBody,
+}
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "properties": {"type": {"type": "string"}, "error": {
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        "required": ["type", "message"],
+    }},
+    "required": ["type", "error"],
+}
+ANTHROPIC_ERRORS = {
+    "400": "Invalid request", "401": "Missing or unknown API key", "403": "Revoked API key",
+    "404": "Not found", "413": "Body too large", "429": "Rate limited",
+    "500": "Internal error", "529": "No engine available",
 }
 STREAMED = {
     "application/json": {"schema": {"type": "object"}},
@@ -80,5 +100,28 @@ def gateway_openapi(app: FastAPI) -> dict[str, Any]:
             error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
             for status, description in ERRORS.items():
                 responses.setdefault(status, {"description": description, "content": error})
+    surface_extras(document.get("paths", {}), components)
     app.openapi_schema = document
     return document
+
+
+def surface_extras(paths: dict[str, Any], components: dict[str, Any]) -> None:
+    """What some surfaces answer beyond the common case: Anthropic's errors on `/v1/messages`,
+    202 for a deferred completion still running, `deferred` on Chat Completions."""
+    components["AnthropicError"] = ANTHROPIC_ERROR
+    messages = paths.get("/v1/messages", {}).get("post")
+    if messages is not None:
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}
+        kept = {k: v for k, v in messages["responses"].items() if k[0] not in "45"}
+        messages["responses"] = {**kept, **{status: {"description": text, "content": error}
+                                            for status, text in ANTHROPIC_ERRORS.items()}}
+    deferred = paths.get("/v1/chat/deferred-completion/{request_id}", {}).get("get")
+    if deferred is not None:
+        deferred["responses"]["202"] = {"description": "Still running", "content": {
+            "application/json": {"schema": {"type": "object"}}}}
+    chat = components.get(ChatCompletionBody.__name__)
+    if chat is not None:
+        chat.setdefault("properties", {})["deferred"] = {
+            "type": "boolean", "default": False,
+            "description": "Answer {request_id} at once; read the completion at "
+                           "/v1/chat/deferred-completion/{request_id}"}

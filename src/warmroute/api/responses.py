@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from warmroute.errors import InvalidRequest
 from warmroute.types import ROLES, ChatMessage, Usage
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
+CompactionOpener = Callable[[dict[str, Any], str], list[ChatMessage]]
 
 
 class ResponsesBody(BaseModel):
@@ -71,8 +72,12 @@ def _item_text(content: Any, where: str) -> str:
     return "".join(texts)
 
 
-def input_messages(input_: str | list[dict[str, Any]]) -> list[ChatMessage]:
-    """The conversation items of `input`: messages and earlier output messages."""
+def input_messages(
+    input_: str | list[dict[str, Any]], compaction: CompactionOpener | None = None
+) -> list[ChatMessage]:
+    """The conversation items of `input`: messages and earlier output messages. With
+    `compaction` (which opens one), a compaction item stands for the history it replaced, and
+    every item before it is dropped."""
     if isinstance(input_, str):
         return [ChatMessage("user", input_)]
     messages: list[ChatMessage] = []
@@ -81,6 +86,9 @@ def input_messages(input_: str | list[dict[str, Any]]) -> list[ChatMessage]:
         kind = item.get("type", "message")
         if kind == "reasoning":
             continue  # no reasoning models here; a replayed reasoning item carries no text
+        if kind == "compaction" and compaction is not None:
+            messages = compaction(item, where)
+            continue
         if kind != "message":
             raise InvalidRequest(f"{where}: unsupported item type {kind!r}")
         role = item.get("role")

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from warmroute.api.compaction_app import compaction_opener, drops_history
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses import (
     ResponseDraft,
@@ -29,6 +30,7 @@ from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.auth import Authenticator, Caller
+from warmroute.gateway.compaction import Compactor
 from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
@@ -37,21 +39,30 @@ from warmroute.types import ChatMessage, SamplingParams
 
 
 class ResponsesService:
-    def __init__(self, conversations: Conversations, meter: Meter) -> None:
+    def __init__(
+        self, conversations: Conversations, meter: Meter, compactor: Compactor | None = None
+    ) -> None:
         self.conversations = conversations
         self.meter = meter
+        self.compactor = compactor
         self.store = conversations.store
         self.clock = conversations.clock
+
+    def new_messages(self, body: ResponsesBody, caller: Caller) -> list[ChatMessage]:
+        """The turn's new messages: `instructions`, then `input` (compaction items opened)."""
+        opener = compaction_opener(self.compactor, caller.team) if self.compactor else None
+        new = input_messages(body.input, opener)
+        if body.instructions is not None:
+            new = [ChatMessage("system", body.instructions), *new]
+        return new
 
     async def resolve(
         self, request: Request, raw: dict[str, Any], body: ResponsesBody, caller: Caller
     ) -> Turn:
-        new = input_messages(body.input)
-        if body.instructions is not None:
-            new = [ChatMessage("system", body.instructions), *new]
+        new = self.new_messages(body, caller)
         key = routing_key(request.headers, raw)
-        return await self.conversations.plan(caller.team, key, new, body.previous_response_id,
-                                             caller.cache_salt)
+        previous = None if drops_history(body.input) else body.previous_response_id
+        return await self.conversations.plan(caller.team, key, new, previous, caller.cache_salt)
 
     @staticmethod
     def engine_body(

@@ -110,3 +110,86 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         status, "Client specified an invalid argument"
     )
     return JSONResponse({"code": code, "error": str(detail)}, status_code=status)
+
+
+# Anthropic's error shape and statuses, for the Messages surface (`/v1/messages`).
+ANTHROPIC_ERRORS: dict[type[WarmrouteError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    UnsupportedMediaType: (400, "invalid_request_error"),
+    PayloadTooLarge: (413, "request_too_large"),
+    AuthError: (401, "authentication_error"),
+    PermissionDenied: (403, "permission_error"),
+    NotFound: (404, "not_found_error"),
+    RateLimited: (429, "rate_limit_error"),
+    RequestFailed: (500, "api_error"),
+    EngineUnavailable: (529, "overloaded_error"),
+    StoreUnavailable: (500, "api_error"),
+}
+
+
+def anthropic_status(exc: BaseException) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ANTHROPIC_ERRORS:
+            return ANTHROPIC_ERRORS[cls]
+    return 500, "api_error"
+
+
+def anthropic_error_body(exc: BaseException) -> dict[str, object]:
+    message = exc.message if isinstance(exc, WarmrouteError) else "internal error"
+    return {"type": "error", "error": {"type": anthropic_status(exc)[1], "message": message}}
+
+
+def anthropic_error_response(exc: BaseException) -> JSONResponse:
+    if not isinstance(exc, WarmrouteError):
+        log.error("unhandled error on /v1/messages", exc_info=exc)
+    response = error_response(exc)  # for its retry-after
+    return JSONResponse(anthropic_error_body(exc), status_code=anthropic_status(exc)[0],
+                        headers={k: v for k, v in response.headers.items() if k == "retry-after"})
+
+
+def anthropic_sse_error(exc: BaseException) -> bytes:
+    """An error inside a Messages stream that has already started."""
+    return b"event: error\ndata: " + json.dumps(anthropic_error_body(exc)).encode() + b"\n\n"
+
+
+def socket_error_event(exc: BaseException) -> dict[str, object]:
+    """An error on a Responses WebSocket, as the `error` event of a Responses stream (the socket
+    stays open): xAI's code text, the message, and the HTTP status the request would have had."""
+    wire = wire_error_for(exc)
+    message = exc.message if isinstance(exc, WarmrouteError) else "internal error"
+    return {"type": "error", "status": wire.status, "code": wire.code, "message": message,
+            "param": None}
+
+
+def deferred_failure(exc: WarmrouteError) -> dict[str, object]:
+    """What a failed deferred request stores: its gRPC code (read by gRPC), HTTP status and
+    envelope code (read by REST), and message."""
+    wire = wire_error_for(exc)
+    return {"code": wire.grpc_code, "status": wire.status, "http_code": wire.code,
+            "message": exc.message}
+
+
+def deferred_error_response(error: dict[str, object]) -> JSONResponse:
+    """A stored deferred failure answered on REST, in xAI's envelope with its status."""
+    status = error.get("status")
+    return JSONResponse(
+        {"code": str(error.get("http_code") or INTERNAL.code),
+         "error": str(error.get("message") or "the deferred request failed")},
+        status_code=status if isinstance(status, int) else INTERNAL.status,
+    )
+
+
+def relayed_failure(status: int, body: bytes) -> dict[str, object]:
+    """An engine's error answer (xAI's envelope) as a deferred request stores it, so that REST
+    answers it as the engine did and gRPC with the matching code."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None
+    if not isinstance(envelope, dict):
+        envelope = {"error": body.decode(errors="replace")[:1000]}
+    grpc_code = next((w.grpc_code for w in WIRE_ERRORS.values() if w.status == status),
+                     INTERNAL.grpc_code)
+    return {"code": grpc_code, "status": status,
+            "http_code": str(envelope.get("code") or INTERNAL.code),
+            "message": str(envelope.get("error") or "the deferred request failed")}

@@ -1,6 +1,7 @@
 """xAI's gRPC API on the gateway (`grpc.aio`), with the service modules `xai-sdk` ships.
 
-`xai_api.Chat` (completions, streamed completions, deferred and stored completions),
+`xai_api.Chat` (completions, streamed completions, deferred and stored completions, context
+compaction: a message carrying a compaction's `encrypted_content` stands for it),
 `xai_api.Models`, `xai_api.Auth` and `xai_api.Tokenize`; every other RPC answers UNIMPLEMENTED
 (the generated servicer base classes do). Requests take the same path as HTTP ones: the routing
 key comes from the `x-grok-conv-id` metadata, conversations go through `Conversations`, engines
@@ -33,19 +34,22 @@ from xai_sdk.proto import (
 )
 
 from warmroute.api import xai_grpc_wire as wire
+from warmroute.api.compaction_app import compaction_opener
 from warmroute.api.wire_errors import wire_error_for
 from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.auth import Authenticator, Caller
+from warmroute.gateway.compaction import Compactor
 from warmroute.gateway.conversations import Conversations, Turn
+from warmroute.gateway.deferred import DeferredRuns, surface_of
 from warmroute.gateway.features import CONV_ID_HEADER, validate_key
 from warmroute.gateway.metering import Meter
+from warmroute.gateway.tokenizers import tokenize
 from warmroute.pricing import price_for
 from warmroute.store import DeferredStatus
 from warmroute.types import Usage
 
 log = logging.getLogger(__name__)
-DEFERRED_TTL_S = 24 * 3600.0
 MAX_MESSAGE_BYTES = 20 * 2**20
 SERVER_OPTIONS = [
     # The SDK pings every 30 s, also with no call in flight: accept that, never GOAWAY it.
@@ -89,11 +93,13 @@ async def caller_of(auth: Authenticator, context: grpc.aio.ServicerContext) -> C
 
 
 class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
-    def __init__(self, conversations: Conversations, auth: Authenticator, meter: Meter) -> None:
+    def __init__(self, conversations: Conversations, auth: Authenticator, meter: Meter,
+                 deferred: DeferredRuns, compactor: Compactor) -> None:
         self.conversations = conversations
         self.auth = auth
         self.meter = meter
-        self.background: set[asyncio.Task[None]] = set()
+        self.deferred = deferred  # shared with REST deferred completions
+        self.compactor = compactor
 
     async def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         caller = await caller_of(self.auth, context)
@@ -103,10 +109,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
     async def plan(
         self, request: Any, context: grpc.aio.ServicerContext, caller: Caller
     ) -> Turn:
-        messages = wire.request_messages(request)
+        messages = wire.request_messages(request, compaction_opener(self.compactor, caller.team))
         wire.request_sampling(request)  # validate before anything runs
-        previous = (
-            request.previous_response_id if request.HasField("previous_response_id") else None
+        previous = (  # a compaction message replaces the history before it
+            request.previous_response_id if request.HasField("previous_response_id")
+            and not any(m.encrypted_content for m in request.messages) else None
         )
         if not messages and previous is None:
             raise InvalidRequest("messages must not be empty")
@@ -192,36 +199,20 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
     ) -> Any:
         caller = await self.caller(context)
         turn = await self.plan(request, context, caller)
-        request_id = str(uuid.uuid4())
-        now = self.conversations.clock()
-        store = self.conversations.store()
-        await store.deferred.create(request_id, caller.team, now, now + DEFERRED_TTL_S)
-        task = asyncio.create_task(self.run_deferred(request_id, request, turn, caller))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        return deferred_pb2.StartDeferredResponse(request_id=request_id)
 
-    async def run_deferred(
-        self, request_id: str, request: Any, turn: Turn, caller: Caller
-    ) -> None:
-        store = self.conversations.store()
-        try:
-            proto = await self.complete(request, turn, caller)
-        except WarmrouteError as exc:
-            await store.deferred.fail(request_id, {"code": wire_error_for(exc).grpc_code,
-                                                   "message": exc.message})
-            return
-        await store.deferred.complete(request_id, MessageToDict(proto))
+        async def work() -> dict[str, Any]:
+            return dict(MessageToDict(await self.complete(request, turn, caller)))
+
+        request_id = await self.deferred.start(caller.team, work)
+        return deferred_pb2.StartDeferredResponse(request_id=request_id)
 
     @rpc
     async def GetDeferredCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         caller = await caller_of(self.auth, context)
-        now = self.conversations.clock()
-        found = await self.conversations.store().deferred.get(
-            request.request_id, caller.team, now
-        )
-        if found is None:
-            raise NotFound(f"Deferred request {request.request_id!r} was not found")
+        found = await self.deferred.get(request.request_id, caller.team)
+        if found.result is not None and surface_of(found.result) != "grpc":
+            raise InvalidRequest(f"Deferred request {request.request_id!r} was started over "
+                                 "REST: read it at /v1/chat/deferred-completion/{request_id}")
         if found.status is DeferredStatus.FAILED:
             error = found.error or {}
             code = getattr(grpc.StatusCode, str(error.get("code")), grpc.StatusCode.INTERNAL)
@@ -265,10 +256,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
             raise NotFound(f"Response {request.response_id!r} was not found")
         return chat_pb2.DeleteStoredCompletionResponse(response_id=request.response_id)
 
-    async def stop(self) -> None:
-        for task in list(self.background):
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+    @rpc
+    async def CompactContext(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = await self.caller(context)
+        messages = wire.proto_messages(request.input,
+                                       compaction_opener(self.compactor, caller.team))
+        compacted = await self.compactor.compact(caller, conversation_key(context), messages,
+                                                 None, request.model or None, "grpc.compact")
+        return wire.compact_context_response(compacted)
 
 
 def final_response(last_chunk: Any, text: str) -> Any:
@@ -344,15 +339,9 @@ class TokenizeService(tokenize_pb2_grpc.TokenizeServicer):  # type: ignore[misc]
     async def TokenizeText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await caller_of(self.auth, context)
         tokenizer = await asyncio.to_thread(self.tokenizer_for, request.model)
-        ids = tokenizer.encode(request.text, add_special_tokens=False)
-        tokens = [
-            tokenize_pb2.Token(
-                token_id=i,
-                string_token=tokenizer.decode([i]),
-                token_bytes=tokenizer.decode([i]).encode(),
-            )
-            for i in ids
-        ]
+        pieces = await asyncio.to_thread(tokenize, tokenizer, request.text)
+        tokens = [tokenize_pb2.Token(token_id=p.token_id, string_token=p.string_token,
+                                     token_bytes=p.token_bytes) for p in pieces]
         return tokenize_pb2.TokenizeTextResponse(tokens=tokens, model=request.model)
 
 
@@ -363,9 +352,11 @@ async def start_grpc_server(
     host: str,
     port: int,
     tokenizer_for: Callable[[str], Any],
-) -> tuple[grpc.aio.Server, ChatService]:
+    deferred: DeferredRuns,
+    compactor: Compactor,
+) -> grpc.aio.Server:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    chat = ChatService(conversations, auth, meter)
+    chat = ChatService(conversations, auth, meter, deferred, compactor)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     models = ModelsService(conversations, auth, meter, time.time())
     models_pb2_grpc.add_ModelsServicer_to_server(models, server)
@@ -373,10 +364,9 @@ async def start_grpc_server(
     tokenize_pb2_grpc.add_TokenizeServicer_to_server(TokenizeService(auth, tokenizer_for), server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    return server, chat
+    return server
 
 
-async def stop_grpc_server(server: grpc.aio.Server, chat: ChatService) -> None:
-    await chat.stop()
+async def stop_grpc_server(server: grpc.aio.Server) -> None:
     await server.stop(grace=2.0)
 

@@ -13,7 +13,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from xai_sdk.proto import chat_pb2, sample_pb2, usage_pb2
 
+from warmroute.api.responses import CompactionOpener
 from warmroute.errors import InvalidRequest
+from warmroute.gateway.compaction import Compacted
 from warmroute.types import ChatMessage, Role, SamplingParams, Usage
 
 ROLE_NAMES: dict[int, Role] = {
@@ -31,10 +33,25 @@ FINISH_REASONS = {
 }
 
 
-def request_messages(request: Any) -> list[ChatMessage]:
+def request_messages(
+    request: Any, compaction: CompactionOpener | None = None
+) -> list[ChatMessage]:
     """The conversation of a `GetCompletionsRequest`; text content only."""
+    return proto_messages(request.messages, compaction)
+
+
+def proto_messages(
+    protos: Any, compaction: CompactionOpener | None = None
+) -> list[ChatMessage]:
+    """`Message` protos as the conversation; with `compaction` (which opens one), a message
+    with `encrypted_content` (how `xai-sdk` sends a compaction back) stands for what it
+    replaced, and the messages before it are dropped."""
     messages: list[ChatMessage] = []
-    for index, message in enumerate(request.messages):
+    for index, message in enumerate(protos):
+        if message.encrypted_content and compaction is not None:
+            messages = compaction({"encrypted_content": message.encrypted_content},
+                                  f"messages[{index}]")
+            continue
         role = ROLE_NAMES.get(message.role)
         if role is None:
             name = chat_pb2.MessageRole.Name(message.role) if message.role in (
@@ -142,3 +159,12 @@ def completion_chunk(
     if usage is not None:
         chunk.usage.CopyFrom(sampling_usage(usage, cost_in_usd_ticks))
     return chunk
+
+
+def compact_context_response(compacted: Compacted) -> Any:
+    return chat_pb2.CompactContextResponse(
+        id=compacted.compaction.id,
+        encrypted_content=compacted.encrypted_content,
+        dropped_message_count=compacted.compaction.dropped,
+        usage=sampling_usage(compacted.usage, compacted.cost_in_usd_ticks),
+    )

@@ -1,5 +1,6 @@
 """Assembling the gateway's web app: one `Gateway`, the store, keys, metering, and every surface's
-routes (Chat Completions, Responses, account, status; gRPC beside them), bound to one lifespan.
+routes (Chat Completions with deferred ones, Responses over HTTP and WebSocket, compaction,
+Anthropic Messages, tokenize, account, status; gRPC beside them), bound to one lifespan.
 
 The lifespan opens the store, reads the deployment's cache secret from it, starts the gateway
 (connection pools, probes), the purger of expired records and, when configured, the gRPC
@@ -22,11 +23,17 @@ from warmroute.api.account_app import add_account_routes
 from warmroute.api.admin_app import add_admin_routes
 from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.chat_app import add_chat_routes
+from warmroute.api.compaction_app import add_compaction_routes
 from warmroute.api.dashboard_app import add_dashboard_routes
+from warmroute.api.deferred_app import add_deferred_routes, deferred_chat
+from warmroute.api.messages_app import add_messages_routes
 from warmroute.api.openapi import gateway_openapi
 from warmroute.api.responses_app import ResponsesService, add_responses_routes
+from warmroute.api.responses_ws import add_responses_socket
 from warmroute.api.status_app import add_status_routes
+from warmroute.api.tokenize_app import add_tokenize_routes
 from warmroute.api.wire_errors import (
+    deferred_failure,
     handle_http_exception,
     handle_unexpected_error,
     handle_warmroute_error,
@@ -35,7 +42,9 @@ from warmroute.api.xai_grpc import start_grpc_server, stop_grpc_server
 from warmroute.config import GatewayConfig
 from warmroute.errors import StoreUnavailable, WarmrouteError
 from warmroute.gateway.auth import Authenticator, deployment_secret
+from warmroute.gateway.compaction import Compactor
 from warmroute.gateway.conversations import Conversations
+from warmroute.gateway.deferred import DeferredRuns
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.ratelimit import make_rate_limiter
@@ -61,6 +70,8 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         cache_s=gw.config.key_cache_s,
     )
     meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
+    deferred = DeferredRuns(store, deferred_failure)  # REST and gRPC deferred completions
+    compactor = Compactor(conversations, meter, lambda: auth.secret)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,13 +84,15 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         grpc_server = None
         if gw.config.grpc_port:
             grpc_server = await start_grpc_server(
-                conversations, auth, meter, gw.config.host, gw.config.grpc_port, local_tokenizer
+                conversations, auth, meter, gw.config.host, gw.config.grpc_port, local_tokenizer,
+                deferred, compactor,
             )
         try:
             yield
         finally:
             if grpc_server is not None:
-                await stop_grpc_server(*grpc_server)
+                await stop_grpc_server(grpc_server)
+            await deferred.stop()
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
@@ -93,15 +106,27 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
     app.add_exception_handler(WarmrouteError, handle_warmroute_error)
     app.add_exception_handler(HTTPException, handle_http_exception)
     app.add_exception_handler(Exception, handle_unexpected_error)
-    add_chat_routes(app, gw, auth, meter)
-    add_responses_routes(app, ResponsesService(conversations, meter), auth,
-                         gw.config.max_body_bytes)
+    add_surfaces(app, conversations, auth, meter, deferred, compactor)
     add_account_routes(app, auth, meter, gw)
     add_status_routes(app, gw, auth)
     add_admin_routes(app, gw, auth)
     add_dashboard_routes(app, gw, auth, meter)
     app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def add_surfaces(app: FastAPI, conversations: Conversations, auth: Authenticator, meter: Meter,
+                 deferred: DeferredRuns, compactor: Compactor) -> None:
+    """The HTTP and WebSocket surfaces that answer requests for tokens."""
+    gw, limit = conversations.gw, conversations.gw.config.max_body_bytes
+    add_chat_routes(app, gw, auth, meter, deferred_chat(gw, meter, deferred))
+    add_deferred_routes(app, deferred, auth)
+    responses = ResponsesService(conversations, meter, compactor)
+    add_responses_routes(app, responses, auth, limit)
+    add_responses_socket(app, responses, auth)
+    add_compaction_routes(app, conversations, compactor, auth, limit)
+    add_messages_routes(app, conversations, meter, auth, limit)
+    add_tokenize_routes(app, gw, auth, meter, local_tokenizer)
 
 
 async def purge_expired(store: Store, interval_s: float) -> None:

@@ -66,6 +66,22 @@ class Conversations:
         previous_engine: str | None = None
         if previous_id is not None:
             history, previous_engine = await self.history(previous_id, owner)
+        return await self.place(owner, key, history, new_messages, previous_engine,
+                                previous_id, cache_salt)
+
+    async def place(
+        self,
+        owner: str,
+        key: str | None,
+        history: Sequence[ChatMessage],
+        new_messages: Sequence[ChatMessage],
+        previous_engine: str | None,
+        previous_id: str | None = None,
+        cache_salt: str = "",
+    ) -> Turn:
+        """Place a turn whose history is already known (a WebSocket's own chain, a compaction,
+        a stateless surface): `previous_engine`, the one holding the history's KV, goes first
+        while healthy."""
         # Placement and the engine's in-flight slot must not be separated by an await: callers
         # forward right after planning, within the same task step.
         messages = [*history, *new_messages]
