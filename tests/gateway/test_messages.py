@@ -148,3 +148,24 @@ def test_keys_are_checked_in_anthropic_shape(fleet: Fleet, tmp_path: Path) -> No
             "model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
             headers={"authorization": f"Bearer {secret}"}, timeout=60)
         assert bearer.status_code == 200
+
+
+def test_final_assistant_message_is_a_prefill(gateway: tuple[str, Path]) -> None:
+    """Anthropic's prefill: the answer continues a final assistant message, so the prompt ends
+    inside that message (no end of turn, no new assistant header)."""
+    url, _ = gateway
+    sdk = client(url)
+    messages: list[Any] = [{"role": "user", "content": "Count to five."},
+                           {"role": "assistant", "content": "One, two,"}]
+    prefilled = sdk.messages.create(model=MODEL, max_tokens=4, messages=messages,
+                                    extra_body=GREEDY)
+    closed = sdk.messages.create(model=MODEL, max_tokens=4, extra_body=GREEDY,
+                                 messages=[*messages, {"role": "user", "content": "."}])
+    tail = httpx.post(url + "/v1/tokenize-text", json={
+        "model": MODEL, "text": "<|im_end|>\n<|im_start|>user\n.<|im_end|>\n"
+                                "<|im_start|>assistant\n"}).json()["token_ids"]
+    assert prompt_tokens(closed.usage) - prompt_tokens(prefilled.usage) == len(tail)
+    assert prefilled.usage.output_tokens > 0
+    streamed_as_text = httpx.post(url + "/v1/messages", json={
+        "model": MODEL, "max_tokens": 2, "stream": "true", "messages": messages})
+    assert streamed_as_text.status_code == 400

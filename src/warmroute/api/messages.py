@@ -5,8 +5,10 @@ Text only: `system` (a string or text blocks), `messages` whose content is a str
 blocks; `cache_control` on a block is accepted and changes nothing (caching is automatic, as on
 xAI). Usage is Anthropic's: `input_tokens` counts the prompt tokens not read from cache,
 `cache_read_input_tokens` those that were (their sum is the prompt), and
-`cache_creation_input_tokens` is always 0 (there is no cache write, nor its fee). Pure
-translation: no routing, no store.
+`cache_creation_input_tokens` is always 0 (there is no cache write, nor its fee). A final
+assistant message is a prefill: the answer continues it. `stop_reason` is `end_turn` or
+`max_tokens` (the engines do not say which stop ended an answer). Pure translation: no routing,
+no store.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from warmroute.api.chat_completions import describe_validation_error
 from warmroute.errors import InvalidRequest
@@ -39,7 +41,7 @@ class MessagesBody(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = None
     stop_sequences: list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False  # "true" is a 400, not a stream
     metadata: dict[str, Any] | None = None
 
 
@@ -89,6 +91,13 @@ def conversation(body: MessagesBody) -> list[ChatMessage]:
             "(the system prompt goes in `system`)"
         )
     return messages
+
+
+def prefill(messages: list[ChatMessage]) -> dict[str, bool]:
+    """Engine fields that make a final assistant message one the answer continues."""
+    if messages and messages[-1].role == "assistant":
+        return {"continue_final_message": True, "add_generation_prompt": False}
+    return {}
 
 
 def sampling(body: MessagesBody) -> SamplingParams:

@@ -58,7 +58,7 @@ class MessagesService:
                                               caller.cache_salt)
         engine_body = {
             **engine_calls.chat_body(body.model, turn.messages, wire.sampling(body), body.stream),
-            "cache_salt": caller.cache_salt,
+            **wire.prefill(turn.messages), "cache_salt": caller.cache_salt,
         }
         gw = self.conversations.gw
         if body.stream:

@@ -77,7 +77,7 @@ class ResponsesSocket:
 
     async def serve(self, ws: WebSocket) -> None:
         try:
-            caller = await self.auth.caller(ws.headers.get("authorization"))
+            await self.auth.caller(ws.headers.get("authorization"))
         except WarmrouteError as exc:  # refused before the upgrade, in xAI's envelope
             await ws.send_denial_response(
                 JSONResponse(error_body(exc), status_code=wire_error_for(exc).status))
@@ -95,15 +95,16 @@ class ResponsesSocket:
                 if current is not None and not current.done():
                     await send(ws, lock, socket_error_event(InvalidRequest(BUSY)))
                     continue
-                current = asyncio.create_task(self.turn(ws, lock, chain, caller, text))
+                current = asyncio.create_task(self.turn(ws, lock, chain, text))
         finally:
             if current is not None and not current.done():
                 current.cancel()  # the client left: stop its generation, free the engine
                 await asyncio.gather(current, return_exceptions=True)
 
-    async def turn(self, ws: WebSocket, lock: asyncio.Lock, chain: SocketChain, caller: Caller,
+    async def turn(self, ws: WebSocket, lock: asyncio.Lock, chain: SocketChain,
                    text: str) -> None:
-        try:
+        try:  # the key again: one revoked meanwhile stops working on open sockets too
+            caller = await self.auth.caller(ws.headers.get("authorization"))
             raw = parse_json_object(text.encode())
             generate = create_fields(raw)
             body = parse_responses_body(raw)
