@@ -120,6 +120,7 @@ ANTHROPIC_ERRORS: dict[type[WarmrouteError], tuple[int, str]] = {
     AuthError: (401, "authentication_error"),
     PermissionDenied: (403, "permission_error"),
     NotFound: (404, "not_found_error"),
+    RequestTimeout: (408, "timeout_error"),
     RateLimited: (429, "rate_limit_error"),
     RequestFailed: (500, "api_error"),
     EngineUnavailable: (529, "overloaded_error"),
