@@ -33,9 +33,9 @@ from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
 from warmroute.gateway.shared_state import SharedRoutingState, SharedStateParams
 from warmroute.gateway.timeline import Timeline
+from warmroute.gateway.upstream import AiohttpUpstream, HttpxUpstream, UpstreamClient
 
 MAX_CONNECTIONS = 1024
-MAX_KEEPALIVE = 256
 
 
 class Gateway:
@@ -44,7 +44,7 @@ class Gateway:
         config: GatewayConfig,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncClient | UpstreamClient | None = None,
         probe_client: httpx.AsyncClient | None = None,
     ) -> None:
         """`client` carries requests to engines and `probe_client` their health probes; both
@@ -71,9 +71,11 @@ class Gateway:
                 self.placer, self.membership, self.metrics.shared_state_up.set,
             )
         self.membership.listeners.append(self._membership_changed)
-        self._client = client
+        self._client: UpstreamClient | None = (
+            HttpxUpstream(client) if isinstance(client, httpx.AsyncClient) else client
+        )
         self._probe_client = probe_client
-        self._owned: list[httpx.AsyncClient] = []
+        self._owned: list[httpx.AsyncClient | UpstreamClient] = []
         self._prober: HealthProber | None = None
         self._proxy: Proxy | None = None
 
@@ -87,13 +89,8 @@ class Gateway:
         """Open the connection pools, probe every engine once, then keep probing."""
         cfg = self.config
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s,
-                                      pool=cfg.pool_timeout_s),
-                limits=httpx.Limits(
-                    max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
-                ),
-            )
+            self._client = AiohttpUpstream(cfg.connect_timeout_s, cfg.upstream_timeout_s,
+                                           cfg.pool_timeout_s, MAX_CONNECTIONS)
             self._owned.append(self._client)
         if self._probe_client is None:
             self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)

@@ -28,11 +28,10 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import httpx
 
 from warmroute.errors import EngineOverloaded, EngineUnavailable
 from warmroute.gateway.faults import (
@@ -47,6 +46,12 @@ from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
 from warmroute.gateway.resume import ClientView, StreamSplice
+from warmroute.gateway.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamPoolFull,
+    UpstreamResponse,
+)
 from warmroute.gateway.usage import SseUsageTap, usage_of_json
 from warmroute.types import Usage
 
@@ -90,7 +95,7 @@ class Upstream:
     engine_id: str
     status: int
     headers: dict[str, str]
-    response: httpx.Response
+    response: UpstreamResponse
     upstream: AsyncIterator[bytes]
     first: bytes
     proxy: Proxy
@@ -109,8 +114,8 @@ class Upstream:
                 self.prefilled()  # engines send the role chunk at once, then the first token
                 self.tap.feed(chunk)
                 yield chunk
-        except httpx.TransportError as exc:
-            self.proxy.membership.eject(self.engine_id, f"mid-stream {type(exc).__name__}")
+        except UpstreamError as exc:
+            self.proxy.membership.eject(self.engine_id, f"mid-stream {exc.cause}")
             raise UpstreamBroken(f"engine {self.engine_id} failed mid-stream") from exc
 
     async def aclose(self) -> None:
@@ -120,7 +125,7 @@ class Upstream:
             return
         self.closed = True
         work, self.work = self.work, 0.0
-        with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
+        with anyio.CancelScope(shield=True):
             await self.response.aclose()
         self.proxy.finished(self.engine_id, self.status, self.tap.usage(), work)
 
@@ -225,7 +230,7 @@ class Streaming:
 class Proxy:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         membership: Membership,
         metrics: GatewayMetrics,
         judge: FaultJudge | None = None,
@@ -344,42 +349,37 @@ class Proxy:
                        work: float = 0.0) -> Relayed | Upstream:
         endpoint = self.membership.engines[engine_id].endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
-        request = self.client.build_request("POST", endpoint.url + CHAT_PATH, content=payload,
-                                            headers=headers)
         started = time.monotonic()
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.PoolTimeout as exc:  # this gateway is busy, not the engine
+            response = await self.client.post(endpoint.url + CHAT_PATH, payload, headers)
+        except UpstreamPoolFull as exc:  # this gateway is busy, not the engine
             raise EngineOverloaded(
                 "every connection to the engines is busy; retry shortly"
             ) from exc
-        except httpx.TransportError as exc:
-            raise EngineFailed(type(exc).__name__) from exc
+        except UpstreamError as exc:
+            raise EngineFailed(exc.cause) from exc
         try:
-            relayed = relayed_headers(response, engine_id)
-            if not stream or response.status_code != 200:  # buffered whole, judged by the caller
-                body = await response.aread()
-                if response.status_code == 200:
+            relayed = relayed_headers(response.headers, engine_id)
+            if not stream or response.status != 200:  # buffered whole, judged by the caller
+                body = await response.read()
+                await response.aclose()
+                if response.status == 200:
                     self.metrics.first_token.observe(time.monotonic() - started)
-                return Relayed(engine_id, response.status_code, relayed, body)
-            upstream = response.aiter_raw()
+                return Relayed(engine_id, response.status, relayed, body)
+            upstream = response.chunks()
             first = await anext(upstream, b"")
-            return Upstream(engine_id, response.status_code, relayed, response, upstream, first,
+            return Upstream(engine_id, response.status, relayed, response, upstream, first,
                             self, work, opened_at=started)
-        except httpx.TransportError as exc:
-            await close_quietly(response)
-            raise EngineFailed(type(exc).__name__) from exc
+        except UpstreamError as exc:
+            await response.aclose()
+            raise EngineFailed(exc.cause) from exc
         except BaseException:
-            await close_quietly(response)
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
             raise
 
 
-async def close_quietly(response: httpx.Response) -> None:
-    with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
-        await response.aclose()
-
-
-def relayed_headers(response: httpx.Response, engine_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in NOT_RELAYED}
-    headers[ENGINE_HEADER] = engine_id
-    return headers
+def relayed_headers(headers: Mapping[str, str], engine_id: str) -> dict[str, str]:
+    relayed = {k: v for k, v in headers.items() if k.lower() not in NOT_RELAYED}
+    relayed[ENGINE_HEADER] = engine_id
+    return relayed
