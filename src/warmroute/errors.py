@@ -14,6 +14,7 @@
     ├── RateLimited             a limit was hit (429)
     ├── RequestFailed           the engine failed computing this request alone (422)
     ├── EngineUnavailable       no engine can serve the request (503)
+    │   ├── RunInterrupted      the gateway running a deferred request stopped (503, ABORTED)
     │   └── EngineOverloaded    an engine's wait queue is full; retry after a while (503)
     └── StoreUnavailable        the database cannot be reached or is too new (503)
 
@@ -86,6 +87,11 @@ class RequestFailed(WarmrouteError):
 
 class EngineUnavailable(WarmrouteError):
     """No healthy engine could take the request."""
+
+
+class RunInterrupted(EngineUnavailable):
+    """Background work (a deferred completion) whose gateway stopped before it finished; it
+    is not running any more: start it again."""
 
 
 class EngineOverloaded(EngineUnavailable):

@@ -52,12 +52,12 @@ async def test_a_stopped_runners_entries_fail_and_a_beating_ones_do_not(store: S
 async def test_a_result_and_its_charge_are_written_together_or_not_at_all(store: Store) -> None:
     await store.deferred.create("d1", "team-a", T0, T0 + 600, runner="r1")
     await store.deferred.create("d2", "team-a", T0, T0 + 600, runner="r1")
-    assert await store.deferred.complete("d1", {"text": "one"}, charge("row-1")) is True
+    assert await store.deferred.complete("d1", {"text": "one"}, [charge("row-1")]) is True
     with pytest.raises(DuplicateId):  # the charge cannot be written: neither is the result
-        await store.deferred.complete("d2", {"text": "two"}, charge("row-1"))
+        await store.deferred.complete("d2", {"text": "two"}, [charge("row-2"), charge("row-1")])
     assert await status(store, "d2") is DeferredStatus.PENDING
     await store.deferred.fail("d2", GONE)
-    assert await store.deferred.complete("d2", {"text": "late"}, charge("row-2")) is False
+    assert await store.deferred.complete("d2", {"text": "late"}, [charge("row-2")]) is False
     totals = await store.usage.summary(T0, "team")
     assert [(t.group, t.requests, t.cost_in_usd_ticks) for t in totals] == [("team-a", 1, 1234)]
     done = await store.deferred.get("d1", "team-a", now=T0 + 10)

@@ -24,6 +24,7 @@ from warmroute.errors import (
     RateLimited,
     RequestFailed,
     RequestTimeout,
+    RunInterrupted,
     StoreUnavailable,
     UnsupportedMediaType,
     WarmrouteError,
@@ -55,6 +56,8 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     # A 4xx, so a gateway answers it as is: never retried on another engine, never an ejection.
     RequestFailed: WireError(422, "The request could not be processed", "INTERNAL"),
     EngineUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
+    # Not UNAVAILABLE: the SDK would poll on; the work is gone and must be started again.
+    RunInterrupted: WireError(503, "The service is currently unavailable", "ABORTED"),
     StoreUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
 }
 INTERNAL = WireError(500, "Internal error", "INTERNAL")

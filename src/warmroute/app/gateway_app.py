@@ -2,7 +2,8 @@
 routes (Chat Completions with deferred ones, Responses over HTTP and WebSocket, compaction,
 Anthropic Messages, tokenize, account, status; gRPC beside them), bound to one lifespan.
 
-The lifespan opens the store, reads the deployment's cache secret from it, starts the gateway
+The lifespan opens the store, reads the deployment's cache secret from it, fails deferred
+completions whose gateway was killed and starts this one's heartbeat, starts the gateway
 (connection pools, probes), the purger of expired records and, when configured, the gRPC
 server, and closes all of them in reverse.
 Routes themselves live in `api/`; this module only wires them.
@@ -70,7 +71,8 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         cache_s=gw.config.key_cache_s,
     )
     meter = Meter(store, gw.config.prices, make_rate_limiter(gw.config.redis_url))
-    deferred = DeferredRuns(store, deferred_failure)  # REST and gRPC deferred completions
+    limits = gw.config.max_deferred, gw.config.max_deferred_per_team  # REST and gRPC ones
+    deferred = DeferredRuns(store, deferred_failure, meter=meter, limits=limits)
     compactor = Compactor(conversations, meter, lambda: auth.secret)
 
     @contextlib.asynccontextmanager
@@ -79,6 +81,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
         auth.secret = await deployment_secret(
             store(), gw.config.cache_secret, gw.config.data_dir / LEGACY_SECRET_FILE
         )
+        await deferred.open()  # entries of gateways that were killed: FAILED now, not PENDING
         await gw.start()
         purger = asyncio.create_task(purge_expired(store(), gw.config.purge_interval_s))
         grpc_server = None

@@ -2,20 +2,51 @@
 
 One row per finished request (streamed ones too, and ones cut off after they started) goes to
 the store's usage ledger, committed before the answer's last bytes are sent, so a gateway
-killed afterwards loses no row of a request whose answer was complete.
+killed afterwards loses no row of a request whose answer was complete. Inside `held_charges`
+(a deferred run) rows are held instead, to be written with the run's result in one transaction
+(`gateway/deferred.py`), and their tokens counted by `settle` once they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from warmroute.gateway.auth import Caller
 from warmroute.gateway.ratelimit import RateLimiter
 from warmroute.pricing import ModelPrice, price_for
 from warmroute.store import Store, UsageRecord
 from warmroute.types import Usage
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A ledger row not yet written, and the tokens to count against its key's limit."""
+
+    row: UsageRecord
+    key_id: str
+    tpm: int | None
+    tokens: int
+
+
+# The charges of the deferred run this task belongs to (a context variable: each run's tasks
+# see their own list, nothing else sees one).
+HELD: ContextVar[list[Charge] | None] = ContextVar("warmroute_held_charges", default=None)
+
+
+@contextlib.contextmanager
+def held_charges() -> Iterator[list[Charge]]:
+    """Within the block (and tasks it starts), `Meter.record` holds its rows in the list."""
+    held: list[Charge] = []
+    token = HELD.set(held)
+    try:
+        yield held
+    finally:
+        HELD.reset(token)
 
 
 class Meter:
@@ -40,22 +71,32 @@ class Meter:
     async def record(
         self, caller: Caller, surface: str, model: str, engine_id: str | None, usage: Usage
     ) -> int:
-        """Write the ledger row and count the tokens against the key's limit; returns the cost."""
+        """Write the ledger row and count the tokens against the key's limit (inside
+        `held_charges`: hold both); returns the cost."""
         cost = self.cost(model, usage)
-        await self.store().usage.record(
-            UsageRecord(
-                id=str(uuid.uuid4()),
-                time=self.clock(),
-                key_id=None if caller.anonymous else caller.key_id,
-                team=caller.team,
-                model=model,
-                engine_id=engine_id,
-                surface=surface,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=min(usage.cached_tokens, usage.prompt_tokens),
-                completion_tokens=usage.completion_tokens,
-                cost_in_usd_ticks=cost,
-            )
+        row = UsageRecord(
+            id=str(uuid.uuid4()),
+            time=self.clock(),
+            key_id=None if caller.anonymous else caller.key_id,
+            team=caller.team,
+            model=model,
+            engine_id=engine_id,
+            surface=surface,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=min(usage.cached_tokens, usage.prompt_tokens),
+            completion_tokens=usage.completion_tokens,
+            cost_in_usd_ticks=cost,
         )
-        await self.limiter.add_tokens(caller.key_id, caller.tpm, usage.total_tokens)
+        charge = Charge(row, caller.key_id, caller.tpm, usage.total_tokens)
+        held = HELD.get()
+        if held is not None:
+            held.append(charge)
+            return cost
+        await self.store().usage.record(row)
+        await self.settle([charge])
         return cost
+
+    async def settle(self, charges: list[Charge]) -> None:
+        """Count written charges' tokens against their keys' limits."""
+        for charge in charges:
+            await self.limiter.add_tokens(charge.key_id, charge.tpm, charge.tokens)

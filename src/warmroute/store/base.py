@@ -210,9 +210,9 @@ class DeferredStore(ABC):
 
     @abstractmethod
     async def complete(self, request_id: str, result: Json,
-                       charge: UsageRecord | None = None) -> bool:
-        """PENDING → DONE with its result and, in the same transaction, `charge` appended to
-        the usage ledger: both are written or neither. False when unknown or no longer PENDING
+                       charges: Sequence[UsageRecord] = ()) -> bool:
+        """PENDING → DONE with its result and, in the same transaction, `charges` appended to
+        the usage ledger: all are written or none. False when unknown or no longer PENDING
         (then nothing is written)."""
 
     @abstractmethod

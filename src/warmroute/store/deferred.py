@@ -8,6 +8,7 @@ read's WHERE clause.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,7 +53,7 @@ class SqlDeferred(Tables, DeferredStore):
         return entry
 
     async def complete(self, request_id: str, result: Json,
-                       charge: UsageRecord | None = None) -> bool:
+                       charges: Sequence[UsageRecord] = ()) -> bool:
         d = deferred_completions
         try:
             async with self._writer.begin() as conn:
@@ -62,11 +63,11 @@ class SqlDeferred(Tables, DeferredStore):
                 )
                 if done.rowcount == 0:
                     return False
-                if charge is not None:
+                for charge in charges:
                     await conn.execute(usage_ledger.insert().values(**ledger_values(charge)))
         except sa.exc.IntegrityError as exc:
-            raise DuplicateId(f"usage row {charge.id if charge else ''!r} is already recorded"
-                              ) from exc
+            ids = ", ".join(repr(c.id) for c in charges)
+            raise DuplicateId(f"a usage row of {ids} is already recorded") from exc
         return True
 
     async def fail(self, request_id: str, error: Json) -> bool:
