@@ -7,8 +7,9 @@ No web framework here: response classes live with the surfaces (`api/sse.py`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 DATA_PREFIX = b"data:"
 DONE_PAYLOAD = b"[DONE]"
@@ -16,8 +17,8 @@ DONE = b"data: [DONE]\n\n"
 
 
 def sse_data(payload: dict[str, Any]) -> bytes:
-    """One event: compact JSON, non-ASCII escaped (what engines and surfaces send)."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    """One event: compact JSON, non-ASCII as UTF-8 (what engines and surfaces send)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 encode_event = sse_data
@@ -39,7 +40,7 @@ def parse_events(chunk: bytes) -> list[Any]:
             continue
         payload = data_payload(block)
         try:
-            event = json.loads(payload) if payload and payload != DONE_PAYLOAD else None
+            event = orjson.loads(payload) if payload and payload != DONE_PAYLOAD else None
         except ValueError:
             event = None
         out.append(event if isinstance(event, dict) else block + b"\n\n")

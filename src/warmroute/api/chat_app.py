@@ -9,13 +9,13 @@ carries `x-warmroute-engine`. A client that goes away cancels its upstream reque
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from warmroute.api.json_body import read_json_object
@@ -101,12 +101,13 @@ async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Res
         return relayed_response(answer)
     data = await metered_data(answer, meter, caller)
     headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
-    return JSONResponse(data, status_code=answer.status, headers=headers)
+    return Response(orjson.dumps(data), status_code=answer.status, headers=headers,
+                    media_type="application/json")
 
 
 async def metered_data(answer: Relayed, meter: Meter, caller: Caller) -> dict[str, Any]:
     """A whole 200 answer's JSON, its ledger row written, its usage priced."""
-    data: dict[str, Any] = json.loads(answer.body)
+    data: dict[str, Any] = orjson.loads(answer.body)
     usage = usage_from(data.get("usage") or {})
     model = str(data.get("model", ""))
     cost = await meter.record(caller, "chat.completions", model, answer.engine_id, usage)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from warmroute import jsoncodec
 from warmroute.config import GatewayConfig
 from warmroute.gateway import policies
 from warmroute.gateway.faults import FaultJudge
@@ -33,7 +33,7 @@ from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
 from warmroute.gateway.shared_state import SharedRoutingState, SharedStateParams
 from warmroute.gateway.timeline import Timeline
-from warmroute.gateway.upstream import AiohttpUpstream, HttpxUpstream, UpstreamClient
+from warmroute.gateway.upstream import AiohttpUpstream, UpstreamClient, as_upstream
 
 MAX_CONNECTIONS = 1024
 
@@ -71,9 +71,7 @@ class Gateway:
                 self.placer, self.membership, self.metrics.shared_state_up.set,
             )
         self.membership.listeners.append(self._membership_changed)
-        self._client: UpstreamClient | None = (
-            HttpxUpstream(client) if isinstance(client, httpx.AsyncClient) else client
-        )
+        self._client = as_upstream(client) if client is not None else None
         self._probe_client = probe_client
         self._owned: list[httpx.AsyncClient | UpstreamClient] = []
         self._prober: HealthProber | None = None
@@ -177,7 +175,7 @@ class Gateway:
             forwarded.pop("cache_salt", None)
             if self.config.cache_salt:
                 forwarded["cache_salt"] = self.config.cache_salt
-        return json.dumps(forwarded, separators=(",", ":"), ensure_ascii=False).encode()
+        return jsoncodec.dumps(forwarded)
 
     def health(self) -> dict[str, Any]:
         """Whether the gateway can serve, and nothing more: this answer is public (engines,

@@ -25,14 +25,15 @@ requests; it knows HTTP, not the wire formats of errors (the app turns exception
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import httpx
 
+from warmroute import jsoncodec
 from warmroute.errors import EngineOverloaded, EngineUnavailable
 from warmroute.gateway.faults import (
     FaultJudge,
@@ -51,6 +52,7 @@ from warmroute.gateway.upstream import (
     UpstreamError,
     UpstreamPoolFull,
     UpstreamResponse,
+    as_upstream,
 )
 from warmroute.gateway.usage import SseUsageTap, usage_of_json
 from warmroute.types import Usage
@@ -189,7 +191,7 @@ class Streaming:
             if not self.splice.needs_engine:
                 yield self.splice.closing()
                 return
-            body = self.splice.continuation_body(json.loads(self.payload))
+            body = self.splice.continuation_body(jsoncodec.loads(self.payload))
             if body is None:
                 yield self.splice.closing()
                 return
@@ -213,7 +215,7 @@ class Streaming:
         if not self.splice.view.resumable or len(self.broken) > self.max_resumes:
             self.proxy.metrics.stream_resumes.labels("failed").inc()
             raise UpstreamBroken(f"{failed}; the answer cannot be resumed")
-        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = jsoncodec.dumps(body)
         try:
             self.current = await self.proxy.resume_stream(self.decision, self.broken, payload)
         except EngineUnavailable as exc:
@@ -230,7 +232,7 @@ class Streaming:
 class Proxy:
     def __init__(
         self,
-        client: UpstreamClient,
+        client: UpstreamClient | httpx.AsyncClient,
         membership: Membership,
         metrics: GatewayMetrics,
         judge: FaultJudge | None = None,
@@ -239,7 +241,7 @@ class Proxy:
         """`judge` decides whether an engine that answered a 5xx is at fault (default: only
         after several different requests failed there); `max_in_flight` bounds the requests
         this gateway has at engines at once."""
-        self.client = client
+        self.client = as_upstream(client)
         self.membership = membership
         self.metrics = metrics
         self.judge = judge or FaultJudge(membership, None)

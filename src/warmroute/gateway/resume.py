@@ -19,10 +19,10 @@ stripped from its stream. Servers that ignore these fields still resume, from te
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from warmroute import jsoncodec
 from warmroute.sse import DATA_PREFIX, DONE, encode_event
 
 CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
@@ -109,7 +109,7 @@ class StreamSplice:
                 out.append(DONE)
                 continue
             try:
-                event = json.loads(payload)
+                event = jsoncodec.loads(payload)
             except (UnicodeDecodeError, ValueError):
                 self.failed = "a malformed event"
                 break

@@ -27,6 +27,19 @@ MAX_CONNECTIONS = 1024
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
+def cause_of(exc: BaseException) -> str:
+    """A transport failure named as httpx names it, whichever client saw it (logs, metrics
+    and error messages stay the same)."""
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return "ConnectError"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                  | ConnectionResetError):
+        return "RemoteProtocolError"
+    return type(exc).__name__
+
+
 class UpstreamError(Exception):
     """The engine could not be reached, or its connection failed; `cause` names how."""
 
@@ -65,14 +78,14 @@ class AiohttpResponse:
         try:
             return bytes(await self._response.read())
         except TRANSPORT_ERRORS as exc:
-            raise UpstreamError(type(exc).__name__) from exc
+            raise UpstreamError(cause_of(exc)) from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield bytes(chunk)
         except TRANSPORT_ERRORS as exc:
-            raise UpstreamError(type(exc).__name__) from exc
+            raise UpstreamError(cause_of(exc)) from exc
 
     async def aclose(self) -> None:
         """Release the connection (to the pool when the body was read whole, else closed,
@@ -104,15 +117,18 @@ class AiohttpUpstream:
 
     async def post(self, url: str, content: bytes,
                    headers: Mapping[str, str]) -> UpstreamResponse:
-        try:
-            await asyncio.wait_for(self._places.acquire(), self._pool_timeout_s)
-        except TimeoutError as exc:
-            raise UpstreamPoolFull("PoolTimeout") from exc
+        if self._places.locked():  # every place taken: wait, boundedly (a task; rare)
+            try:
+                await asyncio.wait_for(self._places.acquire(), self._pool_timeout_s)
+            except TimeoutError as exc:
+                raise UpstreamPoolFull("PoolTimeout") from exc
+        else:
+            await self._places.acquire()  # free: returns at once
         try:
             response = await self._session.post(url, data=content, headers=dict(headers))
         except TRANSPORT_ERRORS as exc:
             self._places.release()
-            raise UpstreamError(type(exc).__name__) from exc
+            raise UpstreamError(cause_of(exc)) from exc
         except BaseException:
             self._places.release()
             raise
@@ -163,3 +179,8 @@ class HttpxUpstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def as_upstream(client: httpx.AsyncClient | UpstreamClient) -> UpstreamClient:
+    """An upstream client, whichever kind the caller brought."""
+    return HttpxUpstream(client) if isinstance(client, httpx.AsyncClient) else client

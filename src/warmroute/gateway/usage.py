@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from warmroute import jsoncodec
 from warmroute.types import Usage
 
 DATA_PREFIX = b"data:"
@@ -45,7 +46,7 @@ def usage_of(answer: object) -> Usage | None:
 
 def usage_of_json(body: bytes) -> Usage | None:
     try:
-        return usage_of(json.loads(body))
+        return usage_of(jsoncodec.loads(body))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 
