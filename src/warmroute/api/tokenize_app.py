@@ -8,7 +8,6 @@ the healthy engines serve. Rate limits apply (requests); nothing is generated, s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +17,11 @@ from starlette.requests import Request
 
 from warmroute.api.chat_completions import describe_validation_error
 from warmroute.api.json_body import read_json_object
-from warmroute.errors import InvalidRequest, NotFound
+from warmroute.errors import InvalidRequest
 from warmroute.gateway.auth import Authenticator
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.tokenizers import tokenize
+from warmroute.gateway.tokenizers import tokenize_served
 
 
 class TokenizeBody(BaseModel):
@@ -44,10 +43,7 @@ def add_tokenize_routes(
                 await read_json_object(request, gw.config.max_body_bytes))
         except ValidationError as exc:
             raise InvalidRequest(describe_validation_error(exc)) from exc
-        model = body.model or next(iter(await gw.models()), None)
-        if model is None:
-            raise NotFound("no model is being served; name one in `model`")
-        tokenizer = await asyncio.to_thread(tokenizer_for, model)
-        pieces = await asyncio.to_thread(tokenize, tokenizer, body.text)
+        _, pieces = await tokenize_served(await gw.models(), body.model, body.text,
+                                          tokenizer_for)
         return {"token_ids": [{"token_id": p.token_id, "string_token": p.string_token,
                                "token_bytes": list(p.token_bytes)} for p in pieces]}

@@ -11,7 +11,6 @@ UNAVAILABLE for work that might have run, since the SDK retries UNAVAILABLE auto
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -35,7 +34,8 @@ from xai_sdk.proto import (
 
 from warmroute.api import xai_grpc_wire as wire
 from warmroute.api.compaction_app import compaction_opener
-from warmroute.api.wire_errors import wire_error_for
+from warmroute.api.grpc_guard import RequestGuard
+from warmroute.api.wire_errors import grpc_trailers, wire_error_for
 from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.auth import Authenticator, Caller
@@ -44,7 +44,7 @@ from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.deferred import DeferredRuns, surface_of
 from warmroute.gateway.features import CONV_ID_HEADER, validate_key
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.tokenizers import tokenize
+from warmroute.gateway.tokenizers import tokenize_served
 from warmroute.pricing import price_for
 from warmroute.store import DeferredStatus
 from warmroute.types import Usage
@@ -66,6 +66,11 @@ def status_code(exc: WarmrouteError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, wire_error_for(exc).grpc_code)
 
 
+async def abort(context: grpc.aio.ServicerContext, exc: WarmrouteError) -> None:
+    """End the call with the error's status (and `retry-after` metadata, as HTTP has it)."""
+    await context.abort(status_code(exc), exc.message, grpc_trailers(exc))
+
+
 def rpc(method: F) -> F:
     """Turn warmroute errors raised by a unary handler into the matching gRPC status."""
 
@@ -74,7 +79,7 @@ def rpc(method: F) -> F:
         try:
             return await method(self, request, context)
         except WarmrouteError as exc:
-            await context.abort(status_code(exc), exc.message)
+            await abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,7 +173,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
                 gw, turn.decision, self.engine_body(request, turn, caller, True)
             )
         except WarmrouteError as exc:
-            await context.abort(status_code(exc), exc.message)
+            await abort(context, exc)
             return
         response_id, model, created = str(uuid.uuid4()), request.model, time.time()
         text: list[str] = []
@@ -189,7 +194,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
                                       stream.engine_id, "".join(text))
                 yield last
         except WarmrouteError as exc:
-            await context.abort(status_code(exc), exc.message)
+            await abort(context, exc)
         finally:
             await stream.aclose()
 
@@ -329,20 +334,24 @@ class AuthService(auth_pb2_grpc.AuthServicer):  # type: ignore[misc]
 
 
 class TokenizeService(tokenize_pb2_grpc.TokenizeServicer):  # type: ignore[misc]
-    """Tokenizes with the tokenizer of a built-in or local-folder model, loaded on first use."""
+    """Tokenizes with the tokenizer of a model the gateway serves (`tokenize_served`), rate
+    limited like any request."""
 
-    def __init__(self, auth: Authenticator, tokenizer_for: Callable[[str], Any]) -> None:
+    def __init__(self, conversations: Conversations, auth: Authenticator, meter: Meter,
+                 tokenizer_for: Callable[[str], Any]) -> None:
+        self.gw = conversations.gw
         self.auth = auth
+        self.meter = meter
         self.tokenizer_for = tokenizer_for
 
     @rpc
     async def TokenizeText(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await caller_of(self.auth, context)
-        tokenizer = await asyncio.to_thread(self.tokenizer_for, request.model)
-        pieces = await asyncio.to_thread(tokenize, tokenizer, request.text)
+        await self.meter.admit(await caller_of(self.auth, context))
+        model, pieces = await tokenize_served(await self.gw.models(), request.model or None,
+                                              request.text, self.tokenizer_for)
         tokens = [tokenize_pb2.Token(token_id=p.token_id, string_token=p.string_token,
                                      token_bytes=p.token_bytes) for p in pieces]
-        return tokenize_pb2.TokenizeTextResponse(tokens=tokens, model=request.model)
+        return tokenize_pb2.TokenizeTextResponse(tokens=tokens, model=model)
 
 
 async def start_grpc_server(
@@ -355,13 +364,14 @@ async def start_grpc_server(
     deferred: DeferredRuns,
     compactor: Compactor,
 ) -> grpc.aio.Server:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
     chat = ChatService(conversations, auth, meter, deferred, compactor)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     models = ModelsService(conversations, auth, meter, time.time())
     models_pb2_grpc.add_ModelsServicer_to_server(models, server)
     auth_pb2_grpc.add_AuthServicer_to_server(AuthService(auth), server)
-    tokenize_pb2_grpc.add_TokenizeServicer_to_server(TokenizeService(auth, tokenizer_for), server)
+    tokenize = TokenizeService(conversations, auth, meter, tokenizer_for)
+    tokenize_pb2_grpc.add_TokenizeServicer_to_server(tokenize, server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server

@@ -4,17 +4,24 @@ A built-in model's tokenizer (created on first use under `WARMROUTE_HOME`) or a 
 folder's; anything else is `NotFound`. Loaded lazily (transformers only when one is asked for)
 and kept. `tokenize` gives each token's id, text and bytes (a byte-level BPE token's own bytes,
 which may be part of a character), tokenized as the engine tokenizes a message's content.
+`tokenize_served` is what the surfaces call: only a model the healthy engines serve (never a
+folder or a built-in model named by a caller), at most `MAX_TOKENIZE_CHARS` of text, loading and
+tokenizing on a worker thread; a tokenizer that cannot be loaded here is `NotFound`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from warmroute.config import warmroute_home
-from warmroute.errors import NotFound
+from warmroute.errors import InvalidRequest, NotFound
+
+MAX_TOKENIZE_CHARS = 2**20
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,29 @@ def local_tokenizer(model: str) -> Any:
     if Path(model).is_dir():
         return PreTrainedTokenizerFast.from_pretrained(model)
     raise NotFound(f"no tokenizer is available here for model {model!r}")
+
+
+async def tokenize_served(
+    served: list[str], model: str | None, text: str, tokenizer_for: Callable[[str], Any]
+) -> tuple[str, list[TokenPiece]]:
+    """The model's name (the first served when none is named) and `text`'s tokens."""
+    name = model or (served[0] if served else None)
+    if name is None:
+        raise NotFound("no model is being served; name one in `model`")
+    if name not in served:
+        raise NotFound(f"The model {name!r} is not served here")
+    if len(text) > MAX_TOKENIZE_CHARS:
+        raise InvalidRequest(f"text may have at most {MAX_TOKENIZE_CHARS} characters to "
+                             f"tokenize, got {len(text)}")
+
+    def load_and_tokenize() -> list[TokenPiece]:
+        try:
+            tokenizer = tokenizer_for(name)
+        except (OSError, ValueError, ImportError) as exc:
+            raise NotFound(f"no tokenizer is available here for model {name!r}") from exc
+        return tokenize(tokenizer, text)
+
+    return name, await asyncio.to_thread(load_and_tokenize)
 
 
 def tokenize(tokenizer: Any, text: str) -> list[TokenPiece]:
