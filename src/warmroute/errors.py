@@ -106,6 +106,6 @@ class StoreUnavailable(WarmrouteError):
     """The database cannot be opened or reached (or is locked), or its schema is newer than
     this code; `retry_after` is in seconds."""
 
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after

@@ -101,7 +101,8 @@ def gateway_over(
     settings.setdefault("data_dir", data_dir)
     config = GatewayConfig(engines=endpoints, port=free_port(), **settings)
     gateway = Gateway(config)
-    server = BackgroundServer(create_gateway_app(config, gateway), config.host, config.port)
+    server = BackgroundServer(create_gateway_app(config, gateway), config.host, config.port,
+                              config.header_timeout_s)
     server.start()
     try:
         yield server.url, gateway

@@ -136,7 +136,12 @@ async def purge_expired(store: Store, interval_s: float) -> None:
     """Remove expired stored responses and deferred results now, then every `interval_s`."""
     while True:
         now = time.time()
-        removed = await store.responses.purge_expired(now) + await store.deferred.purge_expired(now)
+        try:
+            removed = (await store.responses.purge_expired(now)
+                       + await store.deferred.purge_expired(now))
+        except StoreUnavailable as exc:  # the next round tries again
+            log.warning("purging expired records: %s", exc.message)
+            removed = 0
         if removed:
             log.info("purged %d expired stored records", removed)
         await asyncio.sleep(interval_s)
