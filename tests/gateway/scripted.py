@@ -136,7 +136,9 @@ class Script:
         def so_far(tokens: int) -> Usage | None:
             return self.usage(tokens) if options.get("continuous_usage_stats") else None
 
-        yield chunk(delta={"role": "assistant"})
+        # as the engine does: the role chunk carries the prompt, cached tokens not known yet
+        prompt = Usage(self.prompt_tokens, 0, 0) if options.get("continuous_usage_stats") else None
+        yield chunk(delta={"role": "assistant"}, usage_so_far=prompt)
         pieces = self.pieces_after(self.text_pieces(body), continued_text(body))
         sent = 0
         for index, piece in enumerate(pieces):

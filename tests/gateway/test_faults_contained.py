@@ -197,7 +197,7 @@ async def test_a_request_whose_forward_pass_raises_fails_alone_on_one_engine(
     assert "[DONE]" not in stream_events
     assert (responses.status_code, responses.json()) == (422, {"code": REQUEST_FAILED,
                                                                "error": INJECTED})
-    assert grpc_code == grpc.StatusCode.INTERNAL
+    assert grpc_code == grpc.StatusCode.INVALID_ARGUMENT  # a 422: the request's, not ours
     assert sum(failed) == 4  # each poisoned request tried on one engine only
     assert healthy == ["hooked-0", "hooked-1"]
     for engine_id in healthy:

@@ -77,7 +77,7 @@ def test_the_first_attempt_reaches_the_client_without_what_it_did_not_ask_for() 
     assert seen == [role(FIRST), content(FIRST, "Hel", None), content(FIRST, "lo", None)]
     assert splice.delivered_text == "Hello"
     assert splice.ids == [1, 2, 3] and splice.delivered_tokens == 3
-    assert splice.first_usage == usage(30, 2, 16)
+    assert splice.first_usage == usage(30, 3, 16)  # the first attempt's latest usage
 
 
 def test_events_split_anywhere_come_out_the_same() -> None:

@@ -43,6 +43,7 @@ from warmroute.api.wire_errors import (
 from warmroute.engine.engine import Delta, Engine, Finished, Prepared
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.sse import DONE, sse_data
+from warmroute.types import Usage
 
 
 def create_engine_app(
@@ -171,7 +172,10 @@ async def stream_chunks(
     def chunk(**fields: Any) -> bytes:
         return sse_data(cc.chunk_json(completion_id, created, model, **fields))
 
-    yield chunk(delta={"role": "assistant"})
+    # With continuous usage the role chunk carries the prompt: a client that leaves after it
+    # is billed the prompt the engine admitted.
+    prompt = Usage(len(prepared.prompt_ids), 0, 0) if options.continuous_usage else None
+    yield chunk(delta={"role": "assistant"}, usage_so_far=prompt)
     try:
         async with contextlib.aclosing(engine.generate(prepared, completion_id)) as events:
             async for event in events:

@@ -26,6 +26,7 @@ from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
+from warmroute.gateway.stream_meter import SurfaceStreamMeter
 
 SURFACE = "messages"
 
@@ -68,8 +69,8 @@ class MessagesService:
                 media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, ENGINE_HEADER: stream.engine_id},
             )
         answer = await engine_calls.complete(gw, turn.decision, engine_body)
-        cost = await self.meter.record(caller, SURFACE, body.model, answer.engine_id,
-                                       answer.usage)
+        cost = await self.meter.record(caller, SURFACE, answer.model or body.model,
+                                       answer.engine_id, answer.usage)
         obj = wire.message_object(wire.new_message_id(), body.model, answer.text,
                                   answer.finish_reason, answer.usage, cost)
         return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
@@ -80,17 +81,19 @@ class MessagesService:
         events = wire.MessageEvents(wire.new_message_id(), model)
         for event in events.opening():
             yield wire.sse(event)
+        metering = SurfaceStreamMeter(self.meter, caller, SURFACE, stream)
         try:
             async for item in engine_calls.stream_events(stream):
                 if isinstance(item, engine_calls.TextDelta):
                     yield wire.sse(events.delta(item.text))
                     continue
-                cost = await self.meter.record(caller, SURFACE, model, stream.engine_id,
-                                               item.usage)
+                cost = await metering.done(item.usage)
                 for event in events.closing(item.finish_reason, item.usage, cost):
                     yield wire.sse(event)
         except WarmrouteError as exc:
             yield anthropic_sse_error(exc)
+        finally:
+            await metering.cut_off()
 
 
 def add_messages_routes(

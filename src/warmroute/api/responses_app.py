@@ -35,6 +35,7 @@ from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
+from warmroute.gateway.stream_meter import SurfaceStreamMeter
 from warmroute.types import ChatMessage, SamplingParams
 
 
@@ -100,8 +101,8 @@ class ResponsesService:
         upstream = self.engine_body(body, turn, caller, False)
         answer = await engine_calls.complete(gw, turn.decision, upstream)
         draft = ResponseDraft(body, body.model or answer.model)
-        cost = await self.meter.record(
-            caller, "responses", draft.model, answer.engine_id, answer.usage
+        cost = await self.meter.record(  # priced as the model the engine served
+            caller, "responses", answer.model or draft.model, answer.engine_id, answer.usage
         )
         obj = draft.object(answer.text, answer.finish_reason, answer.usage, cost)
         await self.save(turn, draft, answer.engine_id, answer.text, obj)
@@ -113,14 +114,13 @@ class ResponsesService:
         events = ResponseEvents(draft)
         for event in events.opening():
             yield sse_event(event)
+        metering = SurfaceStreamMeter(self.meter, caller, "responses", stream)
         try:
             async for item in engine_calls.stream_events(stream):
                 if isinstance(item, engine_calls.TextDelta):
                     yield sse_event(events.delta(item.text))
                     continue
-                cost = await self.meter.record(
-                    caller, "responses", draft.model, stream.engine_id, item.usage
-                )
+                cost = await metering.done(item.usage)
                 closing = list(events.closing(item.finish_reason, item.usage, cost))
                 await self.save(turn, draft, stream.engine_id, "".join(events.text),
                                 closing[-1]["response"])
@@ -128,6 +128,8 @@ class ResponsesService:
                     yield sse_event(event)
         except WarmrouteError as exc:
             yield sse_error_event(exc)
+        finally:
+            await metering.cut_off()
 
     async def get(self, response_id: str, owner: str) -> dict[str, Any]:
         stored = await self.store().responses.get(response_id, owner, self.clock())

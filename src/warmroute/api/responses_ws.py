@@ -39,6 +39,7 @@ from warmroute.gateway import engine_calls
 from warmroute.gateway.auth import Authenticator, Caller
 from warmroute.gateway.conversations import Turn
 from warmroute.gateway.features import routing_key
+from warmroute.gateway.stream_meter import SurfaceStreamMeter
 from warmroute.types import ChatMessage, SamplingParams, Usage
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class ResponsesSocket:
         gw = self.service.conversations.gw
         upstream = self.service.engine_body(body, turn, caller, True)
         stream = await engine_calls.open_stream(gw, turn.decision, upstream)
+        metering = SurfaceStreamMeter(self.service.meter, caller, SURFACE, stream)
         try:
             draft = ResponseDraft(body, body.model or "")
             events = ResponseEvents(draft)
@@ -154,8 +156,7 @@ class ResponsesSocket:
                 if isinstance(item, engine_calls.TextDelta):
                     await send(ws, lock, events.delta(item.text))
                     continue
-                cost = await self.service.meter.record(caller, SURFACE, draft.model,
-                                                       stream.engine_id, item.usage)
+                cost = await metering.done(item.usage)
                 closing = list(events.closing(item.finish_reason, item.usage, cost))
                 reply = "".join(events.text)
                 await self.service.save(turn, draft, stream.engine_id, reply,
@@ -166,6 +167,7 @@ class ResponsesSocket:
                 for event in closing:
                     await send(ws, lock, event)
         finally:
+            await metering.cut_off()
             await stream.aclose()
 
     async def warm(self, ws: WebSocket, lock: asyncio.Lock, chain: SocketChain,
@@ -179,8 +181,8 @@ class ResponsesSocket:
         answer = await engine_calls.complete(gw, turn.decision, upstream)
         usage = Usage(answer.usage.prompt_tokens, 0, answer.usage.cached_tokens)
         draft = ResponseDraft(body, body.model or answer.model)
-        cost = await self.service.meter.record(caller, SURFACE, draft.model, answer.engine_id,
-                                               usage)
+        cost = await self.service.meter.record(caller, SURFACE, answer.model or draft.model,
+                                               answer.engine_id, usage)
         final = {**draft.object("", "stop", usage, cost), "output": []}
         chain.remember(draft.response_id, Made(list(turn.messages), answer.engine_id, False))
         kinds = ("response.created", "response.in_progress", "response.completed")

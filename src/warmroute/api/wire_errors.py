@@ -53,8 +53,9 @@ WIRE_ERRORS: dict[type[WarmrouteError], WireError] = {
     PermissionDenied: WireError(403, "The caller does not have permission", "PERMISSION_DENIED"),
     NotFound: WireError(404, "Some requested entity was not found", "NOT_FOUND"),
     RateLimited: WireError(429, "Some resource has been exhausted", "RESOURCE_EXHAUSTED"),
-    # A 4xx, so a gateway answers it as is: never retried on another engine, never an ejection.
-    RequestFailed: WireError(422, "The request could not be processed", "INTERNAL"),
+    # A 4xx, so a gateway answers it as is: never retried on another engine, never an ejection;
+    # on gRPC as a 422 always is: the request's fault, not the server's.
+    RequestFailed: WireError(422, "The request could not be processed", "INVALID_ARGUMENT"),
     EngineUnavailable: WireError(503, "The service is currently unavailable", "UNAVAILABLE"),
     # Not UNAVAILABLE: the SDK would poll on; the work is gone and must be started again.
     RunInterrupted: WireError(503, "The service is currently unavailable", "ABORTED"),

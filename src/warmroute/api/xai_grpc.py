@@ -44,6 +44,7 @@ from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.deferred import DeferredRuns, surface_of
 from warmroute.gateway.features import CONV_ID_HEADER, validate_key
 from warmroute.gateway.metering import Meter
+from warmroute.gateway.stream_meter import SurfaceStreamMeter
 from warmroute.gateway.tokenizers import tokenize_served
 from warmroute.pricing import price_for
 from warmroute.store import DeferredStatus
@@ -140,7 +141,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         answer = await engine_calls.complete(gw, turn.decision, body)
         response_id = str(uuid.uuid4())
         model = request.model or answer.model
-        cost = await self.meter.record(caller, "grpc", model, answer.engine_id, answer.usage)
+        # priced and recorded as the model the engine served
+        cost = await self.meter.record(caller, "grpc", answer.model or model, answer.engine_id,
+                                       answer.usage)
         proto = wire.completion_response(
             response_id, model, time.time(), answer.text, answer.finish_reason, answer.usage,
             cost, engine_id=answer.engine_id,
@@ -177,6 +180,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
             return
         response_id, model, created = str(uuid.uuid4()), request.model, time.time()
         text: list[str] = []
+        metering = SurfaceStreamMeter(self.meter, caller, "grpc", stream)
         try:
             async for item in engine_calls.stream_events(stream):
                 if isinstance(item, engine_calls.TextDelta):
@@ -185,7 +189,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
                         response_id, model, created, item.text, engine_id=stream.engine_id
                     )
                     continue
-                cost = await self.meter.record(caller, "grpc", model, stream.engine_id, item.usage)
+                cost = await metering.done(item.usage)
                 last = wire.completion_chunk(
                     response_id, model, created, "", item.finish_reason, item.usage, cost,
                     engine_id=stream.engine_id,
@@ -196,6 +200,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         except WarmrouteError as exc:
             await abort(context, exc)
         finally:
+            await metering.cut_off()
             await stream.aclose()
 
     @rpc

@@ -147,7 +147,8 @@ class Compactor:
                 "cache_salt": caller.cache_salt}
         answer = await engine_calls.complete(self.conversations.gw, turn.decision, body)
         name = model or answer.model
-        cost = await self.meter.record(caller, surface, name, answer.engine_id, answer.usage)
+        cost = await self.meter.record(caller, surface, answer.model or name, answer.engine_id,
+                                       answer.usage)
         compaction = Compaction(new_compaction_id(), int(self.clock()), name, tuple(kept),
                                 answer.text.strip(), len(summarised))
         return Compacted(compaction, self.seal(caller.team, compaction), answer.engine_id,

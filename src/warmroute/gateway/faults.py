@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from warmroute.errors import (
+    AuthError,
     EngineOverloaded,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     RateLimited,
     RequestFailed,
     WarmrouteError,
@@ -72,7 +74,8 @@ def event_error(event: Mapping[str, Any]) -> WarmrouteError:
 
 
 ENGINE_ERRORS: dict[int, type[WarmrouteError]] = {
-    404: NotFound, 413: PayloadTooLarge, 422: RequestFailed, 429: RateLimited,
+    401: AuthError, 403: PermissionDenied, 404: NotFound, 413: PayloadTooLarge,
+    422: RequestFailed, 429: RateLimited,
 }
 
 

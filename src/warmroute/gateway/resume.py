@@ -141,7 +141,7 @@ class StreamSplice:
             return event if self.view.include_usage else None
         if isinstance(usage, dict):
             self.attempt_usage = usage
-            if self.attempt == 0 and self.first_usage is None:
+            if self.attempt == 0:  # the latest: the role chunk's knows no cached tokens yet
                 self.first_usage = usage
             if self.view.continuous_usage:
                 event["usage"] = self.client_usage(usage)

@@ -1,8 +1,12 @@
-"""Metering one relayed Chat Completions stream: its ledger row, and the cost in its usage chunk.
+"""Metering streamed answers: one ledger row per answer on every surface, however it ends.
 
-The row is written (and `cost_in_usd_ticks` put into the client's usage chunk) before the usage
-chunk or `[DONE]` leaves; a stream cut off by its client or by a failure is billed with what
-was delivered when it ended. Chunks without usage are relayed as they came, unparsed.
+`StreamMeter` meters a relayed Chat Completions stream: the row is written (and
+`cost_in_usd_ticks` put into the client's usage chunk) before the usage chunk or `[DONE]`
+leaves; chunks without usage are relayed as they came, unparsed. `SurfaceStreamMeter` meters the
+neutral surfaces' streams (Responses, gRPC, Messages, WebSocket) from their final usage. Both
+bill a stream cut off by its client or by a failure with what the engine reported and
+delivered when it ended (at least the prompt, which the engine's first chunk reports), both
+price by the model the engine served, and both write the row once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import Streaming
 from warmroute.gateway.usage import usage_from
 from warmroute.sse import encode_events, parse_events
+from warmroute.types import Usage
 
 USAGE_MARK = b'"usage"'
 
@@ -57,3 +62,38 @@ class StreamMeter:
         if not self.recorded:
             with anyio.CancelScope(shield=True):
                 await self.record(None)
+
+
+class SurfaceStreamMeter:
+    """The ledger row of one neutral surface's stream (`surface`: its ledger name)."""
+
+    def __init__(self, meter: Meter, caller: Caller, surface: str, upstream: Streaming) -> None:
+        self.meter = meter
+        self.caller = caller
+        self.surface = surface
+        self.upstream = upstream
+        self.recorded = False
+
+    @property
+    def model(self) -> str:
+        """The model the engine says it served (its chunks' `model`)."""
+        return str((self.upstream.splice.template or {}).get("model", ""))
+
+    async def done(self, usage: Usage) -> int:
+        """The answer ended with this usage: its row, once; returns its cost."""
+        if self.recorded:
+            return 0
+        self.recorded = True
+        return await self.meter.record(self.caller, self.surface, self.model,
+                                       self.upstream.engine_id, usage)
+
+    async def cut_off(self) -> None:
+        """The stream ended without its usage (client gone, failure): bill what the engine
+        reported and delivered; shielded from cancellation. Nothing at all: no row."""
+        if self.recorded:
+            return
+        counts = usage_from(self.upstream.splice.final_usage())
+        if counts.total_tokens == 0:
+            return
+        with anyio.CancelScope(shield=True):
+            await self.done(counts)
