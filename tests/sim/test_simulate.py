@@ -63,6 +63,15 @@ def conversations(n: int, turns: int) -> list[TraceRequest]:
     return out
 
 
+def write_trace(path: Path, requests: list[TraceRequest]) -> Path:
+    """`requests` as a Mooncake-format JSONL trace."""
+    path.write_text("".join(
+        json.dumps({"timestamp": r.timestamp_ms, "input_length": r.input_length,
+                    "output_length": r.output_length, "hash_ids": list(r.hash_ids)}) + "\n"
+        for r in requests))
+    return path
+
+
 def test_keyed_policy_keeps_conversations_and_beats_round_robin() -> None:
     reqs = conversations(13, 4)  # 13: round-robin must not line up with 4 engines
     params = small_params()
@@ -152,11 +161,7 @@ def test_round_robin_is_the_floor_on_the_trace() -> None:
 
 
 def test_simulate_command_writes_its_figures(tmp_path: Path) -> None:
-    trace = tmp_path / "t.jsonl"
-    trace.write_text("".join(
-        json.dumps({"timestamp": r.timestamp_ms, "input_length": r.input_length,
-                    "output_length": r.output_length, "hash_ids": list(r.hash_ids)}) + "\n"
-        for r in conversations(10, 3)))
+    trace = write_trace(tmp_path / "t.jsonl", conversations(10, 3))
     out = tmp_path / "sim.json"
     assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
                  "--churn-keys", "10", "--json", str(out)]) == 0
@@ -196,11 +201,7 @@ def test_replicas_with_no_lag_place_as_one_gateway_does() -> None:
 
 
 def test_simulate_runs_replicas_per_lag(tmp_path: Path) -> None:
-    trace = tmp_path / "t.jsonl"
-    trace.write_text("".join(
-        json.dumps({"timestamp": r.timestamp_ms, "input_length": r.input_length,
-                    "output_length": r.output_length, "hash_ids": list(r.hash_ids)}) + "\n"
-        for r in conversations(10, 3)))
+    trace = write_trace(tmp_path / "t.jsonl", conversations(10, 3))
     out = tmp_path / "sim.json"
     assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
                  "--churn-keys", "10", "--policies", "warmroute", "--gateways", "4",
