@@ -27,10 +27,12 @@ ERRORS = {
     "401": "Missing API key",
     "403": "Revoked API key, or a tenant's key on an admin route",
     "404": "Not found",
+    "408": "The body did not arrive in time",
     "413": "Body too large",
     "415": "Not JSON",
+    "422": "The engine failed this request alone (not retried elsewhere)",
     "429": "Rate limited",
-    "503": "No engine available",
+    "503": "No engine available, or the store is unavailable (with retry-after)",
 }
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/v1/chat/completions", "post"): ChatCompletionBody,
@@ -101,6 +103,7 @@ def gateway_openapi(app: FastAPI) -> dict[str, Any]:
             for status, description in ERRORS.items():
                 responses.setdefault(status, {"description": description, "content": error})
     surface_extras(document.get("paths", {}), components)
+    stored_response_links(document.get("paths", {}))
     app.openapi_schema = document
     return document
 
@@ -125,3 +128,23 @@ def surface_extras(paths: dict[str, Any], components: dict[str, Any]) -> None:
             "type": "boolean", "default": False,
             "description": "Answer {request_id} at once; read the completion at "
                            "/v1/chat/deferred-completion/{request_id}"}
+
+
+def stored_response_links(paths: dict[str, Any]) -> None:
+    """OpenAPI links from a created response to reading and deleting it (`$response.body#/id`),
+    which stateful clients and fuzzers follow."""
+    created = paths.get("/v1/responses", {}).get("post")
+    stored = paths.get("/v1/responses/{response_id}", {})
+    if created is None or not stored:
+        return
+    ok = created["responses"].setdefault("200", {"description": "The answer"})
+    ok.setdefault("content", {})["application/json"] = {"schema": {
+        "type": "object", "properties": {"id": {"type": "string"}, "object": {"type": "string"}},
+        "required": ["id", "object"]}}
+    ok["links"] = {
+        f"{method.capitalize()}Response": {
+            "operationId": operation["operationId"],
+            "parameters": {"response_id": "$response.body#/id"},
+        }
+        for method, operation in stored.items() if "operationId" in operation
+    }
