@@ -36,7 +36,8 @@ class BodyDeadline:
             if done:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):  # no task per message, as wait_for has
+                    message = await receive()
             except TimeoutError:
                 done = True
                 raise RequestTimeout(
