@@ -24,6 +24,7 @@ from tests.gateway.extreme import grpc_request
 from tests.gateway.inprocess import bearer, in_process_gateway, make_keys, until
 from tests.gateway.scripted import ScriptedFleet, sse_payloads
 from tests.procs import free_port
+from warmroute.gateway.ratelimit import REDIS_RETRY_S, WINDOW_S
 from warmroute.procs import RedisServer
 from warmroute.store import backends, ledger_writer
 
@@ -123,21 +124,32 @@ async def test_a_broken_postgresql_connection_is_503_and_writes_nothing(
 async def test_with_its_redis_killed_rate_limits_fail_open_to_local_counts(
     tmp_path: Path,
 ) -> None:
+    while time.time() % WINDOW_S > WINDOW_S - 15:  # one rate-limit window for the whole test
+        await asyncio.sleep(0.5)
     redis = RedisServer(tmp_path / "redis").start()
+    back = RedisServer(tmp_path / "redis", port=redis.port)
     try:
         keys = await make_keys(tmp_path, limited={"team": "team-r", "rpm": 3})
         headers = bearer(keys["limited"][0])
         async with in_process_gateway(ScriptedFleet("r1"), tmp_path, redis_url=redis.url) as gw:
-            shared = [(await gw.http.post("/v1/chat/completions", json=BODY, headers=headers))
-                      for _ in range(2)]
+
+            async def send(n: int) -> list[int]:
+                return [(await gw.http.post("/v1/chat/completions", json=BODY,
+                                            headers=headers)).status_code for _ in range(n)]
+
+            shared = await send(2)
             redis.kill()
             started = time.monotonic()
-            local = [(await gw.http.post("/v1/chat/completions", json=BODY, headers=headers))
-                     for _ in range(4)]
+            local = await send(4)
             elapsed = time.monotonic() - started
+            back.start()  # an empty Redis: its counters start again
+            await asyncio.sleep(REDIS_RETRY_S + 0.2)
+            again = await send(1)
     finally:
         redis.kill()
-    assert [r.status_code for r in shared] == [200, 200]
+        back.kill()
+    assert shared == [200, 200]
     # Counted in this process from the outage on: 3 more, then the limit.
-    assert [r.status_code for r in local] == [200, 200, 200, 429]
+    assert local == [200, 200, 200, 429]
     assert elapsed < 5.0
+    assert again == [200]  # the shared counters again, as soon as Redis answers

@@ -20,6 +20,7 @@ from warmroute.errors import RateLimited
 log = logging.getLogger(__name__)
 WINDOW_S = 60
 REDIS_TIMEOUT_S = 0.5
+REDIS_RETRY_S = 2.0  # after a failure, requests count locally this long before Redis is tried
 
 
 class Counters(Protocol):
@@ -60,7 +61,9 @@ class RedisCounters:
                                           socket_connect_timeout=REDIS_TIMEOUT_S)
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.fallback = LocalCounters(clock)
+        self.clock = clock
         self.failing = False
+        self.retry_at = 0.0
 
     async def incr(self, name: str, amount: int, expire_s: int) -> int:
         async def shared() -> int:
@@ -81,13 +84,15 @@ class RedisCounters:
 
     async def _or_local(self, shared: Callable[[], Awaitable[int]],
                         local: Callable[[], Awaitable[int]]) -> int:
+        if self.failing and self.clock() < self.retry_at:
+            return await local()  # no request waits for a Redis that just failed
         try:
             value = await shared()
         except self.errors as exc:
             if not self.failing:
                 log.warning("rate limits: Redis unavailable (%s); counting in this process",
                             type(exc).__name__)
-            self.failing = True
+            self.failing, self.retry_at = True, self.clock() + REDIS_RETRY_S
             return await local()
         if self.failing:
             log.info("rate limits: Redis answers again; shared counters in use")
