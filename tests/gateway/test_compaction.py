@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def responses_history(client: openai.OpenAI, turns: int) -> tuple[list[dict[str,
     """A conversation of `turns` long user messages and the model's replies, sent whole each
     turn; the history as input items and the last turn's usage."""
     items: list[dict[str, Any]] = [
-        {"role": "system", "content": f"Session {uuid.uuid4()}. {SYSTEM_PROMPT}"}]
+        {"role": "system", "content": f"Session of {__name__}. {SYSTEM_PROMPT}"}]
     usage = None
     for turn in range(turns):
         items.append({"role": "user", "content": long_message(turn)})
@@ -71,7 +70,7 @@ def responses_history(client: openai.OpenAI, turns: int) -> tuple[list[dict[str,
 
 def test_openai_compact_then_continue(gateway: tuple[str, str, Path]) -> None:
     url, _, data_dir = gateway
-    client = openai_client(url, f"cmp-{uuid.uuid4()}")
+    client = openai_client(url, "cmp-continue")
     history, last = responses_history(client, 3)
     compacted = client.responses.compact(model=MODEL, input=history)
     assert compacted.object == "response.compaction"
@@ -98,7 +97,7 @@ def test_openai_compact_then_continue(gateway: tuple[str, str, Path]) -> None:
 
 def test_altered_compaction_is_refused(gateway: tuple[str, str, Path]) -> None:
     url, _, _ = gateway
-    client = openai_client(url, f"cmp-bad-{uuid.uuid4()}")
+    client = openai_client(url, "cmp-bad")
     history, _ = responses_history(client, 1)
     item = client.responses.compact(model=MODEL, input=history).output[0].model_dump()
     content = item["encrypted_content"]
@@ -118,9 +117,9 @@ def test_altered_compaction_is_refused(gateway: tuple[str, str, Path]) -> None:
 def test_xai_sdk_compact_then_continue(gateway: tuple[str, str, Path]) -> None:
     _, host, _ = gateway
     sdk = Client(api_key="dev-key", api_host=host, use_insecure_channel=True, timeout=120,
-                 metadata=(("x-grok-conv-id", f"cmp-grpc-{uuid.uuid4()}"),))
+                 metadata=(("x-grok-conv-id", "cmp-grpc"),))
     chat = sdk.chat.create(model=MODEL, max_tokens=8, temperature=0)
-    chat.append(system(f"Session {uuid.uuid4()}. {SYSTEM_PROMPT}"))
+    chat.append(system(f"Session of {__name__}. {SYSTEM_PROMPT}"))
     whole = sdk.chat.create(model=MODEL, max_tokens=4, temperature=0)
     whole.append(system(chat.messages[0].content[0].text))
     last = None
