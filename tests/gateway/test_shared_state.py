@@ -181,3 +181,35 @@ async def test_without_redis_replicas_route_locally_then_converge(tmp_path: Path
     finally:
         await stopped(a, b)
         server.kill()
+
+
+async def test_new_placements_reserve_prefill_together(redis_server: OwnRedis) -> None:
+    """A burst of new conversations placed by several replicas at once spreads as one gateway
+    would: each placement takes the candidate with the least prefill every replica reserved, in
+    one atomic step; a first token releases it."""
+    a, b = await started(replica(redis_server.url), replica(redis_server.url))
+    try:
+        assert a.shared is not None and b.shared is not None
+        order = ("e1", "e2", "e3")
+        shares = (a.shared, b.shared, a.shared, b.shared)
+        picks = [await one.reserve(TENANT, None, order, 5.0, False, None) for one in shares]
+        assert picks == ["e1", "e2", "e3", "e1"]  # e1, e2, e3 then 5 each: the first again
+        # a conversation a replica claimed is answered to the other, whatever it reserved
+        assert await a.shared.reserve(TENANT, "both", order, 1.0, True, None) == "e2"
+        assert await b.shared.reserve(TENANT, "both", ("e3",), 1.0, True, None) == "e2"
+        reserved = b.shared.client
+        assert float(await reserved.hget(b.shared.queued_key, "e2")) == 5.0 + 1.0 + 1.0
+        a.shared.first_token("e2", 7.0)  # released, through the outbox
+        for _ in range(100):
+            if float(await reserved.hget(b.shared.queued_key, "e2")) == 0.0:
+                break
+            await asyncio.sleep(0.01)
+        assert float(await reserved.hget(b.shared.queued_key, "e2")) == 0.0
+        # the gateway's own placement follows the shared reservations, not its local view
+        await reserved.hset(b.shared.queued_key, mapping={"e1": 50, "e2": 40, "e3": 60})
+        decision = await a.route(keyed("fresh"))
+        assert decision.engine_id == "e2" and decision.reason == "least-loaded"
+        assert a.placer.home_of("fresh", TENANT) == "e2"
+        await eventually(lambda: b.placer.home_of("fresh", TENANT) == "e2", "b to see the home")
+    finally:
+        await stopped(a, b)

@@ -27,7 +27,7 @@ from warmroute.gateway.features import CHUNK_BYTES
 from warmroute.gateway.health import HealthProber
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
-from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
+from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams, prefill_work
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
@@ -136,23 +136,28 @@ class Gateway:
 
     async def _route_shared(self, features: RequestFeatures,
                             shared: SharedRoutingState) -> Decision:
+        """A known home: no round trip (its prefill reserved in the background). Anything
+        placed anew — a new conversation, a rehome, a spill, a keyless request — reserves its
+        prefill among the plan's candidates in one atomic Redis step, which also claims a new
+        home (another replica's claim wins)."""
         key, tenant, placer = features.key, features.tenant, self.placer
-        before = placer.home_of(key, tenant) if key is not None else None
-        if key is not None and before is None:
-            before = await shared.lookup(tenant, key)
-            if before is not None:
-                placer.adopt_home(tenant, key, before)
+        if key is not None and placer.home_of(key, tenant) is None:
+            found = await shared.lookup(tenant, key)
+            if found is not None:
+                placer.adopt_home(tenant, key, found)
         loads = self.membership.loads()
-        decision = placer.place(features, loads, self.membership.queued())
-        after = placer.home_of(key, tenant) if key is not None else None
-        if key is not None and after is not None and after != before:
-            holder = await shared.claim(tenant, key, after, before)
-            if holder != after:  # another replica placed it first: that is its home
-                placer.adopt_home(tenant, key, holder)
-                if holder in loads:
-                    rest = tuple(e for e in decision.ranked if e != holder)
-                    decision = Decision((holder, *rest), "sticky", decision.work)
-        shared.placed(decision.engine_id, tenant, key, features.chunks, decision.work)
+        plan = placer.plan(features, loads, self.membership.queued())
+        chosen = None
+        if plan.kind != "sticky":
+            depth = placer.index.matched_depth(plan.candidates[0], features.chunks)
+            claim = plan.kind == "new" and key is not None
+            chosen = await shared.reserve(tenant, key, plan.candidates,
+                                          prefill_work(features, depth), claim,
+                                          plan.home if plan.reason == "rehomed" else None)
+            loads = self.membership.loads()  # the await let other requests place
+        decision = placer.commit(features, loads, plan, chosen)
+        shared.placed(decision.engine_id, tenant, key, features.chunks, decision.work,
+                      reserved=chosen is not None)
         return decision
 
     def _cache_chunks(self, engine_id: str) -> int | None:

@@ -39,6 +39,7 @@ import zlib
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Literal
 
 from warmroute.errors import EngineUnavailable
 from warmroute.gateway.homes import DEFAULT_MAX_CONVERSATIONS, DEFAULT_MAX_PER_TENANT, HomeTable
@@ -46,7 +47,20 @@ from warmroute.gateway.policies import FLOAT_SLACK, Decision, Reason, RequestFea
 from warmroute.gateway.prefix_index import PrefixIndex
 
 MAX_ALTERNATIVES = 7
+MAX_CANDIDATES = 8  # of a new placement, for replicas to reserve among
 SAMPLE = 32  # failover candidates looked at in a large fleet
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement before it is recorded: `sticky` (the home), `spilled` (the home is full:
+    one of `candidates` takes this request) or `new` (one of `candidates` becomes the home;
+    `reason` "rehomed" when the home failed)."""
+
+    kind: Literal["sticky", "spilled", "new"]
+    home: str | None
+    candidates: tuple[str, ...]
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,13 @@ class CacheAwarePlacer:
         """Choose among the healthy engines `loads` (engine → requests in flight; `queued`:
         engine → prefill work placed there whose first token has not come back) and record the
         choice (home, prefix index, served count). The decision's `work` is this request's."""
+        return self.commit(features, loads, self.plan(features, loads, queued))
+
+    def plan(self, features: RequestFeatures, loads: Mapping[str, int],
+             queued: Mapping[str, float] | None = None) -> Plan:
+        """What `place` would choose, recording nothing: the home (sticky), or the engines a
+        spilled or new placement would take, best first (several replicas pick among them by
+        the prefill work they reserve together, `shared_state.reserve`)."""
         if not loads:
             raise EngineUnavailable("no healthy engine is available")
         queue = queued if queued is not None else {}
@@ -86,30 +107,38 @@ class CacheAwarePlacer:
         home = self.homes.get(features.tenant, key) if key is not None else None
         if home is not None and home in loads:
             if loads[home] < cap:
-                work = self._work(features, home)
-                decision = Decision(self._ranked(home, loads), "sticky", work)
-                self._record(features, home, rehome=False)
-                return decision
-            chosen, _, work = self._new_placement(features, loads, queue, cap, exclude=home)
-            decision = Decision(self._ranked(chosen, loads, home), "spilled", work)
-            self._record(features, chosen, rehome=False)
-            return decision
-        chosen, reason, work = self._new_placement(features, loads, queue, cap)
-        decision = Decision(self._ranked(chosen, loads), "rehomed" if home else reason, work)
-        self._record(features, chosen, rehome=True)
+                return Plan("sticky", home, (home,), "sticky")
+            spill = self._candidates(features, loads, queue, cap, exclude=home)
+            return Plan("spilled", home, spill, "spilled")
+        candidates = self._candidates(features, loads, queue, cap)
+        return Plan("new", home, candidates, "rehomed" if home else "prefix")
+
+    def commit(self, features: RequestFeatures, loads: Mapping[str, int], plan: Plan,
+               chosen: str | None = None) -> Decision:
+        """Carry out `plan` on `chosen` (default: its first candidate) and record it."""
+        engine = chosen if chosen is not None and chosen in loads else plan.candidates[0]
+        depth = self.index.matched_depth(engine, features.chunks) if features.chunks else 0
+        work = prefill_work(features, depth)
+        if plan.kind == "sticky":
+            decision = Decision(self._ranked(engine, loads), "sticky", work)
+        elif plan.kind == "spilled":
+            assert plan.home is not None
+            decision = Decision(self._ranked(engine, loads, plan.home), "spilled", work)
+        else:
+            reason: Reason = plan.reason if plan.reason == "rehomed" else (
+                "prefix" if depth else "least-loaded")
+            decision = Decision(self._ranked(engine, loads), reason, work)
+        self._record(features, engine, rehome=plan.kind == "new")
         return decision
 
-    def _work(self, features: RequestFeatures, engine_id: str) -> float:
-        return prefill_work(features, self.index.matched_depth(engine_id, features.chunks))
-
-    def _new_placement(
+    def _candidates(
         self, features: RequestFeatures, loads: Mapping[str, int], queued: Mapping[str, float],
         cap: int, exclude: str | None = None,
-    ) -> tuple[str, Reason, float]:
+    ) -> tuple[str, ...]:
         """Among the engines under the in-flight cap and the balance cap (or, where most of
         the prompt is cached, under the looser hot-spot cap), those holding the longest
-        prefix of the prompt; of those, the one with the least prefill queued ahead (so the
-        first token comes soonest), then fewer in flight, fewer served, a stable hash."""
+        prefix of the prompt, best first: the least prefill queued ahead (so the first token
+        comes soonest), then fewer in flight, fewer served, a stable hash."""
         if max(loads.values()) < cap:  # the common case, at C speed
             open_ = set(loads)
             open_.discard(exclude)
@@ -139,9 +168,9 @@ class CacheAwarePlacer:
             return (-depths[engine_id], queued.get(engine_id, 0.0), loads[engine_id],
                     served.get(engine_id, 0.0), -(self._engine_hash(engine_id) ^ salt))
 
-        chosen = min(candidates, key=rank)
-        reason: Reason = "prefix" if depths[chosen] else "least-loaded"
-        return chosen, reason, prefill_work(features, depths[chosen])
+        best = heapq.nsmallest(MAX_CANDIDATES, candidates, key=rank)
+        deepest = depths[best[0]]
+        return tuple(e for e in best if depths[e] == deepest)
 
     def _under_served_cap(self, pool: set[str], average: float, epsilon: float) -> set[str]:
         """Those of `pool` that have served fewer than ⌈(1+ε)·average⌉ recent requests (the

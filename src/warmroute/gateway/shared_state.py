@@ -44,6 +44,12 @@ from redis.exceptions import RedisError
 
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.placement import CacheAwarePlacer
+from warmroute.gateway.routing_scripts import (
+    CLAIM_SCRIPT,
+    DECAY_EVERY_S,
+    DECAY_SCRIPT,
+    RESERVE_SCRIPT,
+)
 
 log = logging.getLogger(__name__)
 MAX_PENDING_CLAIMS = 100_000
@@ -51,22 +57,6 @@ MAX_OUTBOX = 10_000
 READ_BATCH = 1_000
 RETRY_S = 0.5
 UNREACHABLE = (RedisError, OSError)
-
-# KEYS: home key, log stream. ARGV: engine, ttl, log length, origin, tenant, id, expected home
-# ('' to claim an absent home). Answers the home that holds after the call.
-CLAIM_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[7] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return current
-end
-if current == ARGV[1] then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'k', 'h', 'o', ARGV[4], 'e', ARGV[1],
-           't', ARGV[5], 'c', ARGV[6])
-return ARGV[1]
-"""
-
 
 @dataclass(frozen=True)
 class SharedStateParams:
@@ -116,12 +106,16 @@ class SharedRoutingState:
         self.reader: Any = redis.from_url(params.url, socket_connect_timeout=timeout,
                                           socket_timeout=params.block_ms / 1000 + 2 * timeout)
         self._claim = self.client.register_script(CLAIM_SCRIPT)
+        self._reserve = self.client.register_script(RESERVE_SCRIPT)
+        self._decay_shared = self.client.register_script(DECAY_SCRIPT)
+        self.queued_key = f"{params.prefix}:queued"
         self._pending: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._touched: dict[tuple[str, str], float] = {}
         self._outbox: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._decayed_at = clock()
+        self._shared_decayed_at = 0.0
 
     def home_key(self, tenant: str, key: str) -> str:
         return f"{self.params.prefix}:home:{tenant}:{key}"
@@ -170,19 +164,49 @@ class SharedRoutingState:
         self._remember(tenant, key, previous)
         return engine_id
 
+    async def reserve(self, tenant: str, key: str | None, candidates: tuple[str, ...],
+                      work: float, claim_home: bool, previous: str | None) -> str | None:
+        """Of `candidates` (best first), the engine with the least prefill reserved by all
+        replicas, with `work` reserved on it, in one atomic step (replicas placing a burst of
+        new conversations at once then spread it as one gateway would); with `claim_home`, it
+        also becomes the conversation's home unless another replica holds one (then that one
+        is answered). None while Redis is unreachable (the caller places locally)."""
+        if not self.up:
+            if claim_home and key is not None:
+                self._remember(tenant, key, previous)
+            return None
+        p = self.params
+        try:
+            chosen = await self._reserve(
+                keys=[self.home_key(tenant, key or ""), self.queued_key, self.stream],
+                args=[self.origin, tenant, key or "", p.home_ttl_s, p.log_entries,
+                      f"{work:g}", previous or "", "home" if claim_home else "-", *candidates],
+            )
+        except UNREACHABLE as exc:
+            self._down(exc)
+            if claim_home and key is not None:
+                self._remember(tenant, key, previous)
+            return None
+        if claim_home and key is not None:
+            self._touched[(tenant, key)] = self.clock()
+        return chosen.decode() if isinstance(chosen, bytes) else str(chosen)
+
     def placed(self, engine_id: str, tenant: str, key: str | None,
-               chunks: tuple[Hashable, ...], work: float) -> None:
+               chunks: tuple[Hashable, ...], work: float, reserved: bool = False) -> None:
         """A request of this replica went to `engine_id`: tell the others (batched)."""
         if not self.up:
             return
         self._send({"k": "p", "o": self.origin, "e": engine_id, "d": pack_digests(chunks),
                     "w": f"{work:g}"})
+        if not reserved and work:
+            self._outbox.append({"reserve": engine_id, "w": work})
         if key is not None:
             self._refresh_ttl(tenant, key)
 
     def first_token(self, engine_id: str, work: float) -> None:
         """A request of this replica got its first token: its prefill is no longer queued."""
         if self.up and work:
+            self._outbox.append({"reserve": engine_id, "w": -work})
             self._send({"k": "f", "o": self.origin, "e": engine_id, "w": f"{work:g}"})
 
     def _send(self, event: dict[str, Any]) -> None:
@@ -265,6 +289,7 @@ class SharedRoutingState:
                 if len(entries) < READ_BATCH:
                     self.caught_up.set()
                 self._decay()
+                await self._decay_reserved()
             except UNREACHABLE as exc:  # retried; routing goes on locally
                 if self.closing:
                     return
@@ -294,6 +319,16 @@ class SharedRoutingState:
         elapsed, self._decayed_at = now - self._decayed_at, now
         self.membership.decay_remote_work(0.5 ** (elapsed / self.params.remote_work_half_life_s))
 
+    async def _decay_reserved(self) -> None:
+        """Let the shared reservations fade (whichever replica comes first every few s)."""
+        now = time.time()
+        if now - self._shared_decayed_at < DECAY_EVERY_S:
+            return
+        self._shared_decayed_at = now
+        await self._decay_shared(keys=[self.queued_key, f"{self.queued_key}:decayed"],
+                                 args=[f"{now:.3f}", DECAY_EVERY_S,
+                                       self.params.remote_work_half_life_s])
+
     async def _flush(self) -> None:
         p = self.params
         while True:
@@ -307,6 +342,8 @@ class SharedRoutingState:
                     for event in batch:
                         if "expire" in event:
                             pipe.expire(event["expire"], p.home_ttl_s)
+                        elif "reserve" in event:
+                            pipe.hincrbyfloat(self.queued_key, event["reserve"], event["w"])
                         else:
                             pipe.xadd(self.stream, event, maxlen=p.log_entries,
                                       approximate=True)

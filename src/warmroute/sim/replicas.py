@@ -9,8 +9,9 @@ balancer, sharing routing state the way `gateway/shared_state.py` shares it thro
 - Every placement (engine, chunk digests, and the home it set) reaches the other replicas
   `lag_s` of simulated time later (the routing log), and only then feeds their prefix pictures
   and served counts.
-- Prefill work queued ahead: each replica's own at once, the others' when their placement (and
-  later their first token) reaches it through the log, as the gateway shares it. In-flight
+- Prefill work queued ahead is reserved in one registry at once (the gateway's atomic Redis
+  reservation: every new placement takes the candidate with the least work every replica
+  reserved), so replicas placing a burst together do not herd onto one engine. In-flight
   counts are the engines', which the load caps compare to their average, so a replica's own
   share (about 1/N of each) would give the same caps but for the slack.
 """
@@ -26,8 +27,8 @@ from warmroute.sim.routers import PolicyRouter
 from warmroute.sim.simulated_engine import SimulatedEngine
 from warmroute.sim.traces import TraceRequest
 
-# (due, origin, engine, chunks, conversation, its new home, prefill work: + queued, - done)
-Event = tuple[float, int, str, tuple[Hashable, ...], str | None, str | None, float]
+# (due, origin, engine, chunks, conversation, its new home)
+Event = tuple[float, int, str, tuple[Hashable, ...], str | None, str | None]
 
 
 class ReplicatedRouter:
@@ -49,6 +50,9 @@ class ReplicatedRouter:
         self.turns = itertools.count()
         self.placed_by: dict[int, deque[int]] = {}  # engine → replicas, in placement order
         self.now = 0.0
+        reserved = self.replicas[0].queued  # one registry of reserved prefill for all
+        for router in self.replicas:
+            router.queued = reserved
 
     @property
     def decision_s(self) -> list[float]:
@@ -77,9 +81,8 @@ class ReplicatedRouter:
                 placer.adopt_home("", key, holder)
                 index = self.ids.index(holder)
         chunks = router.features(request).chunks
-        work = router.works[index][-1] if router.works.get(index) else 0.0
         self.inbox.append((now + self.lag_s, origin, self.ids[index], chunks, key,
-                           self.homes.get(key) if after != before else None, work))
+                           self.homes.get(key) if after != before else None))
         self.placed_by.setdefault(index, deque()).append(origin)
         self.now = now
         return index
@@ -92,14 +95,11 @@ class ReplicatedRouter:
 
     def _deliver(self, now: float) -> None:
         while self.inbox and self.inbox[0][0] <= now:
-            _, origin, engine_id, chunks, key, home, work = self.inbox.popleft()
+            _, origin, engine_id, chunks, key, home = self.inbox.popleft()
             for r, router in enumerate(self.replicas):
                 if r == origin:
                     continue
-                queued = router.queued
-                queued[engine_id] = max(0.0, queued.get(engine_id, 0.0) + work)
-                if chunks or key is not None:  # a placement, not a first token
-                    router.placer.observe(engine_id, chunks)
+                router.placer.observe(engine_id, chunks)
                 if key is not None and home is not None:
                     router.placer.adopt_home("", key, home)
 
@@ -111,8 +111,4 @@ class ReplicatedRouter:
         if origins:
             origin = origins.popleft()
             router = self.replicas[origin]
-            works = router.works.get(engine)
-            work = works[0] if works else 0.0
             router.first_token(engine)
-            self.inbox.append((self.now + self.lag_s, origin, self.ids[engine], (), None, None,
-                               -work))

@@ -1,0 +1,66 @@
+"""The Lua scripts behind shared routing state (`shared_state.py`): each runs atomically in
+Redis, so what replicas decide through them is decided once, in one order."""
+
+from __future__ import annotations
+
+# KEYS: home key, log stream. ARGV: engine, ttl, log length, origin, tenant, id, expected home
+# ('' to claim an absent home). Answers the home that holds after the call.
+CLAIM_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[7] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return current
+end
+if current == ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'k', 'h', 'o', ARGV[4], 'e', ARGV[1],
+           't', ARGV[5], 'c', ARGV[6])
+return ARGV[1]
+"""
+
+
+# KEYS: home key, queued-work hash, log stream. ARGV: origin, tenant, id, ttl, log length,
+# work, expected home ('' for none), 'home' to claim the home (else this request only), then
+# the candidates, best first. Of the candidates, the one with the least prefill reserved by
+# every replica gets this request's work reserved; a home another replica holds wins over them.
+RESERVE_SCRIPT = """
+if ARGV[8] == 'home' then
+  local current = redis.call('GET', KEYS[1])
+  if current and current ~= ARGV[7] then
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    redis.call('HINCRBYFLOAT', KEYS[2], current, ARGV[6])
+    return current
+  end
+end
+local best, least = nil, nil
+for i = 9, #ARGV do
+  local queued = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+  if best == nil or queued < least then best, least = ARGV[i], queued end
+end
+redis.call('HINCRBYFLOAT', KEYS[2], best, ARGV[6])
+if ARGV[8] == 'home' then
+  redis.call('SET', KEYS[1], best, 'EX', ARGV[4])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'k', 'h', 'o', ARGV[1], 'e', best,
+             't', ARGV[2], 'c', ARGV[3])
+end
+return best
+"""
+
+# KEYS: queued-work hash, the time of its last decay. ARGV: now, least seconds between decays,
+# half-life. Work a dead replica reserved fades instead of weighing on its engine for ever.
+DECAY_SCRIPT = """
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if now - last < tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+if last == 0 then return 0 end
+local factor = 0.5 ^ ((now - last) / tonumber(ARGV[3]))
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local value = tonumber(all[i + 1]) * factor
+  if value < 0.01 then value = 0 end
+  redis.call('HSET', KEYS[1], all[i], value)
+end
+return 1
+"""
+DECAY_EVERY_S = 2.0
