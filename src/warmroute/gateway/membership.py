@@ -28,7 +28,6 @@ class EngineState:
     healthy: bool = False
     in_flight: int = 0
     queued: float = 0.0  # prefill work placed here whose first token has not come back yet
-    remote_queued: float = 0.0  # the same, placed by other gateway replicas (shared state)
     probe_failures: int = 0
     ejected_at: float = float("-inf")
     model: str | None = None
@@ -65,21 +64,8 @@ class Membership:
         return {s.engine_id: s.in_flight for s in self.engines.values() if s.healthy}
 
     def queued(self) -> dict[str, float]:
-        """The healthy engines' outstanding prefill work (this replica's and, with shared
-        routing state, the others'), for the cache-aware placer."""
-        return {s.engine_id: s.queued + s.remote_queued for s in self.engines.values()
-                if s.healthy}
-
-    def remote_work(self, engine_id: str, delta: float) -> None:
-        """Another replica queued (`delta` > 0) or saw prefilled (< 0) work on the engine."""
-        state = self.engines.get(engine_id)
-        if state is not None:
-            state.remote_queued = max(0.0, state.remote_queued + delta)
-
-    def decay_remote_work(self, factor: float) -> None:
-        """Forget other replicas' work gradually: a replica that died never says it is done."""
-        for state in self.engines.values():
-            state.remote_queued *= factor
+        """The healthy engines' outstanding prefill work, for the cache-aware placer."""
+        return {s.engine_id: s.queued for s in self.engines.values() if s.healthy}
 
     def healthy_ids(self) -> list[str]:
         return [s.engine_id for s in self.engines.values() if s.healthy]

@@ -7,11 +7,13 @@ Redis makes the replicas agree on it:
   replica to place a conversation claims it atomically (a Lua script: set it if absent, else
   answer the holder); a rehome (the home failed) is a compare-and-set from the old home. Each
   change is appended to the routing log;
-- every placement (engine, the prompt's tenant-salted chunk digests, the prefill work it queues)
-  and every first token (the work it ends) is appended to the same log, a Redis stream capped
-  at `log_entries` (`XADD MAXLEN ~`), so each replica's picture of the caches, of requests
-  served and of prefill queued ahead covers every replica's traffic (the work others queued is
-  forgotten with a half-life of `remote_work_half_life_s`, in case a replica dies mid-request);
+- every placement (engine, the prompt's tenant-salted chunk digests) is appended to the same
+  log, a Redis stream capped at `log_entries` (`XADD MAXLEN ~`), so each replica's picture of
+  the caches and of requests served covers every replica's traffic;
+- prefill queued ahead is one Redis hash: a placement made anew reserves its work there and
+  picks its engine in one atomic step (`reserve`), a sticky turn adds its work in the
+  background, a first token takes it off; what a dead replica reserved fades (half-life
+  `reserved_half_life_s`);
 - a replica reads the retained log from its start when it starts (catch-up: `start` waits for
   it, bounded), then follows it (`XREAD BLOCK`), applying other replicas' events to its placer.
 
@@ -56,6 +58,7 @@ MAX_PENDING_CLAIMS = 100_000
 MAX_OUTBOX = 10_000
 READ_BATCH = 1_000
 RETRY_S = 0.5
+FLUSH_DELAY_S = 0.01
 UNREACHABLE = (RedisError, OSError)
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class SharedStateParams:
     timeout_s: float = 0.5
     block_ms: int = 1_000
     catch_up_s: float = 5.0
-    remote_work_half_life_s: float = 10.0
+    reserved_half_life_s: float = 10.0
 
 
 def pack_digests(chunks: tuple[Hashable, ...]) -> bytes:
@@ -114,7 +117,6 @@ class SharedRoutingState:
         self._outbox: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._decayed_at = clock()
         self._shared_decayed_at = 0.0
 
     def home_key(self, tenant: str, key: str) -> str:
@@ -196,18 +198,16 @@ class SharedRoutingState:
         """A request of this replica went to `engine_id`: tell the others (batched)."""
         if not self.up:
             return
-        self._send({"k": "p", "o": self.origin, "e": engine_id, "d": pack_digests(chunks),
-                    "w": f"{work:g}"})
         if not reserved and work:
             self._outbox.append({"reserve": engine_id, "w": work})
+        self._send({"k": "p", "o": self.origin, "e": engine_id, "d": pack_digests(chunks)})
         if key is not None:
             self._refresh_ttl(tenant, key)
 
     def first_token(self, engine_id: str, work: float) -> None:
         """A request of this replica got its first token: its prefill is no longer queued."""
         if self.up and work:
-            self._outbox.append({"reserve": engine_id, "w": -work})
-            self._send({"k": "f", "o": self.origin, "e": engine_id, "w": f"{work:g}"})
+            self._send({"reserve": engine_id, "w": -work})
 
     def _send(self, event: dict[str, Any]) -> None:
         self._outbox.append(event)
@@ -282,42 +282,29 @@ class SharedRoutingState:
                 answer = await self.reader.xread({self.stream: last}, count=READ_BATCH,
                                                  block=block)
                 entries = answer[0][1] if answer else []
-                live = self.caught_up.is_set()
                 for entry_id, fields in entries:
                     last = entry_id
-                    self._apply(fields, live)
+                    self._apply(fields)
                 if len(entries) < READ_BATCH:
                     self.caught_up.set()
-                self._decay()
                 await self._decay_reserved()
             except UNREACHABLE as exc:  # retried; routing goes on locally
                 if self.closing:
                     return
                 self._down(exc)
-                self._decay()
                 await asyncio.sleep(RETRY_S)
 
-    def _apply(self, fields: dict[bytes, bytes], live: bool) -> None:
-        """One event of another replica; `live`: read as it happened, not caught up on (old
-        prefill work is long done)."""
+    def _apply(self, fields: dict[bytes, bytes]) -> None:
+        """One event of another replica."""
         if fields.get(b"o", b"").decode() == self.origin:
             return
         kind, engine_id = fields.get(b"k"), fields.get(b"e", b"").decode()
         self.applied += 1
-        work = float(fields.get(b"w", b"0")) if live else 0.0
         if kind == b"p":
             self.placer.observe(engine_id, unpack_digests(fields.get(b"d", b"")))
-            self.membership.remote_work(engine_id, work)
-        elif kind == b"f":
-            self.membership.remote_work(engine_id, -work)
         elif kind == b"h":
             tenant, key = fields[b"t"].decode(), fields[b"c"].decode()
             self.placer.adopt_home(tenant, key, engine_id)
-
-    def _decay(self) -> None:
-        now = self.clock()
-        elapsed, self._decayed_at = now - self._decayed_at, now
-        self.membership.decay_remote_work(0.5 ** (elapsed / self.params.remote_work_half_life_s))
 
     async def _decay_reserved(self) -> None:
         """Let the shared reservations fade (whichever replica comes first every few s)."""
@@ -327,12 +314,15 @@ class SharedRoutingState:
         self._shared_decayed_at = now
         await self._decay_shared(keys=[self.queued_key, f"{self.queued_key}:decayed"],
                                  args=[f"{now:.3f}", DECAY_EVERY_S,
-                                       self.params.remote_work_half_life_s])
+                                       self.params.reserved_half_life_s])
 
     async def _flush(self) -> None:
         p = self.params
         while True:
             await self._wake.wait()
+            # Batched: a request's placement and first token, and the requests of these 10 ms,
+            # go in one pipeline (per request, a pipeline of its own cost it 0.5 ms here).
+            await asyncio.sleep(FLUSH_DELAY_S)
             self._wake.clear()
             batch, self._outbox = self._outbox, []
             if not batch or not self.up:
