@@ -14,9 +14,11 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,6 +119,17 @@ def test_serve_wires_engine_keys_itself(served: Served) -> None:
     assert all(e["cache"] is not None for e in engines)  # /cache answered the gateway's key
 
 
+def wait_in_page(page: Any, function: str, timeout_s: float = 10.0) -> None:
+    """Poll `function` in the page until it is true. Not `wait_for_function`: its polling
+    compiles the predicate with eval in the page, which the dashboard's CSP refuses (it passed
+    only when the first check was already true); `evaluate` of a function is not eval."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(function):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting in the page for {function}")
+        time.sleep(0.1)
+
+
 SHOWS_TRAFFIC = """() => {
   const cards = [...document.querySelectorAll('.engine')];
   const requests = cards.map(c => Number(c.querySelector('[data-field=requests]').textContent
@@ -142,7 +155,7 @@ def test_the_dashboard_shows_the_fleet_in_a_real_browser(served: Served, tmp_pat
             page.goto(served.url + "/dashboard")
             page.fill("#key", "xai-wr-not-a-key-of-this-gateway")
             page.click("#open")
-            page.wait_for_function("document.getElementById('login-error').textContent !== ''")
+            wait_in_page(page, "() => document.getElementById('login-error').textContent !== ''")
             assert "Incorrect API key" in page.text_content("#login-error")
             page.screenshot(path=str(tmp_path / "login.png"))
             errors.clear()  # the refused key's 400 is logged by the browser, as it should be
@@ -155,7 +168,7 @@ def test_the_dashboard_shows_the_fleet_in_a_real_browser(served: Served, tmp_pat
                 else:
                     responses_and_grpc(served)
                 page.wait_for_timeout(4000)
-            page.wait_for_function(SHOWS_TRAFFIC, timeout=30_000)
+            wait_in_page(page, SHOWS_TRAFFIC, timeout_s=30.0)
             page.wait_for_timeout(2500)  # one more poll, so the plots hold the last requests
             page.screenshot(path=str(tmp_path / SCREENSHOT), full_page=True)
             assert page.evaluate("sessionStorage.getItem('warmroute-admin-key')") == served.dev_key
