@@ -3,22 +3,6 @@ Redis, so what replicas decide through them is decided once, in one order."""
 
 from __future__ import annotations
 
-# KEYS: home key, log stream. ARGV: engine, ttl, log length, origin, tenant, id, expected home
-# ('' to claim an absent home). Answers the home that holds after the call.
-CLAIM_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[7] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return current
-end
-if current == ARGV[1] then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'k', 'h', 'o', ARGV[4], 'e', ARGV[1],
-           't', ARGV[5], 'c', ARGV[6])
-return ARGV[1]
-"""
-
-
 # KEYS: home key, queued-work hash, log stream. ARGV: origin, tenant, id, ttl, log length,
 # work, expected home ('' for none), 'home' to claim the home (else this request only), then
 # the candidates, best first. Of the candidates, the one with the least prefill reserved by

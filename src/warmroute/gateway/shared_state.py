@@ -47,7 +47,6 @@ from redis.exceptions import RedisError
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.placement import CacheAwarePlacer
 from warmroute.gateway.routing_scripts import (
-    CLAIM_SCRIPT,
     DECAY_EVERY_S,
     DECAY_SCRIPT,
     RESERVE_SCRIPT,
@@ -108,7 +107,6 @@ class SharedRoutingState:
                                           socket_connect_timeout=timeout)
         self.reader: Any = redis.from_url(params.url, socket_connect_timeout=timeout,
                                           socket_timeout=params.block_ms / 1000 + 2 * timeout)
-        self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._reserve = self.client.register_script(RESERVE_SCRIPT)
         self._decay_shared = self.client.register_script(DECAY_SCRIPT)
         self.queued_key = f"{params.prefix}:queued"
@@ -158,13 +156,8 @@ class SharedRoutingState:
     async def claim(self, tenant: str, key: str, engine_id: str, previous: str | None) -> str:
         """Make `engine_id` the conversation's home (replacing `previous`, when given); answers
         the home that holds: another replica's, if it claimed first."""
-        if self.up:
-            try:
-                return await self._run_claim(tenant, key, engine_id, previous)
-            except UNREACHABLE as exc:  # claimed once Redis returns
-                self._down(exc)
-        self._remember(tenant, key, previous)
-        return engine_id
+        held = await self.reserve(tenant, key, (engine_id,), 0.0, True, previous)
+        return held if held is not None else engine_id
 
     async def reserve(self, tenant: str, key: str | None, candidates: tuple[str, ...],
                       work: float, claim_home: bool, previous: str | None) -> str | None:
@@ -172,26 +165,17 @@ class SharedRoutingState:
         replicas, with `work` reserved on it, in one atomic step (replicas placing a burst of
         new conversations at once then spread it as one gateway would); with `claim_home`, it
         also becomes the conversation's home unless another replica holds one (then that one
-        is answered). None while Redis is unreachable (the caller places locally)."""
-        if not self.up:
-            if claim_home and key is not None:
-                self._remember(tenant, key, previous)
-            return None
-        p = self.params
-        try:
-            chosen = await self._reserve(
-                keys=[self.home_key(tenant, key or ""), self.queued_key, self.stream],
-                args=[self.origin, tenant, key or "", p.home_ttl_s, p.log_entries,
-                      f"{work:g}", previous or "", "home" if claim_home else "-", *candidates],
-            )
-        except UNREACHABLE as exc:
-            self._down(exc)
-            if claim_home and key is not None:
-                self._remember(tenant, key, previous)
-            return None
+        is answered). None while Redis is unreachable (the caller places locally; a home it
+        sets meanwhile is claimed when Redis returns)."""
+        if self.up:
+            try:
+                return await self._run_reserve(tenant, key, candidates, work, claim_home,
+                                               previous)
+            except UNREACHABLE as exc:
+                self._down(exc)
         if claim_home and key is not None:
-            self._touched[(tenant, key)] = self.clock()
-        return chosen.decode() if isinstance(chosen, bytes) else str(chosen)
+            self._remember(tenant, key, previous)
+        return None
 
     def placed(self, engine_id: str, tenant: str, key: str | None,
                chunks: tuple[Hashable, ...], work: float, reserved: bool = False) -> None:
@@ -217,16 +201,17 @@ class SharedRoutingState:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _run_claim(self, tenant: str, key: str, engine_id: str,
-                         previous: str | None) -> str:
+    async def _run_reserve(self, tenant: str, key: str | None, candidates: tuple[str, ...],
+                           work: float, claim_home: bool, previous: str | None) -> str:
         p = self.params
-        holder = await self._claim(
-            keys=[self.home_key(tenant, key), self.stream],
-            args=[engine_id, p.home_ttl_s, p.log_entries, self.origin, tenant, key,
-                  previous or ""],
+        chosen = await self._reserve(
+            keys=[self.home_key(tenant, key or ""), self.queued_key, self.stream],
+            args=[self.origin, tenant, key or "", p.home_ttl_s, p.log_entries, f"{work:g}",
+                  previous or "", "home" if claim_home else "-", *candidates],
         )
-        self._touched[(tenant, key)] = self.clock()
-        return holder.decode() if isinstance(holder, bytes) else str(holder)
+        if claim_home and key is not None:
+            self._touched[(tenant, key)] = self.clock()
+        return chosen.decode() if isinstance(chosen, bytes) else str(chosen)
 
     def _refresh_ttl(self, tenant: str, key: str) -> None:
         now = self.clock()
@@ -264,7 +249,7 @@ class SharedRoutingState:
             if local is None:
                 continue
             try:
-                holder = await self._run_claim(tenant, key, local, previous)
+                holder = await self._run_reserve(tenant, key, (local,), 0.0, True, previous)
             except UNREACHABLE:
                 self._remember(tenant, key, previous)
                 raise
