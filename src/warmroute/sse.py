@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+Event = dict[str, Any] | bytes  # a decoded JSON event, or a framed one kept as bytes (`[DONE]`)
+
 DATA_PREFIX = b"data:"
 DONE_PAYLOAD = b"[DONE]"
 DONE = b"data: [DONE]\n\n"
@@ -48,5 +50,8 @@ def parse_events(chunk: bytes) -> list[Any]:
 
 
 def encode_events(events: list[Any]) -> bytes:
-    """`parse_events`' output as bytes again."""
+    """Events (dicts, or framed bytes: `parse_events`' output) as SSE bytes."""
+    if len(events) == 1:  # the common case: one event per engine chunk
+        event = events[0]
+        return b"data: " + orjson.dumps(event) + b"\n\n" if isinstance(event, dict) else event
     return b"".join(encode_event(e) if isinstance(e, dict) else e for e in events)

@@ -14,6 +14,7 @@ from warmroute.app.cli import build_parser
 from warmroute.app.gateway_command import gateway_config
 from warmroute.config import GatewayConfig
 from warmroute.gateway.resume import ClientView, StreamSplice, upstream_stream_body
+from warmroute.types import Usage
 
 FIRST = {"id": "first", "object": "chat.completion.chunk", "created": 100, "model": "m",
          "system_fingerprint": "fp"}
@@ -234,3 +235,18 @@ def test_a_malformed_event_is_a_break(line: bytes) -> None:
 
 def sse_out(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def test_events_are_decoded_once_and_the_attempt_usage_is_the_last_reported() -> None:
+    """The pipeline's one decoder: `feed_events` gives the client's events as dicts (what
+    `feed` encodes), and the attempt's usage (for its engine's metrics) is the last one the
+    engine reported: so far on each chunk, then the final usage chunk."""
+    splice = StreamSplice(ClientView(include_usage=True))
+    assert splice.attempt_counts() is None
+    first = splice.feed_events(sse(role(FIRST)) + sse(content(FIRST, "ab", [1, 2], usage(9, 2, 0))))
+    assert first == [role(FIRST), content(FIRST, "ab", None)]
+    assert splice.attempt_counts() == Usage(9, 2, 0)
+    end = splice.feed_events(sse(final_usage(FIRST, usage(9, 3, 0))) + sse("[DONE]"))
+    assert end == [final_usage(FIRST, usage(9, 3, 0)), b"data: [DONE]\n\n"]
+    assert splice.attempt_counts() == Usage(9, 3, 0)
+    assert splice.usage_sent and splice.done

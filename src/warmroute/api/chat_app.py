@@ -4,7 +4,8 @@ Thin: authenticate and admit the caller, read the body (413/415/400 as xAI answe
 the tenant's salt in, extract the routing features (400 for a bad key), place and forward in one
 step, then answer: a JSON answer priced and metered before it leaves, or the engine's stream
 relayed event by event (continued on another engine if its engine breaks). Every relayed answer
-carries `x-warmroute-engine`. A client that goes away cancels its upstream request.
+carries `x-warmroute-engine`. A client that goes away cancels its upstream request. The hot
+route of the gateway, so it is served as a bare ASGI handler (`api/bare_asgi.py`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
+from warmroute.api.bare_asgi import BareRoutesApp, answer_error, client_watch, send_stream
+from warmroute.api.body_deadline import BodyDeadline
+from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST
 from warmroute.api.json_body import read_json_object
-from warmroute.api.sse import ClosingStream
 from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import InvalidRequest, WarmrouteError
 from warmroute.gateway.auth import Authenticator, Caller
@@ -37,28 +40,85 @@ DeferredStart = Callable[[Caller, RequestFeatures, dict[str, Any]], Awaitable[Re
 
 def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter,
                     deferred: DeferredStart | None = None) -> None:
-    """`deferred` starts a request whose body asks for `deferred` (`api/deferred_app.py`)."""
+    """`deferred` starts a request whose body asks for `deferred` (`api/deferred_app.py`).
+    The route is served bare (`api/bare_asgi.py`) where the app allows it, and through FastAPI
+    otherwise; FastAPI keeps it for the OpenAPI document either way."""
+    route = BodyDeadline(ChatCompletionsRoute(gw, auth, meter, deferred),
+                         timeout_s=gw.config.body_timeout_s)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        caller = await auth.caller(request.headers.get("authorization"))
+        return BareAnswer(ChatCompletionsRoute(gw, auth, meter, deferred))
+
+    if isinstance(app, BareRoutesApp):
+        app.bare_routes[("POST", "/v1/chat/completions")] = route
+
+
+class BareAnswer(Response):
+    """A bare ASGI handler answering through FastAPI (for apps without bare routes)."""
+
+    def __init__(self, handler: ASGIApp) -> None:
+        super().__init__()
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+class ChatCompletionsRoute:
+    """`POST /v1/chat/completions` as a bare ASGI handler."""
+
+    def __init__(self, gw: Gateway, auth: Authenticator, meter: Meter,
+                 deferred: DeferredStart | None) -> None:
+        self.gw, self.auth, self.meter, self.deferred = gw, auth, meter, deferred
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.answer(Request(scope, receive), sending)
+        except Exception as exc:  # before the answer started: FastAPI's handlers' answers
+            if started:
+                raise
+            await answer_error(exc, scope, receive, send)
+
+    async def answer(self, request: Request, send: Send) -> None:
+        gw, meter, receive = self.gw, self.meter, request.receive
+        caller = await self.auth.caller(request.headers.get("authorization"))
         await meter.admit(caller)
         body = tenant_body(await read_json_object(request, gw.config.max_body_bytes), caller)
         check_relayed_fields(body)
         features = request_features(request.headers, body, gw.indexes_prompts,
                                     tenant_id(caller.cache_salt))
-        if deferred is not None and body.get("deferred", False) is not False:
-            return await deferred(caller, features, body)
+        if self.deferred is not None and body.get("deferred", False) is not False:
+            response = await self.deferred(caller, features, body)
+            await response(request.scope, receive, send)
+            return
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
-        opened = await unless_disconnected(
-            request, place_and_forward(gw, features, payload, view), close_if_streaming
-        )
-        if opened is None:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        opened: Relayed | Streaming | None = None
+        with client_watch(receive) as watch:
+            opened = await place_and_forward(gw, features, payload, view)
+        if watch.cancel_called or opened is None:  # the client went away
+            if opened is not None:
+                await close_if_streaming(opened)
+            await Response(status_code=CLIENT_CLOSED_REQUEST)(request.scope, receive, send)
+            return
         if isinstance(opened, Streaming):
-            return relayed_stream(opened, StreamMeter(meter, caller, opened))
-        return await metered_response(opened, meter, caller)
+            metering = StreamMeter(meter, caller, opened)
+            try:
+                await send_stream(send, receive, opened.status, opened.headers,
+                                  relay(opened, metering))
+            finally:
+                await opened.aclose()
+            return
+        response = await metered_response(opened, meter, caller)
+        await response(request.scope, receive, send)
 
 
 def check_relayed_fields(body: dict[str, Any]) -> None:
@@ -120,20 +180,13 @@ def relayed_response(answer: Relayed) -> Response:
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-def relayed_stream(upstream: Streaming, metering: StreamMeter) -> ClosingStream:
-    """An engine's stream relayed event by event (continued on another engine if its engine
-    breaks); the upstream is closed (and its engine slot released) however the response ends:
-    finished, client gone, or no engine left to continue (an error event ends the stream)."""
-    return ClosingStream(
-        relay(upstream, metering), upstream.aclose, status_code=upstream.status,
-        headers=upstream.headers,
-    )
-
-
 async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[bytes]:
+    """An engine's stream relayed event by event (continued on another engine if its engine
+    breaks); an error event ends it when no engine could go on. The caller closes the upstream
+    (releasing its engine slot) however the answer ends."""
     try:
-        async for chunk in upstream.chunks():
-            yield await metering.before_sending(chunk)
+        async for events in upstream.events():
+            yield await metering.before_sending(events)
     except WarmrouteError as exc:  # no engine could go on, the request failed, the store is down
         yield sse_error_event(exc)
     finally:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from warmroute.api.account_app import add_account_routes
 from warmroute.api.admin_app import add_admin_routes
+from warmroute.api.bare_asgi import BareRoutesApp
 from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.chat_app import add_chat_routes
 from warmroute.api.compaction_app import add_compaction_routes
@@ -103,7 +104,7 @@ def create_gateway_app(config: GatewayConfig, gateway: Gateway | None = None) ->
             await meter.limiter.counters.close()
             await stores.pop().close()
 
-    app = FastAPI(title="warmroute gateway", lifespan=lifespan)
+    app = BareRoutesApp(title="warmroute gateway", lifespan=lifespan)
     app.state.gateway = gw
     app.add_middleware(BodyDeadline, timeout_s=gw.config.body_timeout_s)
     app.add_exception_handler(WarmrouteError, handle_warmroute_error)

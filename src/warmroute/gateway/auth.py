@@ -142,6 +142,7 @@ class Authenticator:
         self.cache_s = cache_s
         self.clock = clock
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
+        self._salts: dict[tuple[bytes, str], str] = {}  # an HMAC per tenant, not per request
 
     async def _key(self, token: str) -> ApiKey | None:
         """The stored key of a secret, through the short-lived cache."""
@@ -161,7 +162,13 @@ class Authenticator:
 
     def salt_for(self, team: str, key_id: str) -> str:
         subject = f"key:{key_id}" if self.isolation == "key" else f"team:{team}"
-        return hmac.new(self.secret, subject.encode(), hashlib.sha256).hexdigest()
+        cached = self._salts.get((self.secret, subject))
+        if cached is None:
+            if len(self._salts) >= MAX_CACHED_KEYS:
+                self._salts.clear()
+            cached = hmac.new(self.secret, subject.encode(), hashlib.sha256).hexdigest()
+            self._salts[(self.secret, subject)] = cached
+        return cached
 
     def anonymous(self, token: str | None) -> Caller:
         """The development tenant, for callers without a (known) key when keys are optional."""

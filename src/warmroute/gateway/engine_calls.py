@@ -99,15 +99,11 @@ async def open_stream(gw: Gateway, decision: Decision, body: dict[str, Any]) -> 
 async def stream_events(stream: Streaming) -> AsyncIterator[TextDelta | Done]:
     """Parse the engine's SSE into text deltas and one final `Done`; a stream that ends
     without its usage chunk, or with an error event, raises `UpstreamBroken`."""
-    buffer = b""
     finish_reason: str | None = None
-    async for chunk in stream.chunks():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+    async for events in stream.events():
+        for event in events:
+            if not isinstance(event, dict):  # [DONE]
                 continue
-            event = json.loads(line[6:])
             if "error" in event and "choices" not in event:
                 raise UpstreamBroken(str(event["error"]))
             for choice in event.get("choices") or ():

@@ -54,7 +54,8 @@ from warmroute.gateway.upstream import (
     UpstreamResponse,
     as_upstream,
 )
-from warmroute.gateway.usage import SseUsageTap, usage_of_json
+from warmroute.gateway.usage import usage_of_json
+from warmroute.sse import Event
 from warmroute.types import Usage
 
 log = logging.getLogger(__name__)
@@ -103,18 +104,17 @@ class Upstream:
     proxy: Proxy
     work: float = 0.0
     opened_at: float = 0.0  # when the request was sent (monotonic); 0 once its token came
-    tap: SseUsageTap = field(default_factory=SseUsageTap)
+    usage: Usage | None = None  # as its engine last reported it (the stream's reader sets it)
     closed: bool = False
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The upstream bytes as they arrive; raises `UpstreamBroken` if the engine fails."""
         if self.first:
-            self.tap.feed(self.first)
             yield self.first
         try:
             async for chunk in self.upstream:
-                self.prefilled()  # engines send the role chunk at once, then the first token
-                self.tap.feed(chunk)
+                if self.opened_at or self.work:
+                    self.prefilled()  # the role chunk comes at once, then the first token
                 yield chunk
         except UpstreamError as exc:
             self.proxy.membership.eject(self.engine_id, f"mid-stream {exc.cause}")
@@ -129,7 +129,7 @@ class Upstream:
         work, self.work = self.work, 0.0
         with anyio.CancelScope(shield=True):
             await self.response.aclose()
-        self.proxy.finished(self.engine_id, self.status, self.tap.usage(), work)
+        self.proxy.finished(self.engine_id, self.status, self.usage, work)
 
     def prefilled(self) -> None:
         if self.opened_at:  # the first chunk after the role chunk: the first token
@@ -143,8 +143,9 @@ class Upstream:
 @dataclass
 class Streaming:
     """A client's stream: its engine's events, continued on the next engine whenever one
-    breaks mid-answer. Iterate `chunks()` (raises `UpstreamBroken` when no engine can
-    continue), then always `aclose()`."""
+    breaks mid-answer. Iterate `events()` (raises `UpstreamBroken` when no engine can
+    continue), then always `aclose()`. The engine's bytes are decoded once, by the splice;
+    every surface reads the same events."""
 
     proxy: Proxy
     decision: Decision
@@ -167,13 +168,14 @@ class Streaming:
     def headers(self) -> dict[str, str]:
         return self.current.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """The client's events, a list per engine chunk (never empty)."""
         while True:
             cause = "ended its stream before [DONE]"
             try:
                 async with contextlib.aclosing(self.current.chunks()) as raw_chunks:
                     async for raw in raw_chunks:
-                        out = self.splice.feed(raw)
+                        out = self.splice.feed_events(raw)
                         if out:
                             yield out
                         if self.splice.failed is not None:
@@ -185,15 +187,15 @@ class Streaming:
                 return
             event = self.splice.error_event
             if event is not None and event_verdict(event) is Verdict.ANSWER:
-                await self.current.aclose()  # the request failed alone: not resumed elsewhere
+                await self.aclose()  # the request failed alone: not resumed elsewhere
                 raise event_error(event)
             await self._broke(cause, event)
             if not self.splice.needs_engine:
-                yield self.splice.closing()
+                yield self.splice.closing_events()
                 return
             body = self.splice.continuation_body(jsoncodec.loads(self.payload))
             if body is None:
-                yield self.splice.closing()
+                yield self.splice.closing_events()
                 return
             await self._resume(body, cause)
 
@@ -203,7 +205,7 @@ class Streaming:
         engine_id = self.current.engine_id
         log.warning("engine %s %s; the answer goes on elsewhere", engine_id, cause)
         self.broken.append(engine_id)
-        await self.current.aclose()
+        await self.aclose()
         if event is None:
             self.proxy.membership.eject(engine_id, f"mid-stream: {cause}")
         elif event_verdict(event) is Verdict.SUSPECT:
@@ -226,6 +228,8 @@ class Streaming:
 
     async def aclose(self) -> None:
         """Close the engine stream in use. Safe to call twice, and under cancellation."""
+        if not self.current.closed:
+            self.current.usage = self.splice.attempt_counts()
         await self.current.aclose()
 
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from warmroute import jsoncodec
-from warmroute.sse import DATA_PREFIX, DONE, encode_event
+from warmroute.gateway.usage import usage_of
+from warmroute.sse import DATA_PREFIX, DONE, Event, encode_events
+from warmroute.types import Usage
 
 CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
 REWRITTEN = ("id", "created", "model")
@@ -91,12 +93,17 @@ class StreamSplice:
 
     def feed(self, raw: bytes) -> bytes:
         """The client's bytes for these upstream bytes (events are whole lines)."""
+        return encode_events(self.feed_events(raw))
+
+    def feed_events(self, raw: bytes) -> list[Event]:
+        """The client's events for these upstream bytes, decoded once: each JSON event as the
+        dict the client gets (rewritten, stripped), `[DONE]` as its bytes."""
         lines = (self._partial + raw).split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE_BYTES:
             self._partial = b""
             self.failed = "an event too long to be SSE"
-        out: list[bytes] = []
+        out: list[Event] = []
         for line in lines:
             if self.done or self.failed is not None:
                 break
@@ -118,8 +125,8 @@ class StreamSplice:
                 break
             rewritten = self._event(event)
             if rewritten is not None:
-                out.append(encode_event(rewritten))
-        return b"".join(out)
+                out.append(rewritten)
+        return out
 
     def _event(self, event: dict[str, Any]) -> dict[str, Any] | None:
         if "choices" not in event and "error" in event:
@@ -136,6 +143,7 @@ class StreamSplice:
         if not choices:
             if not isinstance(usage, dict):
                 return event
+            self.attempt_usage = usage
             event["usage"] = self.client_usage(usage)
             self.usage_sent = self.usage_sent or self.view.include_usage
             return event if self.view.include_usage else None
@@ -250,23 +258,30 @@ class StreamSplice:
         self.error_event = None
         self._partial = b""
 
+    def attempt_counts(self) -> Usage | None:
+        """The current attempt's usage as its engine last reported it (for its metrics)."""
+        return usage_of({"usage": self.attempt_usage})
+
     def closing(self) -> bytes:
+        return encode_events(self.closing_events())
+
+    def closing_events(self) -> list[Event]:
         """The end of an answer whose engine broke after it had finished (or had no budget
         left): the finish chunk if it was not sent, the usage chunk if asked, `[DONE]`."""
-        out: list[bytes] = []
+        out: list[Event] = []
         template = self.template or {"object": "chat.completion.chunk"}
         if self.finish_reason is None:
             self.finish_reason = "length"
             finish = {**template, "choices": [
                 {"index": 0, "delta": {}, "finish_reason": self.finish_reason}
             ]}
-            out.append(encode_event(finish))
+            out.append(finish)
         if self.view.include_usage and not self.usage_sent:
             self.usage_sent = True
-            out.append(encode_event({**template, "choices": [], "usage": self.final_usage()}))
+            out.append({**template, "choices": [], "usage": self.final_usage()})
         self.done = True
         out.append(DONE)
-        return b"".join(out)
+        return out
 
     def final_usage(self) -> dict[str, Any]:
         """Usage for `closing`: the first attempt's prompt, every delivered completion token

@@ -2,8 +2,9 @@
 
 `StreamMeter` meters a relayed Chat Completions stream: the row is written (and
 `cost_in_usd_ticks` put into the client's usage chunk) before the usage chunk or `[DONE]`
-leaves; chunks without usage are relayed as they came, unparsed. `SurfaceStreamMeter` meters the
-neutral surfaces' streams (Responses, gRPC, Messages, WebSocket) from their final usage. Both
+leaves; it reads the events the splice decoded (nothing is parsed twice) and encodes them.
+`SurfaceStreamMeter` meters the neutral surfaces' streams (Responses, gRPC, Messages,
+WebSocket) from their final usage. Both
 bill a stream cut off by its client or by a failure with what the engine reported and
 delivered when it ended (at least the prompt, which the engine's first chunk reports), both
 price by the model the engine served, and both write the row once.
@@ -19,10 +20,8 @@ from warmroute.gateway.auth import Caller
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import Streaming
 from warmroute.gateway.usage import usage_from
-from warmroute.sse import encode_events, parse_events
+from warmroute.sse import Event, encode_events
 from warmroute.types import Usage
-
-USAGE_MARK = b'"usage"'
 
 
 class StreamMeter:
@@ -32,18 +31,16 @@ class StreamMeter:
         self.upstream = upstream
         self.recorded = False
 
-    async def before_sending(self, chunk: bytes) -> bytes:
-        if self.recorded or (USAGE_MARK not in chunk and not self.upstream.splice.done):
-            return chunk  # the common case, checked without parsing: relayed as it came
-        events = parse_events(chunk)
-        final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
-                      and "usage" in e), None)
-        if final is None and not self.upstream.splice.done:
-            return chunk
-        cost = await self.record(final["usage"] if final else None)
-        if final is None:
-            return chunk
-        final["usage"]["cost_in_usd_ticks"] = cost
+    async def before_sending(self, events: list[Event]) -> bytes:
+        """The client's bytes for these events, the row written first if they end the answer
+        (its usage chunk, or `[DONE]`)."""
+        if not self.recorded and (self.upstream.splice.usage_sent or self.upstream.splice.done):
+            final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
+                          and isinstance(e.get("usage"), dict)), None)
+            if final is not None or self.upstream.splice.done:
+                cost = await self.record(final["usage"] if final else None)
+                if final is not None:
+                    final["usage"]["cost_in_usd_ticks"] = cost
         return encode_events(events)
 
     async def record(self, usage: dict[str, Any] | None) -> int:

@@ -1,8 +1,7 @@
 """Reading token usage out of answers as they pass through, without holding them up.
 
-A JSON answer carries `usage`; a stream carries it in its final `choices: []` chunk when the
-client asked for `stream_options.include_usage`. `SseUsageTap.feed` only splits bytes into lines
-and keeps the few that mention usage; JSON is parsed once, when the stream has ended.
+A JSON answer carries `usage`; a stream carries it in its final `choices: []` chunk (and, as
+asked of engines, so far on every chunk), read by the stream's one decoder (`resume.StreamSplice`).
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ from typing import Any
 
 from warmroute import jsoncodec
 from warmroute.types import Usage
-
-DATA_PREFIX = b"data:"
-USAGE_MARK = b'"usage"'
-MAX_LINE_BYTES = 2**20
 
 
 def usage_from(data: dict[str, Any]) -> Usage:
@@ -49,25 +44,3 @@ def usage_of_json(body: bytes) -> Usage | None:
         return usage_of(jsoncodec.loads(body))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-
-
-class SseUsageTap:
-    """Watches an SSE byte stream for the last event that carries usage."""
-
-    def __init__(self) -> None:
-        self._partial = b""
-        self._candidate: bytes | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_LINE_BYTES:  # not SSE as we know it; stop buffering
-            self._partial = b""
-        for line in lines:
-            if line.startswith(DATA_PREFIX) and USAGE_MARK in line:
-                self._candidate = line
-
-    def usage(self) -> Usage | None:
-        if self._candidate is None:
-            return None
-        return usage_of_json(self._candidate[len(DATA_PREFIX) :].strip())

@@ -1,0 +1,91 @@
+"""Bare ASGI for the relay's hot route: answered before FastAPI's middleware and router.
+
+Every relayed request pays for each layer it crosses, and FastAPI's stack (error middleware,
+exception middleware, an exit stack, body limits, route matching, dependency solving, the
+streaming response's task group) costs more than the relay itself on a warm path. `BareRoutesApp`
+is the gateway's FastAPI app with a small table of (method, path) → bare ASGI handler in front:
+those requests go straight to their handler (still through the body deadline their handler
+wraps itself in), everything else to FastAPI as before. The routes stay registered with FastAPI
+too, so the OpenAPI document is unchanged.
+
+A bare handler owns what the stack did for it: `answer_error` (xAI's envelope, the one mapping
+in `wire_errors`), `client_watch` (work cancelled when its client goes away: one listening task,
+no polling), `send_stream` (a stream sent chunk by chunk and always closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from warmroute.api.wire_errors import error_response
+from warmroute.errors import WarmrouteError
+
+log = logging.getLogger(__name__)
+
+
+class BareRoutesApp(FastAPI):
+    """FastAPI with bare ASGI handlers in front for a few (method, path) pairs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bare_routes: dict[tuple[str, str], ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            bare = self.bare_routes.get((scope["method"], scope["path"]))
+            if bare is not None:
+                await bare(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def answer_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """A request's failure before its answer started, as FastAPI's handlers would answer it."""
+    if not isinstance(exc, WarmrouteError):
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+    await error_response(exc)(scope, receive, send)
+
+
+async def listen_for_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+@contextlib.contextmanager
+def client_watch(receive: Receive) -> Iterator[anyio.CancelScope]:
+    """A cancel scope cancelled when the client disconnects (call once its body is read).
+    Whoever needs it checks `cancel_called` afterwards: the work may have finished first."""
+    with anyio.CancelScope() as scope:
+        listener = asyncio.ensure_future(listen_for_disconnect(receive, scope))
+        try:
+            yield scope
+        finally:
+            listener.cancel()
+
+
+def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_stream(send: Send, receive: Receive, status: int, headers: Mapping[str, str],
+                      chunks: AsyncIterator[bytes]) -> None:
+    """Send `chunks` as the response body as they come, until they end or the client goes
+    away; `chunks` is closed either way (its `finally` runs before this returns)."""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        with client_watch(receive):
+            await send({"type": "http.response.start", "status": status,
+                        "headers": raw_headers(headers)})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
