@@ -78,14 +78,13 @@ def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def send_stream(send: Send, receive: Receive, status: int, headers: Mapping[str, str],
+async def send_stream(send: Send, status: int, headers: Mapping[str, str],
                       chunks: AsyncIterator[bytes]) -> None:
-    """Send `chunks` as the response body as they come, until they end or the client goes
-    away; `chunks` is closed either way (its `finally` runs before this returns)."""
+    """Send `chunks` as the response body as they come (inside a `client_watch`, to stop when
+    the client goes away); `chunks` is closed however this ends (its `finally` runs first)."""
     async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-        with client_watch(receive):
-            await send({"type": "http.response.start", "status": status,
-                        "headers": raw_headers(headers)})
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": raw_headers(headers)})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

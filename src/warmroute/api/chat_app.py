@@ -24,7 +24,7 @@ from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST
 from warmroute.api.json_body import read_json_object
 from warmroute.api.wire_errors import sse_error_event
-from warmroute.errors import InvalidRequest, WarmrouteError
+from warmroute.errors import EngineUnavailable, InvalidRequest, WarmrouteError
 from warmroute.gateway.auth import Authenticator, Caller
 from warmroute.gateway.features import request_features, tenant_id
 from warmroute.gateway.gateway import Gateway
@@ -102,20 +102,19 @@ class ChatCompletionsRoute:
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened: Relayed | Streaming | None = None
-        with client_watch(receive) as watch:
-            opened = await place_and_forward(gw, features, payload, view)
-        if watch.cancel_called or opened is None:  # the client went away
-            if opened is not None:
-                await close_if_streaming(opened)
-            await Response(status_code=CLIENT_CLOSED_REQUEST)(request.scope, receive, send)
-            return
-        if isinstance(opened, Streaming):
-            metering = StreamMeter(meter, caller, opened)
-            try:
-                await send_stream(send, receive, opened.status, opened.headers,
-                                  relay(opened, metering))
-            finally:
+        try:
+            with client_watch(receive) as watch:  # one watch for the placement and the stream
+                opened = await place_and_forward(gw, features, payload, view)
+                if isinstance(opened, Streaming):
+                    metering = StreamMeter(meter, caller, opened)
+                    await send_stream(send, opened.status, opened.headers,
+                                      relay(opened, metering))
+                    return
+        finally:
+            if isinstance(opened, Streaming):
                 await opened.aclose()
+        if watch.cancel_called or opened is None:  # the client went away
+            await Response(status_code=CLIENT_CLOSED_REQUEST)(request.scope, receive, send)
             return
         response = await metered_response(opened, meter, caller)
         await response(request.scope, receive, send)
@@ -167,7 +166,9 @@ async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Res
 
 async def metered_data(answer: Relayed, meter: Meter, caller: Caller) -> dict[str, Any]:
     """A whole 200 answer's JSON, its ledger row written, its usage priced."""
-    data: dict[str, Any] = orjson.loads(answer.body)
+    data = answer.json()
+    if not isinstance(data, dict):
+        raise EngineUnavailable(f"engine {answer.engine_id} answered 200 without a JSON object")
     usage = usage_from(data.get("usage") or {})
     model = str(data.get("model", ""))
     cost = await meter.record(caller, "chat.completions", model, answer.engine_id, usage)

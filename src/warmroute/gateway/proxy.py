@@ -54,7 +54,7 @@ from warmroute.gateway.upstream import (
     UpstreamResponse,
     as_upstream,
 )
-from warmroute.gateway.usage import usage_of_json
+from warmroute.gateway.usage import usage_of
 from warmroute.sse import Event
 from warmroute.types import Usage
 
@@ -89,6 +89,16 @@ class Relayed:
     status: int
     headers: dict[str, str]
     body: bytes
+    _parsed: object = None
+
+    def json(self) -> object:
+        """The body's JSON, decoded once for everyone who reads it (None if it is not JSON)."""
+        if self._parsed is None:
+            try:
+                self._parsed = jsoncodec.loads(self.body)
+            except ValueError:  # orjson's JSONDecodeError, or bytes that are not UTF-8
+                self._parsed = False
+        return None if self._parsed is False else self._parsed
 
 
 @dataclass
@@ -336,7 +346,7 @@ class Proxy:
                 self.membership.release(engine_id, work)
                 raise
             if isinstance(answer, Relayed):
-                self.finished(engine_id, answer.status, usage_of_json(answer.body), work)
+                self.finished(engine_id, answer.status, usage_of(answer.json()), work)
                 cause = await self.judge.moves_on(engine_id, answer.status, answer.headers,
                                                   payload)
                 if cause is not None:

@@ -78,22 +78,14 @@ class LedgerWriter:
         thread must (busy, or this connection failed). A duplicate id is `DuplicateId`."""
         if threading.get_ident() != self._direct_thread:
             return False
-        conn = self._direct
         try:
+            conn = self._direct
             if conn is None:
                 conn = self._direct = self._open_direct()
-            conn.execute("BEGIN IMMEDIATE")  # busy_timeout 0: a held lock fails at once
-        except sqlite3.Error:
-            return False
-        try:
-            conn.execute(INSERT, values)
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK")
+            conn.execute(INSERT, values)  # its own transaction; busy_timeout 0: a held lock
+        except sqlite3.IntegrityError:    # fails at once
             raise DuplicateId(f"usage row {values[0]!r} is already recorded") from None
         except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             return False
         self._uncheckpointed += 1
         if self._uncheckpointed >= CHECKPOINT_EVERY:
