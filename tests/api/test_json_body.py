@@ -40,3 +40,25 @@ def test_paired_surrogates_and_deep_but_sane_nesting_are_fine() -> None:
         deep = {"m": deep["m"][0]}
     assert deep == {"m": []}
     assert parse_json_object(b'{"t": 1.5e3, "n": -0.0}') == {"t": 1500.0, "n": -0.0}
+
+
+ACCEPTED: list[bytes] = [
+    b'{"a": "x\\u0000y", "b": "\x7f", "c": "\xef\xbf\xbf"}',
+    b'\t\n{"a" : 1 , "b":[ ], "a": 2}\r\n',
+    b'{"seed": 123456789012345678901234567890, "big": 18446744073709551615}',
+    b'{"t": 1e5, "u": -0, "v": -0.0, "w": 1.5e308, "x": 0.1}',
+    b'{"pair": "\\ud83d\\ude00", "raw": "\xf0\x9f\x98\x80"}',
+    b'\xef\xbb\xbf{"bom": true}',
+    b'{"m": ' + b"[" * 600 + b"]" * 600 + b"}",
+]
+
+
+@pytest.mark.parametrize("raw", ACCEPTED, ids=range(len(ACCEPTED)))
+def test_the_fast_parser_reads_what_the_standard_library_reads(raw: bytes) -> None:
+    """orjson parses first; the answer is always the standard library's (a 20-digit integer
+    stays an exact int, not orjson's float)."""
+    import json
+
+    parsed = parse_json_object(raw)
+    assert parsed == json.loads(raw)
+    assert [type(v) for v in parsed.values()] == [type(v) for v in json.loads(raw).values()]

@@ -30,6 +30,7 @@ from warmroute.gateway.auth import Authenticator, create_key
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.health import HealthProber
 from warmroute.store import open_store
+from warmroute.store.ledger_writer import journaled_rows
 
 SECRET = "scripted-deployment-secret"
 NO_STORE: Any = None  # salts need no store
@@ -68,13 +69,17 @@ class LedgerRow(NamedTuple):
 
 
 def ledger(database: Path) -> list[LedgerRow]:
-    """Every row of the usage ledger in the SQLite file `database`, in the order written."""
+    """Every row of the usage ledger of the SQLite file `database`, in the order written: the
+    committed rows, then those still only in a live gateway's journal (committed within
+    milliseconds; a journal can hold committed rows until it is emptied)."""
     with contextlib.closing(sqlite3.connect(database)) as conn:
         rows = conn.execute(
-            "SELECT key_id, team, model, engine_id, surface, prompt_tokens, cached_tokens,"
+            "SELECT id, key_id, team, model, engine_id, surface, prompt_tokens, cached_tokens,"
             " completion_tokens, cost_in_usd_ticks FROM usage_ledger ORDER BY rowid"
         ).fetchall()
-    return [LedgerRow(*row) for row in rows]
+    seen = {row[0] for row in rows}
+    journaled = [(r[0], *r[3:]) for r in journaled_rows(database) if r[0] not in seen]
+    return [LedgerRow(*row[1:]) for row in [*rows, *journaled]]
 
 
 async def make_keys(data_dir: Path, **specs: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -1,7 +1,9 @@
 """The store or Redis gone (issue 13, must show 4), in-process over scripted engines: a locked
-SQLite file and a PostgreSQL connection the test itself breaks are 503 (gRPC UNAVAILABLE) with
-`retry-after`, and leave no row of the failed requests; the test's own Redis killed, rate
-limits fail open to this process's own counters, as README documents: never a 500."""
+SQLite file is 503 (gRPC UNAVAILABLE) with `retry-after` for what needs the store (a stored
+response) while relayed answers go on, their ledger rows journaled and committed once the lock is
+gone; a PostgreSQL connection the test itself breaks is 503 and leaves no row of the failed
+requests; the test's own Redis killed, rate limits fail open to this process's own counters,
+as README documents: never a 500."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def count(database: Path, table: str) -> int:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-async def test_a_locked_sqlite_store_is_503_with_retry_after_and_writes_nothing(
+async def test_a_locked_sqlite_store_is_503_for_stored_responses_and_loses_no_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backends, "SQLITE_BUSY_TIMEOUT_MS", 300)  # a locked file fails fast
@@ -63,19 +65,20 @@ async def test_a_locked_sqlite_store_is_503_with_retry_after_and_writes_nothing(
             responses = await gw.http.post("/v1/responses", json={"input": "hi"})
             code, trailers = await grpc_call(port)
             elapsed = time.monotonic() - started
+            assert count(database, "usage_ledger") == 0  # journaled, not committed yet
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         after = await gw.chat(BODY)
-    for answer in (plain, responses):
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
-        assert answer.json()["code"] == UNAVAILABLE["code"]
-    events = sse_payloads(streamed.content)
-    assert events[-1]["code"] == UNAVAILABLE["code"] and "[DONE]" not in events
-    assert (code, trailers.get("retry-after")) == (grpc.StatusCode.UNAVAILABLE, "2")
+        usage = await gw.http.get("/v1/usage")  # waits for this gateway's rows
+    assert responses.status_code == 503 and responses.headers["retry-after"] == "2"
+    assert responses.json()["code"] == UNAVAILABLE["code"]
+    assert plain.status_code == 200 and after.status_code == 200
+    assert sse_payloads(streamed.content)[-1] == "[DONE]"
+    assert code == grpc.StatusCode.OK, trailers
     assert elapsed < 10.0
-    assert after.status_code == 200
-    assert (count(database, "usage_ledger"), count(database, "responses")) == (1, 0)
+    assert usage.status_code == 200
+    assert (count(database, "usage_ledger"), count(database, "responses")) == (4, 0)
 
 
 @pytest.fixture

@@ -147,6 +147,7 @@ async def test_sqlite_reader_is_not_blocked_by_a_writer(tmp_path: Path) -> None:
         await store.usage.record(
             UsageRecord("u1", T0, "key_1", "team-a", "m", "e1", "responses", 10, 0, 1, 5)
         )
+        await store.usage.summary(0, "key")  # the row committed (it is journaled first)
         assert isinstance(store, SqlStore)
         async with store.engine.execution_options(**WRITE).connect() as conn:
             await conn.execute(sa.text("DELETE FROM usage_ledger"))  # BEGIN IMMEDIATE first

@@ -4,6 +4,11 @@ Valid JSON that Python could not carry on with is a 400 here too: nesting deeper
 interpreter recurses, integers beyond Python's 4,300-digit limit, NaN or infinite numbers, and
 strings with lone surrogates (no UTF-8 encodes them). `parse_json_object` is pure CPU:
 `read_json_object` runs it off the event loop for a body over `OFF_LOOP_BYTES`.
+
+orjson parses first (about ten times faster here); whatever it refuses, or could read
+differently from the standard library (integers of 20 digits or more, which it turns into floats;
+nesting near the interpreter's limit), is parsed by the standard library, whose answers (and
+error messages) are the reference.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import math
 import re
 from typing import Any
 
-from starlette.requests import Request
+import orjson
+from starlette.requests import ClientDisconnect, Request
 
 from warmroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -22,6 +28,8 @@ DEFAULT_MAX_BODY_BYTES = 20 * 2**20
 OFF_LOOP_BYTES = 256 * 2**10
 
 
+_LONG_NUMBER = re.compile(rb"\d{20}")  # an integer orjson would read as a float
+MAX_FAST_DEPTH = 200  # brackets in all: below it, no nesting can reach the recursion limit
 # A surrogate written as an escape, or (json accepts it from bytes) encoded as if UTF-8 could.
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
@@ -44,10 +52,15 @@ async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    while True:  # the ASGI messages themselves: Starlette's stream() costs more per request
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body.extend(message.get("body", b""))
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
+        if not message.get("more_body", False):
+            break
     if not body:
         raise UnsupportedMediaType("the body is empty; send a JSON object")
     return bytes(body)
@@ -55,6 +68,14 @@ async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The JSON object in `body`, or `InvalidRequest` saying what is wrong with it."""
+    if _LONG_NUMBER.search(body) is None and body.count(b"[") + body.count(b"{") < MAX_FAST_DEPTH:
+        try:
+            fast = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the standard library says what is wrong
+        else:
+            if isinstance(fast, dict) and _SURROGATE.search(body) is None:
+                return fast
     try:
         parsed = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:

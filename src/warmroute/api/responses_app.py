@@ -101,11 +101,11 @@ class ResponsesService:
         upstream = self.engine_body(body, turn, caller, False)
         answer = await engine_calls.complete(gw, turn.decision, upstream)
         draft = ResponseDraft(body, body.model or answer.model)
-        cost = await self.meter.record(  # priced as the model the engine served
-            caller, "responses", answer.model or draft.model, answer.engine_id, answer.usage
-        )
-        obj = draft.object(answer.text, answer.finish_reason, answer.usage, cost)
-        await self.save(turn, draft, answer.engine_id, answer.text, obj)
+        model = answer.model or draft.model  # priced as the model the engine served
+        obj = draft.object(answer.text, answer.finish_reason, answer.usage,
+                           self.meter.cost(model, answer.usage))
+        await self.save(turn, draft, answer.engine_id, answer.text, obj)  # a 503 is not billed
+        await self.meter.record(caller, "responses", model, answer.engine_id, answer.usage)
         return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
 
     async def events(

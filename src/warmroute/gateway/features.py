@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +37,7 @@ CONV_ID_HEADER = "x-grok-conv-id"
 MAX_KEY_CHARS = 256
 OPENING_CHARS = 1024
 LEADING_ROLES = ("system", "developer")
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")  # exactly Unicode's category Cc
 CHUNK_BYTES = 256
 MAX_CHUNKS = 4096  # 1 MiB of prompt text; a longer prompt's tail is not indexed
 
@@ -104,7 +105,7 @@ def validate_key(key: str, source: str) -> str:
         raise InvalidRequest(
             f"{source} must be at most {MAX_KEY_CHARS} characters, got {len(key)}"
         )
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    if CONTROL_CHARACTER.search(key) is not None:
         raise InvalidRequest(f"{source} must not contain control characters")
     return key
 

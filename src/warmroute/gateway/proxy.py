@@ -71,7 +71,6 @@ NOT_RELAYED = frozenset(
 
 class EngineFailed(Exception):
     """This engine cannot answer this request; `cause` is for metrics and logs."""
-
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
         self.cause = cause
@@ -92,7 +91,7 @@ class Relayed:
     _parsed: object = None
 
     def json(self) -> object:
-        """The body's JSON, decoded once for everyone who reads it (None if it is not JSON)."""
+        """The body's JSON, decoded once for all its readers (None if it is not JSON)."""
         if self._parsed is None:
             try:
                 self._parsed = jsoncodec.loads(self.body)

@@ -77,4 +77,6 @@ async def open_store(
     except BaseException:
         await engine.dispose()
         raise
-    return guard_store(SqlStore(engine))
+    store = SqlStore(engine)
+    await store.usage.fold_journals()  # rows a killed gateway had not committed yet
+    return guard_store(store)

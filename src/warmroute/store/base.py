@@ -272,8 +272,9 @@ class ApiKeyStore(ABC):
 class UsageLedger(ABC):
     @abstractmethod
     async def record(self, row: UsageRecord) -> None:
-        """Append one row; durable on return (committed: it survives the process being killed).
-        Raises `DuplicateId` when `row.id` is already recorded."""
+        """Append one row; durable on return (it survives the process being killed; on SQLite
+        it is journaled and committed within milliseconds, and the process's own summaries wait
+        for it). A row whose `row.id` is already recorded is ignored (a replay counts once)."""
 
     @abstractmethod
     async def summary(

@@ -1,24 +1,26 @@
-"""The usage ledger over SQLAlchemy Core: rows appended (on SQLite by a `LedgerWriter` thread),
-totals per group read back. Owner scoping is part of every WHERE clause."""
+"""The usage ledger over SQLAlchemy Core: rows appended (on SQLite through a journal and a
+`LedgerWriter` thread), totals per group read back. Owner scoping is part of every WHERE
+clause. A row id is recorded at most once: a second row with it is ignored."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warmroute.errors import InvalidRequest
 from warmroute.store.base import (
     GROUP_BYS,
-    DuplicateId,
     GroupBy,
     UsageLedger,
     UsageRecord,
     UsageTotals,
 )
-from warmroute.store.ledger_writer import LedgerWriter
+from warmroute.store.ledger_writer import LedgerWriter, fold_orphan_journals
 from warmroute.store.parts import Tables
 from warmroute.store.schema import usage_ledger
 
@@ -30,8 +32,9 @@ def utc_day(time: float) -> str:
 
 
 class SqlUsage(Tables, UsageLedger):
-    """On SQLite, rows are appended by a `LedgerWriter` thread (group commit, a plain sqlite3
-    connection: an order of magnitude cheaper per row than this module's async path)."""
+    """On SQLite, a row is journaled on the request's path and committed by a `LedgerWriter`
+    thread (group commit, a plain sqlite3 connection: an order of magnitude cheaper per row
+    than this module's async path); summaries first wait for this process's rows."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
@@ -45,26 +48,32 @@ class SqlUsage(Tables, UsageLedger):
                 self._ledger = LedgerWriter(self._path)
             await self._ledger.record(row, utc_day(row.time))
             return
-        try:
-            async with self._writer.begin() as conn:
-                await conn.execute(
-                    usage_ledger.insert().values(
-                        id=row.id,
-                        time=row.time,
-                        day=utc_day(row.time),
-                        key_id=row.key_id,
-                        team=row.team,
-                        model=row.model,
-                        engine_id=row.engine_id,
-                        surface=row.surface,
-                        prompt_tokens=row.prompt_tokens,
-                        cached_tokens=row.cached_tokens,
-                        completion_tokens=row.completion_tokens,
-                        cost_in_usd_ticks=row.cost_in_usd_ticks,
-                    )
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(usage_ledger).on_conflict_do_nothing(index_elements=["id"])
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                insert.values(
+                    id=row.id,
+                    time=row.time,
+                    day=utc_day(row.time),
+                    key_id=row.key_id,
+                    team=row.team,
+                    model=row.model,
+                    engine_id=row.engine_id,
+                    surface=row.surface,
+                    prompt_tokens=row.prompt_tokens,
+                    cached_tokens=row.cached_tokens,
+                    completion_tokens=row.completion_tokens,
+                    cost_in_usd_ticks=row.cost_in_usd_ticks,
                 )
-        except sa.exc.IntegrityError as exc:
-            raise DuplicateId(f"usage row {row.id!r} is already recorded") from exc
+            )
+
+    async def fold_journals(self) -> int:
+        """Commit the journals of writers that are gone (a gateway killed with rows not yet
+        committed); returns how many rows they held."""
+        if self._path is None:
+            return 0
+        return await asyncio.to_thread(fold_orphan_journals, self._path)
 
     async def close_writer(self) -> None:
         if self._ledger is not None:
@@ -80,6 +89,8 @@ class SqlUsage(Tables, UsageLedger):
     ) -> list[UsageTotals]:
         if group_by not in GROUP_BYS:
             raise InvalidRequest(f"group_by must be one of {', '.join(GROUP_BYS)}")
+        if self._ledger is not None:
+            await self._ledger.flush()  # this process's rows are all in
         u = usage_ledger
         group = u.c[GROUP_COLUMNS[group_by]]
         query = (
