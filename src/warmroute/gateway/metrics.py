@@ -12,6 +12,7 @@ Admin keys only read them (`/metrics`), unless the gateway runs with `--public-m
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,6 +24,23 @@ from warmroute.types import Usage
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESUME_OUTCOMES = ("resumed", "failed")
 FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class CachedCounter(Counter):
+    """A counter whose labelled children are looked up in a dict first: prometheus_client's
+    `labels` validates and takes a lock on every call, and these run on every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children: dict[tuple[str, ...], CachedCounter] = {}
+
+    def labels(self, *values: Any, **named: Any) -> CachedCounter:
+        if named:
+            return super().labels(*values, **named)
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = super().labels(*values)
+        return child
 
 
 class GatewayMetrics:
@@ -94,7 +112,7 @@ class GatewayMetrics:
                 counter.labels(engine_id)
 
     def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
-        return Counter(name, documentation, labels, registry=self.registry)
+        return CachedCounter(name, documentation, labels, registry=self.registry)
 
     def on_membership_change(self, engine_id: str, healthy: bool, cause: str) -> None:
         if not healthy:

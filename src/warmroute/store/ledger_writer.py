@@ -7,10 +7,12 @@ is on the latency path of every request. A SQLite commit (four pages, six file l
 ~360 us (the thread's wake-up and the interpreter lock going back and forth). So a row is made
 durable by one append to this process's journal file beside the database (`os.write`, tens of
 microseconds), and a writer thread commits the journaled rows to the database behind it —
-whatever is queued, in one transaction — within milliseconds, retrying while the database is
-locked or failing (the rows wait in the journal, none is lost). A journaled row survives the
-process being killed at any moment (it is in the OS's hands, as a WAL commit with
-`synchronous = NORMAL` is); an OS crash or power loss may lose the last moments' rows.
+whatever came within `COMMIT_WINDOW_S` of the first, in one transaction — retrying while the
+database is locked or failing (the rows wait in the journal, none is lost). The window keeps
+the thread from waking (and taking the interpreter lock) once per request: it commits after a
+burst, when the event loop has gone quiet, unless a reader is waiting (`flush`). A journaled
+row survives the process being killed at any moment (it is in the OS's hands, as a WAL commit
+with `synchronous = NORMAL` is); an OS crash or power loss may lose the last moments' rows.
 
 Journals are `<database>.ledger-<pid>-<random>.journal`, each locked (`flock`) by the process
 that writes it. `fold_orphan_journals` commits every journal whose lock it can take (its process
@@ -49,6 +51,7 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 512
 TRUNCATE_ROWS = 1024
 RETRY_S = 0.5  # after a failed commit, the rows are tried again this much later
+COMMIT_WINDOW_S = 0.02  # rows that come this soon after the first share its commit
 Row = tuple[object, ...]
 
 
@@ -149,6 +152,7 @@ class LedgerWriter:
         self._lock = threading.Lock()  # an append and the emptying of the journal
         self._appended = 0  # rows in the journal now
         self._queue: queue.SimpleQueue[Row | Flush | None] = queue.SimpleQueue()
+        self._urgent = threading.Event()  # a reader waits, or the writer stops: commit now
         self._thread = threading.Thread(target=self._run, name="warmroute-ledger", daemon=True)
         self._thread.start()
 
@@ -172,10 +176,12 @@ class LedgerWriter:
         loop = asyncio.get_running_loop()
         flush = Flush(loop.create_future(), loop)
         self._queue.put(flush)
+        self._urgent.set()
         await asyncio.shield(flush.future)
 
     async def close(self) -> None:
         self._queue.put(None)
+        self._urgent.set()
         await asyncio.to_thread(self._thread.join, 30)
         os.close(self._fd)  # releases the lock: a journal left with rows is folded later
 
@@ -211,6 +217,8 @@ class LedgerWriter:
             item = self._queue.get(timeout=RETRY_S) if pending else self._queue.get()
         except queue.Empty:
             return batch, flushes, False
+        if self._urgent.wait(COMMIT_WINDOW_S):  # let the burst the row belongs to come in
+            self._urgent.clear()
         while True:
             if item is None:
                 return batch, flushes, True
