@@ -24,9 +24,11 @@ HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 async def drip(port: int, closed: list[float], stop: asyncio.Event) -> None:
-    """A client sending its head a byte a second; notes when the server closed it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """A client sending its head a byte a second; notes when the server closed it (timed from
+    before connecting: the server's timer starts later, never earlier, so a busy client loop
+    can only make the close look later)."""
     started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for byte in HEAD:
             if stop.is_set():
