@@ -17,7 +17,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmroute.api.bare_asgi import BareRoutesApp, answer_error, client_watch, send_stream
 from warmroute.api.body_deadline import BodyDeadline
@@ -34,6 +34,7 @@ from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
 from warmroute.gateway.usage import usage_from
+from warmroute.sse import encode_events
 
 DeferredStart = Callable[[Caller, RequestFeatures, dict[str, Any]], Awaitable[Response]]
 
@@ -73,21 +74,19 @@ class ChatCompletionsRoute:
         self.gw, self.auth, self.meter, self.deferred = gw, auth, meter, deferred
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
-            await self.answer(Request(scope, receive), sending)
+            response = await self.answer(Request(scope, receive), send)
+        except AnswerStarted:
+            raise  # nothing but the connection is left to end
         except Exception as exc:  # before the answer started: FastAPI's handlers' answers
-            if started:
-                raise
             await answer_error(exc, scope, receive, send)
+            return
+        if response is not None:
+            await response(scope, receive, send)
 
-    async def answer(self, request: Request, send: Send) -> None:
+    async def answer(self, request: Request, send: Send) -> Response | None:
+        """The answer to send, or None when a stream was sent here (errors after its first
+        bytes are `AnswerStarted`)."""
         gw, meter, receive = self.gw, self.meter, request.receive
         caller = await self.auth.caller(request.headers.get("authorization"))
         await meter.admit(caller)
@@ -96,9 +95,7 @@ class ChatCompletionsRoute:
         features = request_features(request.headers, body, gw.indexes_prompts,
                                     tenant_id(caller.cache_salt))
         if self.deferred is not None and body.get("deferred", False) is not False:
-            response = await self.deferred(caller, features, body)
-            await response(request.scope, receive, send)
-            return
+            return await self.deferred(caller, features, body)
         view = ClientView.of(body) if body.get("stream") is True else None
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened: Relayed | Streaming | None = None
@@ -107,17 +104,22 @@ class ChatCompletionsRoute:
                 opened = await place_and_forward(gw, features, payload, view)
                 if isinstance(opened, Streaming):
                     metering = StreamMeter(meter, caller, opened)
-                    await send_stream(send, opened.status, opened.headers,
-                                      relay(opened, metering))
-                    return
+                    try:
+                        await send_stream(send, opened.status, opened.headers,
+                                          relay(opened, metering))
+                    except Exception as exc:
+                        raise AnswerStarted() from exc
+                    return None
         finally:
             if isinstance(opened, Streaming):
                 await opened.aclose()
         if watch.cancel_called or opened is None:  # the client went away
-            await Response(status_code=CLIENT_CLOSED_REQUEST)(request.scope, receive, send)
-            return
-        response = await metered_response(opened, meter, caller)
-        await response(request.scope, receive, send)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return await metered_response(opened, meter, caller)
+
+
+class AnswerStarted(Exception):
+    """A failure after an answer's first bytes went out: its status can no longer change."""
 
 
 def check_relayed_fields(body: dict[str, Any]) -> None:
@@ -187,7 +189,9 @@ async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[byt
     (releasing its engine slot) however the answer ends."""
     try:
         async for events in upstream.events():
-            yield await metering.before_sending(events)
+            if metering.ends(events):  # the usage chunk or [DONE]: the row is written first
+                await metering.price(events)
+            yield encode_events(events)
     except WarmrouteError as exc:  # no engine could go on, the request failed, the store is down
         yield sse_error_event(exc)
     finally:
