@@ -1,0 +1,174 @@
+"""What of the gateway's added latency is ours: warmroute beside the smallest Python proxies.
+
+One instant simulated engine; in front of it, in one interleaved run (`warmroute bench
+overhead`'s rounds and report): warmroute's gateway, optionally a second warmroute from another
+checkout (`--baseline-src PATH`: its `src` folder, e.g. a `git worktree` of an older commit), and
+two minimal reverse proxies that do nothing but relay — aiohttp's server and client, and a bare
+ASGI app under uvicorn (uvloop, httptools) with aiohttp's client, the stack warmroute runs on.
+The proxies are the floor: whatever warmroute adds above them is its own work (auth, placement,
+metering, the stream's decoding). Prints figures; asserts nothing.
+
+    .venv/bin/python benchmarks/overhead_floor.py --rounds 300 [--baseline-src /tmp/base/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from warmroute.bench.fleet import EngineParams, Launched, SimFleet, http_ok, spawn, wait_ready
+from warmroute.bench.overhead import RouterPath, measure, report
+from warmroute.procs import free_port
+
+EVENT_STREAM = "text/event-stream"
+
+
+def serve_proxy(kind: str, port: int, upstream: str) -> None:
+    """Run one minimal proxy for `upstream` on 127.0.0.1:`port` (in a child process)."""
+    import aiohttp
+    import uvloop
+
+    session: list[aiohttp.ClientSession] = []
+
+    def client() -> aiohttp.ClientSession:
+        if not session:
+            session.append(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False))
+        return session[0]
+
+    if kind == "aiohttp":
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            async with client().post(upstream + request.path, data=body,
+                                     headers={"content-type": "application/json"}) as answer:
+                if not answer.headers.get("content-type", "").startswith(EVENT_STREAM):
+                    return web.Response(body=await answer.read(), status=answer.status,
+                                        content_type="application/json")
+                stream = web.StreamResponse(status=answer.status,
+                                            headers={"content-type": EVENT_STREAM})
+                await stream.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await stream.write(chunk)
+                await stream.write_eof()
+                return stream
+
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        app.router.add_get("/health", health)
+        web.run_app(app, host="127.0.0.1", port=port, loop=uvloop.new_event_loop(),
+                    print=None, access_log=None)
+        return
+
+    import uvicorn
+
+    async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/health":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        async with client().post(upstream + scope["path"], data=b"".join(chunks),
+                                 headers={"content-type": "application/json"}) as answer:
+            kind_of = answer.headers.get("content-type", "")
+            await send({"type": "http.response.start", "status": answer.status,
+                        "headers": [(b"content-type", kind_of.encode())]})
+            if kind_of.startswith(EVENT_STREAM):
+                async for chunk in answer.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.body", "body": await answer.read()})
+
+    uvicorn.run(bare, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False)
+
+
+@contextlib.contextmanager
+def started(name: str, command: Callable[[int], list[str]], log: Path,
+            env: dict[str, str] | None = None, key_header: str | None = None
+            ) -> Iterator[RouterPath]:
+    """A router process (`command` for its port), ready; stopped on exit."""
+    port = free_port()
+    popen = spawn(command(port), log, env)
+    try:
+        launched = Launched(f"http://127.0.0.1:{port}", popen, log)
+        wait_ready(launched, "/health", 60, http_ok)
+        yield RouterPath(name, launched.url, key_header, popen.pid)
+    finally:
+        popen.terminate()
+        popen.wait()
+
+
+def gateway_command(fleet: SimFleet, data_dir: Path) -> Callable[[int], list[str]]:
+    return lambda port: [
+        sys.executable, "-m", "warmroute", "gateway", "--port", str(port), "--policy",
+        "cache-aware", "--probe-interval", "0.5", "--data-dir", str(data_dir), "--no-api-keys",
+        "--engine", f"{fleet.ids[0]}={fleet.urls[0]}"]
+
+
+def proxy_command(kind: str, upstream: str) -> Callable[[int], list[str]]:
+    return lambda port: [sys.executable, __file__, "--serve", kind, str(port), upstream]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="another checkout's src folder, run as 'baseline'")
+    parser.add_argument("--out", type=Path, default=Path(".warmroute/bench/overhead-floor"))
+    parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "UPSTREAM"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        kind, port, upstream = args.serve
+        serve_proxy(kind, int(port), upstream)
+        return 0
+    logs = args.out / "logs"
+    fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
+                     logs)
+    fleet.start("overhead-floor")
+    try:
+        with contextlib.ExitStack() as stack:
+            paths = [RouterPath("engine (direct)", fleet.urls[0], None, None)]
+            paths.append(stack.enter_context(started(
+                "warmroute", gateway_command(fleet, args.out / "warmroute-data"),
+                logs / "warmroute.log", key_header="x-grok-conv-id")))
+            if args.baseline_src is not None:
+                env = {**os.environ, "PYTHONPATH": str(args.baseline_src.resolve())}
+                paths.append(stack.enter_context(started(
+                    "warmroute (baseline)", gateway_command(fleet, args.out / "baseline-data"),
+                    logs / "baseline.log", env, key_header="x-grok-conv-id")))
+            for kind in ("aiohttp", "uvicorn"):
+                paths.append(stack.enter_context(started(
+                    f"minimal proxy ({kind})", proxy_command(kind, fleet.urls[0]),
+                    logs / f"{kind}.log")))
+            measure(paths, args.rounds, args.tokens)
+    finally:
+        fleet.stop()
+    report(paths, args.rounds, args.tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
