@@ -205,6 +205,15 @@ async def test_new_placements_reserve_prefill_together(redis_server: OwnRedis) -
                 break
             await asyncio.sleep(0.01)
         assert float(await reserved.hget(b.shared.queued_key, "e2")) == 0.0
+        # a release of work the decay shrank meanwhile stops at nothing: never a negative
+        # balance, which would make e1 look lighter than an idle engine
+        await reserved.hset(b.shared.queued_key, "e1", 8.0)  # 10 reserved, decayed to 8
+        a.shared.first_token("e1", 10.0)  # released, through the outbox
+        for _ in range(100):
+            if float(await reserved.hget(b.shared.queued_key, "e1")) <= 0.0:
+                break
+            await asyncio.sleep(0.01)
+        assert float(await reserved.hget(b.shared.queued_key, "e1")) == 0.0
         # the gateway's own placement follows the shared reservations, not its local view
         await reserved.hset(b.shared.queued_key, mapping={"e1": 50, "e2": 40, "e3": 60})
         decision = await a.route(keyed("fresh"))

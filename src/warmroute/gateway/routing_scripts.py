@@ -30,6 +30,19 @@ end
 return best
 """
 
+# KEYS: queued-work hash. ARGV: engine, work (negative: a first token releasing it). A release
+# never takes an engine below nothing: work the decay below shrank since it was reserved would
+# otherwise leave a negative balance, and an engine with one looks less loaded than an idle
+# one, so a burst of new conversations herds onto it.
+RELEASE_SCRIPT = """
+local left = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2]))
+if left < 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], 0)
+  return '0'
+end
+return tostring(left)
+"""
+
 # KEYS: queued-work hash, the time of its last decay. ARGV: now, least seconds between decays,
 # half-life. Work a dead replica reserved fades instead of weighing on its engine for ever.
 DECAY_SCRIPT = """

@@ -12,8 +12,8 @@ Redis makes the replicas agree on it:
   the caches and of requests served covers every replica's traffic;
 - prefill queued ahead is one Redis hash: a placement made anew reserves its work there and
   picks its engine in one atomic step (`reserve`), a sticky turn adds its work in the
-  background, a first token takes it off; what a dead replica reserved fades (half-life
-  `reserved_half_life_s`);
+  background, a first token takes it off (never below nothing); what a dead replica reserved
+  fades (half-life `reserved_half_life_s`);
 - a replica reads the retained log from its start when it starts (catch-up: `start` waits for
   it, bounded), then follows it (`XREAD BLOCK`), applying other replicas' events to its placer.
 
@@ -49,6 +49,7 @@ from warmroute.gateway.placement import CacheAwarePlacer
 from warmroute.gateway.routing_scripts import (
     DECAY_EVERY_S,
     DECAY_SCRIPT,
+    RELEASE_SCRIPT,
     RESERVE_SCRIPT,
 )
 
@@ -109,6 +110,7 @@ class SharedRoutingState:
                                           socket_timeout=params.block_ms / 1000 + 2 * timeout)
         self._reserve = self.client.register_script(RESERVE_SCRIPT)
         self._decay_shared = self.client.register_script(DECAY_SCRIPT)
+        self._release = self.client.register_script(RELEASE_SCRIPT)
         self.queued_key = f"{params.prefix}:queued"
         self._pending: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._touched: dict[tuple[str, str], float] = {}
@@ -317,6 +319,10 @@ class SharedRoutingState:
                     for event in batch:
                         if "expire" in event:
                             pipe.expire(event["expire"], p.home_ttl_s)
+                        elif "reserve" in event and event["w"] < 0:
+                            await self._release(keys=[self.queued_key],
+                                                args=[event["reserve"], event["w"]],
+                                                client=pipe)
                         elif "reserve" in event:
                             pipe.hincrbyfloat(self.queued_key, event["reserve"], event["w"])
                         else:
