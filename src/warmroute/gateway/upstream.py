@@ -25,6 +25,11 @@ import anyio
 import httpx
 
 MAX_CONNECTIONS = 1024
+# Idle pooled connections are dropped by this client before the engine drops them: uvicorn
+# (our engines, vLLM, SGLang) closes an idle keep-alive connection after 5 s, aiohttp keeps one
+# for 15 s, and a request sent on a connection the engine is closing at that moment fails with
+# a reset that looks like a dead engine (seen: an engine ejected for `ClientOSError`).
+KEEPALIVE_S = 4.0
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -109,7 +114,8 @@ class AiohttpUpstream:
     def __init__(self, connect_timeout_s: float, read_timeout_s: float,
                  pool_timeout_s: float, max_connections: int = MAX_CONNECTIONS) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, use_dns_cache=True, ttl_dns_cache=60),
+            connector=aiohttp.TCPConnector(limit=0, use_dns_cache=True, ttl_dns_cache=60,
+                                           keepalive_timeout=KEEPALIVE_S),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
                                           sock_read=read_timeout_s),
             auto_decompress=False, skip_auto_headers=("User-Agent",),
