@@ -110,7 +110,6 @@ class SharedRoutingState:
                                           socket_timeout=params.block_ms / 1000 + 2 * timeout)
         self._reserve = self.client.register_script(RESERVE_SCRIPT)
         self._decay_shared = self.client.register_script(DECAY_SCRIPT)
-        self._release = self.client.register_script(RELEASE_SCRIPT)
         self.queued_key = f"{params.prefix}:queued"
         self._pending: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._touched: dict[tuple[str, str], float] = {}
@@ -320,9 +319,10 @@ class SharedRoutingState:
                         if "expire" in event:
                             pipe.expire(event["expire"], p.home_ttl_s)
                         elif "reserve" in event and event["w"] < 0:
-                            await self._release(keys=[self.queued_key],
-                                                args=[event["reserve"], event["w"]],
-                                                client=pipe)
+                            # EVAL, not a registered script: a pipeline would ask Redis
+                            # whether it knows the script first, one more round trip
+                            pipe.eval(RELEASE_SCRIPT, 1, self.queued_key, event["reserve"],
+                                      event["w"])
                         elif "reserve" in event:
                             pipe.hincrbyfloat(self.queued_key, event["reserve"], event["w"])
                         else:
