@@ -4,7 +4,9 @@ One instant simulated engine; in front of it, in one interleaved run (`warmroute
 overhead`'s rounds and report): warmroute's gateway, optionally a second warmroute from another
 checkout (`--baseline-src PATH`: its `src` folder, e.g. a `git worktree` of an older commit), and
 two minimal reverse proxies that do nothing but relay — aiohttp's server and client, and a bare
-ASGI app under uvicorn (uvloop, httptools) with aiohttp's client, the stack warmroute runs on.
+ASGI app under uvicorn (uvloop, httptools) with aiohttp's client, the stack warmroute runs on
+(with `--granian`, the same app under granian, the Rust HTTP server, too; its CPU column reads
+0: granian serves from a child of the process measured).
 The proxies are the floor: whatever warmroute adds above them is its own work (auth, placement,
 metering, the stream's decoding). Prints figures; asserts nothing.
 
@@ -28,19 +30,56 @@ from warmroute.procs import free_port
 EVENT_STREAM = "text/event-stream"
 
 
+UPSTREAM_ENV = "OVERHEAD_FLOOR_UPSTREAM"
+_sessions: list[Any] = []
+
+
+def client() -> Any:
+    """One aiohttp session per proxy process (created inside its running loop)."""
+    import aiohttp
+
+    if not _sessions:
+        _sessions.append(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False))
+    return _sessions[0]
+
+
+async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The smallest relay as a bare ASGI app (for uvicorn and granian alike)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"] == "/health":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    upstream = os.environ[UPSTREAM_ENV]
+    async with client().post(upstream + scope["path"], data=b"".join(chunks),
+                             headers={"content-type": "application/json"}) as answer:
+        kind_of = answer.headers.get("content-type", "")
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [(b"content-type", kind_of.encode())]})
+        if kind_of.startswith(EVENT_STREAM):
+            async for chunk in answer.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.body", "body": await answer.read()})
+
+
 def serve_proxy(kind: str, port: int, upstream: str) -> None:
     """Run one minimal proxy for `upstream` on 127.0.0.1:`port` (in a child process)."""
-    import aiohttp
     import uvloop
 
-    session: list[aiohttp.ClientSession] = []
-
-    def client() -> aiohttp.ClientSession:
-        if not session:
-            session.append(aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False))
-        return session[0]
-
+    os.environ[UPSTREAM_ENV] = upstream
     if kind == "aiohttp":
         from aiohttp import web
 
@@ -67,40 +106,19 @@ def serve_proxy(kind: str, port: int, upstream: str) -> None:
         app.router.add_get("/health", health)
         web.run_app(app, host="127.0.0.1", port=port, loop=uvloop.new_event_loop(),
                     print=None, access_log=None)
-        return
+    elif kind == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces, Loops, RuntimeModes
 
-    import uvicorn
+        sys.path.insert(0, str(Path(__file__).parent))
+        Granian("overhead_floor:bare", address="127.0.0.1", port=port,
+                interface=Interfaces.ASGI, loop=Loops.uvloop, workers=1,
+                runtime_mode=RuntimeModes.st, log_enabled=False).serve()
+    else:
+        import uvicorn
 
-    async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["path"] == "/health":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"{}"})
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        async with client().post(upstream + scope["path"], data=b"".join(chunks),
-                                 headers={"content-type": "application/json"}) as answer:
-            kind_of = answer.headers.get("content-type", "")
-            await send({"type": "http.response.start", "status": answer.status,
-                        "headers": [(b"content-type", kind_of.encode())]})
-            if kind_of.startswith(EVENT_STREAM):
-                async for chunk in answer.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-            else:
-                await send({"type": "http.response.body", "body": await answer.read()})
-
-    uvicorn.run(bare, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False)
+        uvicorn.run(bare, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                    log_level="warning", access_log=False)
 
 
 @contextlib.contextmanager
@@ -136,6 +154,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="another checkout's src folder, run as 'baseline'")
+    parser.add_argument("--granian", action="store_true",
+                        help="also the bare ASGI proxy under granian (pip install granian)")
     parser.add_argument("--out", type=Path, default=Path(".warmroute/bench/overhead-floor"))
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "UPSTREAM"),
                         help=argparse.SUPPRESS)
@@ -159,7 +179,7 @@ def main() -> int:
                 paths.append(stack.enter_context(started(
                     "warmroute (baseline)", gateway_command(fleet, args.out / "baseline-data"),
                     logs / "baseline.log", env, key_header="x-grok-conv-id")))
-            for kind in ("aiohttp", "uvicorn"):
+            for kind in ("aiohttp", "uvicorn", *(("granian",) if args.granian else ())):
                 paths.append(stack.enter_context(started(
                     f"minimal proxy ({kind})", proxy_command(kind, fleet.urls[0]),
                     logs / f"{kind}.log")))
