@@ -53,5 +53,5 @@ def encode_events(events: list[Any]) -> bytes:
     """Events (dicts, or framed bytes: `parse_events`' output) as SSE bytes."""
     if len(events) == 1:  # the common case: one event per engine chunk
         event = events[0]
-        return b"data: " + orjson.dumps(event) + b"\n\n" if isinstance(event, dict) else event
+        return encode_event(event) if isinstance(event, dict) else event
     return b"".join(encode_event(e) if isinstance(e, dict) else e for e in events)

@@ -34,7 +34,6 @@ from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
 from warmroute.gateway.usage import usage_from
-from warmroute.sse import encode_events
 
 DeferredStart = Callable[[Caller, RequestFeatures, dict[str, Any]], Awaitable[Response]]
 
@@ -44,15 +43,15 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
     """`deferred` starts a request whose body asks for `deferred` (`api/deferred_app.py`).
     The route is served bare (`api/bare_asgi.py`) where the app allows it, and through FastAPI
     otherwise; FastAPI keeps it for the OpenAPI document either way."""
-    route = BodyDeadline(ChatCompletionsRoute(gw, auth, meter, deferred),
-                         timeout_s=gw.config.body_timeout_s)
+    handler = ChatCompletionsRoute(gw, auth, meter, deferred)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return BareAnswer(ChatCompletionsRoute(gw, auth, meter, deferred))
+        return BareAnswer(handler)
 
-    if isinstance(app, BareRoutesApp):
-        app.bare_routes[("POST", "/v1/chat/completions")] = route
+    if isinstance(app, BareRoutesApp):  # FastAPI's middleware gives the route its deadline
+        app.bare_routes[("POST", "/v1/chat/completions")] = BodyDeadline(
+            handler, timeout_s=gw.config.body_timeout_s)
 
 
 class BareAnswer(Response):
@@ -168,7 +167,7 @@ async def metered_response(answer: Relayed, meter: Meter, caller: Caller) -> Res
 
 async def metered_data(answer: Relayed, meter: Meter, caller: Caller) -> dict[str, Any]:
     """A whole 200 answer's JSON, its ledger row written, its usage priced."""
-    data = answer.json()
+    data = answer.data
     if not isinstance(data, dict):
         raise EngineUnavailable(f"engine {answer.engine_id} answered 200 without a JSON object")
     usage = usage_from(data.get("usage") or {})
@@ -189,9 +188,7 @@ async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[byt
     (releasing its engine slot) however the answer ends."""
     try:
         async for events in upstream.events():
-            if metering.ends(events):  # the usage chunk or [DONE]: the row is written first
-                await metering.price(events)
-            yield encode_events(events)
+            yield await metering.before_sending(events)
     except WarmrouteError as exc:  # no engine could go on, the request failed, the store is down
         yield sse_error_event(exc)
     finally:

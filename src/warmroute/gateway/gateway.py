@@ -90,13 +90,14 @@ class Gateway:
             self._client = AiohttpUpstream(cfg.connect_timeout_s, cfg.upstream_timeout_s,
                                            cfg.pool_timeout_s, MAX_CONNECTIONS)
             self._owned.append(self._client)
-        probes: UpstreamClient | httpx.AsyncClient | None = self._probe_client
-        if self._probe_client is None:
-            self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
+        probes: UpstreamClient | httpx.AsyncClient
+        if self._probe_client is None:  # probes by aiohttp; httpx for the rare engine_json
             probes = AiohttpUpstream(cfg.probe_timeout_s, cfg.probe_timeout_s,
                                      cfg.probe_timeout_s)
+            self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
             self._owned += [self._probe_client, probes]
-        assert probes is not None
+        else:
+            probes = self._probe_client
         self._prober = HealthProber(self.membership, probes, cfg.probe_interval_s)
         judge = FaultJudge(self.membership, self._prober.check, cfg.request_failures_to_eject)
         self._proxy = Proxy(self._client, self.membership, self.metrics, judge,

@@ -25,6 +25,7 @@ requests; it knows HTTP, not the wire formats of errors (the app turns exception
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -71,6 +72,7 @@ NOT_RELAYED = frozenset(
 
 class EngineFailed(Exception):
     """This engine cannot answer this request; `cause` is for metrics and logs."""
+
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
         self.cause = cause
@@ -88,16 +90,13 @@ class Relayed:
     status: int
     headers: dict[str, str]
     body: bytes
-    _parsed: object = None
 
-    def json(self) -> object:
+    @functools.cached_property
+    def data(self) -> object:
         """The body's JSON, decoded once for all its readers (None if it is not JSON)."""
-        if self._parsed is None:
-            try:
-                self._parsed = jsoncodec.loads(self.body)
-            except ValueError:  # orjson's JSONDecodeError, or bytes that are not UTF-8
-                self._parsed = False
-        return None if self._parsed is False else self._parsed
+        with contextlib.suppress(ValueError):  # orjson's error, or bytes that are not UTF-8
+            return jsoncodec.loads(self.body)
+        return None
 
 
 @dataclass
@@ -345,7 +344,7 @@ class Proxy:
                 self.membership.release(engine_id, work)
                 raise
             if isinstance(answer, Relayed):
-                self.finished(engine_id, answer.status, usage_of(answer.json()), work)
+                self.finished(engine_id, answer.status, usage_of(answer.data), work)
                 cause = await self.judge.moves_on(engine_id, answer.status, answer.headers,
                                                   payload)
                 if cause is not None:

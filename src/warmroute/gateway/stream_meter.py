@@ -34,23 +34,15 @@ class StreamMeter:
     async def before_sending(self, events: list[Event]) -> bytes:
         """The client's bytes for these events, the row written first if they end the answer
         (its usage chunk, or `[DONE]`)."""
-        if self.ends(events):
-            await self.price(events)
+        splice = self.upstream.splice
+        if not self.recorded and (splice.usage_sent or splice.done):  # cheap, every chunk
+            final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
+                          and isinstance(e.get("usage"), dict)), None)
+            if final is not None or splice.done:
+                cost = await self.record(final["usage"] if final else None)
+                if final is not None:
+                    final["usage"]["cost_in_usd_ticks"] = cost
         return encode_events(events)
-
-    def ends(self, events: list[Event]) -> bool:
-        """Whether these events may end the answer unbilled (checked for every chunk: cheap)."""
-        return not self.recorded and (self.upstream.splice.usage_sent
-                                      or self.upstream.splice.done)
-
-    async def price(self, events: list[Event]) -> None:
-        """Write the row if these events end the answer; its cost goes into their usage."""
-        final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
-                      and isinstance(e.get("usage"), dict)), None)
-        if final is not None or self.upstream.splice.done:
-            cost = await self.record(final["usage"] if final else None)
-            if final is not None:
-                final["usage"]["cost_in_usd_ticks"] = cost
 
     async def record(self, usage: dict[str, Any] | None) -> int:
         self.recorded = True

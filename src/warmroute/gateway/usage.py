@@ -6,10 +6,8 @@ asked of engines, so far on every chunk), read by the stream's one decoder (`res
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from warmroute import jsoncodec
 from warmroute.types import Usage
 
 
@@ -37,10 +35,3 @@ def usage_of(answer: object) -> Usage | None:
         return None
     return Usage(prompt, completion if isinstance(completion, int) else 0,
                  cached if isinstance(cached, int) else 0)
-
-
-def usage_of_json(body: bytes) -> Usage | None:
-    try:
-        return usage_of(jsoncodec.loads(body))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None

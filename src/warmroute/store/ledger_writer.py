@@ -104,39 +104,38 @@ def commit(conn: sqlite3.Connection, rows: list[Row]) -> sqlite3.Error | None:
     return None
 
 
-def fold_orphan_journals(database: Path, own: Path | None = None) -> int:
+def fold_orphan_journals(database: Path) -> int:
     """Commit the rows of every journal beside `database` whose writer is gone, then delete it;
     returns how many rows were journaled there. A journal that cannot be committed stays."""
-    folded = 0
-    conn: sqlite3.Connection | None = None
+    paths = journal_paths(database)
+    if not paths:
+        return 0
+    conn = connect(database)
     try:
-        for path in journal_paths(database):
-            if path == own:
-                continue
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue  # folded by another process meanwhile
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # its process is alive and writing it
-                os.close(fd)
-                continue
-            try:
-                rows = read_journal(path)
-                conn = conn or connect(database)
-                error = commit(conn, rows) if rows else None
-                if error is not None:
-                    log.warning("ledger journal %s not committed yet: %s", path.name, error)
-                    continue
-                path.unlink(missing_ok=True)
-                folded += len(rows)
-            finally:
-                os.close(fd)
+        return sum(fold_journal(path, conn) for path in paths)
     finally:
-        if conn is not None:
-            conn.close()
-    return folded
+        conn.close()
+
+
+def fold_journal(path: Path, conn: sqlite3.Connection) -> int:
+    """One journal committed and deleted if its writer is gone (its lock can be taken)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0  # folded by another process meanwhile
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rows = read_journal(path)
+        error = commit(conn, rows) if rows else None
+        if error is not None:
+            log.warning("ledger journal %s not committed yet: %s", path.name, error)
+            return 0
+        path.unlink(missing_ok=True)
+        return len(rows)
+    except BlockingIOError:  # its process is alive and writing it
+        return 0
+    finally:
+        os.close(fd)
 
 
 class LedgerWriter:
