@@ -22,6 +22,7 @@ import httpx
 from warmroute import jsoncodec
 from warmroute.config import GatewayConfig
 from warmroute.gateway import policies
+from warmroute.gateway.engine_http import LeanUpstream
 from warmroute.gateway.faults import FaultJudge
 from warmroute.gateway.features import CHUNK_BYTES
 from warmroute.gateway.health import HealthProber
@@ -33,7 +34,7 @@ from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
 from warmroute.gateway.shared_state import SharedRoutingState, SharedStateParams
 from warmroute.gateway.timeline import Timeline
-from warmroute.gateway.upstream import AiohttpUpstream, UpstreamClient, as_upstream
+from warmroute.gateway.upstream import UpstreamClient, as_upstream
 
 MAX_CONNECTIONS = 1024
 
@@ -87,13 +88,12 @@ class Gateway:
         """Open the connection pools, probe every engine once, then keep probing."""
         cfg = self.config
         if self._client is None:
-            self._client = AiohttpUpstream(cfg.connect_timeout_s, cfg.upstream_timeout_s,
-                                           cfg.pool_timeout_s, MAX_CONNECTIONS)
+            self._client = LeanUpstream(cfg.connect_timeout_s, cfg.upstream_timeout_s,
+                                        cfg.pool_timeout_s, MAX_CONNECTIONS)
             self._owned.append(self._client)
         probes: UpstreamClient | httpx.AsyncClient
-        if self._probe_client is None:  # probes by aiohttp; httpx for the rare engine_json
-            probes = AiohttpUpstream(cfg.probe_timeout_s, cfg.probe_timeout_s,
-                                     cfg.probe_timeout_s)
+        if self._probe_client is None:  # probes by the lean client; httpx for engine_json
+            probes = LeanUpstream(cfg.probe_timeout_s, cfg.probe_timeout_s, cfg.probe_timeout_s)
             self._probe_client = httpx.AsyncClient(timeout=cfg.probe_timeout_s)
             self._owned += [self._probe_client, probes]
         else:

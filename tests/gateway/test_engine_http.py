@@ -1,0 +1,255 @@
+"""The gateway's HTTP/1.1 client for engines (`gateway/engine_http.py`) against real servers on
+loopback: uvicorn serving small ASGI apps, and a raw asyncio server where an engine must
+misbehave in ways uvicorn never does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from warmroute.gateway import engine_http
+from warmroute.gateway.engine_http import LeanUpstream
+from warmroute.gateway.upstream import KEEPALIVE_S, UpstreamError, UpstreamPoolFull
+from warmroute.procs import free_port
+
+Scope = dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning", http="httptools"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def client(**kwargs: Any) -> AsyncIterator[LeanUpstream]:
+    upstream = LeanUpstream(kwargs.pop("connect", 2.0), kwargs.pop("read", 2.0),
+                            kwargs.pop("pool", 2.0), **kwargs)
+    try:
+        yield upstream
+    finally:
+        await upstream.aclose()
+
+
+async def body_of(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class Echo:
+    """Answers with what it was sent, the client's port and the request's headers."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        body = await body_of(receive)
+        self.ports.append(scope["client"][1])
+        headers = dict(scope["headers"])
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json"), (b"X-Seen", b"yes"),
+                                (b"x-auth", headers.get(b"authorization", b""))]})
+        await send({"type": "http.response.body",
+                    "body": scope["method"].encode() + b" " + scope["path"].encode() + b" " + body})
+
+
+async def test_an_answer_is_read_whole_and_its_connection_reused() -> None:
+    app = Echo()
+    async with serving(app) as url, client() as upstream:
+        for n in range(3):
+            answer = await upstream.post(url + "/v1/chat/completions", b'{"n": %d}' % n,
+                                         {"authorization": "Bearer k"})
+            assert (answer.status, answer.headers["x-seen"], answer.headers["X-Auth"]) == (
+                201, "yes", "Bearer k")
+            assert await answer.read() == b'POST /v1/chat/completions {"n": %d}' % n
+            await answer.aclose()
+        status, body = await upstream.get_body(url + "/health", {})
+        assert (status, body) == (201, b"GET /health ")
+    assert len(set(app.ports)) == 1  # one connection, kept alive
+
+
+async def test_an_idle_connection_is_not_reused_after_the_keepalive() -> None:
+    assert uvicorn.Config(app=None).timeout_keep_alive > KEEPALIVE_S  # engines drop them at 5 s
+    app = Echo()
+    async with serving(app) as url, client() as upstream:
+        await upstream.get_body(url + "/a", {})
+        for idle in upstream._idle.values():
+            for conn in idle:
+                conn.idle_since -= KEEPALIVE_S
+        await upstream.get_body(url + "/b", {})
+        await upstream.get_body(url + "/c", {})
+    assert app.ports[0] != app.ports[1] and app.ports[1] == app.ports[2]
+
+
+async def test_a_stream_arrives_as_it_is_sent_and_closing_it_aborts_the_request() -> None:
+    go_on, gone = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await go_on.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        if (await receive())["type"] == "http.disconnect":
+            gone.set()
+
+    async with serving(app) as url, client() as upstream:
+        answer = await upstream.post(url + "/s", b"{}", {})
+        chunks = answer.chunks()
+        assert await anext(chunks) == b"data: 1\n\n"  # before the answer goes on
+        go_on.set()
+        assert await anext(chunks) == b"data: 2\n\n"
+        await answer.aclose()
+        await asyncio.wait_for(gone.wait(), 5)
+        assert upstream._idle.get(("http", "127.0.0.1", int(url.rsplit(":", 1)[1])), []) == []
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    async with client() as upstream:
+        with pytest.raises(UpstreamError) as failed:
+            await upstream.post(f"http://127.0.0.1:{free_port()}/x", b"{}", {})
+    assert failed.value.cause == "ConnectError"
+
+
+async def test_silence_past_the_read_timeout_is_a_read_timeout_and_ends_the_request() -> None:
+    gone = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        if scope["path"] == "/head":
+            if (await receive())["type"] == "http.disconnect":
+                gone.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        await asyncio.sleep(5)
+
+    async with serving(app) as url, client(read=0.3) as upstream:
+        with pytest.raises(UpstreamError) as failed:
+            await upstream.post(url + "/head", b"{}", {})
+        assert failed.value.cause == "ReadTimeout"
+        await asyncio.wait_for(gone.wait(), 5)
+        answer = await upstream.post(url + "/body", b"{}", {})
+        with pytest.raises(UpstreamError) as failed:
+            await answer.read()
+        assert failed.value.cause == "ReadTimeout"
+        await answer.aclose()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[str]:
+    """A server that reads a request head, writes `reply` and closes the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_engine_dying_mid_body_or_answering_garbage_is_a_protocol_error() -> None:
+    short = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b"
+    async with raw_server(short) as url, client() as upstream:
+        answer = await upstream.post(url + "/x", b"{}", {})
+        with pytest.raises(UpstreamError) as failed:
+            await answer.read()
+        assert failed.value.cause == "RemoteProtocolError"
+        await answer.aclose()
+    for reply in (b"NOT HTTP AT ALL\r\n\r\n", b""):
+        async with raw_server(reply) as url, client() as upstream:
+            with pytest.raises(UpstreamError) as failed:
+                await upstream.post(url + "/x", b"{}", {})
+            assert failed.value.cause == "RemoteProtocolError"
+
+
+async def test_an_answer_that_closes_its_connection_is_not_pooled() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    async with raw_server(reply) as url, client() as upstream:
+        assert await upstream.get_body(url + "/x", {}) == (200, b"ok")
+        assert await upstream.get_body(url + "/x", {}) == (200, b"ok")
+        assert all(not idle for idle in upstream._idle.values())
+
+
+async def test_requests_beyond_the_bound_wait_then_fail_as_pool_full() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async with serving(app) as url, client(pool=0.2, max_connections=1) as upstream:
+        held = await upstream.post(url + "/1", b"{}", {})
+        with pytest.raises(UpstreamPoolFull):
+            await upstream.post(url + "/2", b"{}", {})
+        release.set()
+        assert await held.read() == b"ab"
+        await held.aclose()
+        again = await upstream.post(url + "/3", b"{}", {})  # the place came back
+        assert await again.read() == b"ab"
+        await again.aclose()
+
+
+async def test_a_slow_reader_pauses_reading_and_gets_every_byte() -> None:
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for start in range(0, len(payload), 65536):
+            await send({"type": "http.response.body", "body": payload[start:start + 65536],
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(app) as url, client() as upstream:
+        answer = await upstream.post(url + "/big", b"{}", {})
+        digest, paused, most = hashlib.sha256(), False, 0
+        async for chunk in answer.chunks():
+            digest.update(chunk)
+            await asyncio.sleep(0.002)  # a slow client
+            conn = answer._conn
+            assert conn is not None
+            paused |= conn.paused
+            most = max(most, conn.buffered)
+        await answer.aclose()
+    assert digest.digest() == hashlib.sha256(payload).digest()
+    assert paused and most < engine_http.HIGH_WATER + 2**20
+
+
+def test_a_header_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ValueError):
+        engine_http.request_head(b"GET", b"/", ("http", "h", 80), {"x": "a\r\nb: c"}, 0)
+    assert engine_http.request_head(b"POST", b"/p", ("http", "h", 8000), {"a": "b"}, 3) == (
+        b"POST /p HTTP/1.1\r\nhost: h:8000\r\na: b\r\ncontent-length: 3\r\n\r\n")
