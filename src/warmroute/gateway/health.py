@@ -25,8 +25,9 @@ DEFAULT_CHARS_PER_TOKEN = 4.0
 class HealthProber:
     def __init__(self, membership: Membership, client: UpstreamClient | httpx.AsyncClient,
                  interval_s: float):
-        """`client`: the gateway's probe client (aiohttp's: a probe of an engine every
-        interval adds up, and it costs a third of httpx's CPU here), or any httpx client."""
+        """`client`: the gateway's probe client (`engine_http.LeanUpstream`: a probe of every
+        engine every interval adds up, and httpx's client costs three times the CPU), or any
+        httpx client."""
         self.membership = membership
         self.client = as_upstream(client)
         self.interval_s = interval_s
