@@ -200,3 +200,25 @@ def test_a_sticky_decision_carries_the_work_its_home_still_has_to_do() -> None:
     home = p.place(RequestFeatures(key="c", chunks=(1, 2, 3)), idle()).engine_id
     turn = p.place(RequestFeatures(key="c", chunks=(1, 2, 3, 4, 5)), idle(), {home: 99.0})
     assert (turn.engine_id, turn.reason, turn.work) == (home, "sticky", 3.0)
+
+
+def test_a_new_conversation_weighs_the_queue_ahead_against_the_prefix_it_would_reuse() -> None:
+    """Cost: prefill queued ahead + 4 × the chunks the engine does not hold. A warm engine
+    keeps the conversation while its queue is under four times the prefill its cache saves;
+    past that, an idle engine gets it (the first token comes sooner there)."""
+    shared = tuple(range(4))  # a system prompt of 4 chunks, cached on e1 only
+    p = placer()
+    p.observe("e1", shared)
+    for other in IDS[1:]:
+        p.observe(other, (50 + IDS.index(other),))  # every engine served one request
+    prompt = (*shared, *range(100, 106))  # 10 chunks: 6 uncached on e1, 10 elsewhere
+    short = p.plan(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 15.0})
+    assert short.candidates[0] == "e1"  # 15 + 4·6 = 39 < 0 + 4·10 = 40
+    assert (short.works[0], short.biases[0]) == (7.0, 24.0)
+    long = p.plan(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 17.0})
+    assert long.candidates[0] != "e1" and long.candidates[-1] == "e1"  # 41 > 40
+    assert (long.works[0], long.biases[0]) == (11.0, 40.0)
+    decision = p.place(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 17.0})
+    assert (decision.engine_id, decision.reason, decision.work) == (
+        long.candidates[0], "least-loaded", 11.0)
+    assert p.home_of("a") == long.candidates[0]

@@ -192,11 +192,15 @@ async def test_new_placements_reserve_prefill_together(redis_server: OwnRedis) -
         assert a.shared is not None and b.shared is not None
         order = ("e1", "e2", "e3")
         shares = (a.shared, b.shared, a.shared, b.shared)
-        picks = [await one.reserve(TENANT, None, order, 5.0, False, None) for one in shares]
+        same, none = (5.0, 5.0, 5.0), (0.0, 0.0, 0.0)
+        picks = [await one.reserve(TENANT, None, order, same, none, False, None)
+                 for one in shares]
         assert picks == ["e1", "e2", "e3", "e1"]  # e1, e2, e3 then 5 each: the first again
         # a conversation a replica claimed is answered to the other, whatever it reserved
-        assert await a.shared.reserve(TENANT, "both", order, 1.0, True, None) == "e2"
-        assert await b.shared.reserve(TENANT, "both", ("e3",), 1.0, True, None) == "e2"
+        assert await a.shared.reserve(TENANT, "both", order, (1.0,) * 3, none, True,
+                                      None) == "e2"
+        assert await b.shared.reserve(TENANT, "both", ("e3",), (1.0,), (0.0,), True,
+                                      None) == "e2"
         reserved = b.shared.client
         assert float(await reserved.hget(b.shared.queued_key, "e2")) == 5.0 + 1.0 + 1.0
         a.shared.first_token("e2", 7.0)  # released, through the outbox
@@ -214,6 +218,11 @@ async def test_new_placements_reserve_prefill_together(redis_server: OwnRedis) -
                 break
             await asyncio.sleep(0.01)
         assert float(await reserved.hget(b.shared.queued_key, "e1")) == 0.0
+        # a candidate's bias (the prefill its cache would not spare) counts with its queue:
+        # e1 (0 queued + 9) loses to e3 (5 queued + 1), which reserves its own work
+        assert await a.shared.reserve(TENANT, None, ("e1", "e3"), (10.0, 2.0), (9.0, 1.0),
+                                      False, None) == "e3"
+        assert float(await reserved.hget(b.shared.queued_key, "e3")) == 5.0 + 2.0
         # the gateway's own placement follows the shared reservations, not its local view
         await reserved.hset(b.shared.queued_key, mapping={"e1": 50, "e2": 40, "e3": 60})
         decision = await a.route(keyed("fresh"))

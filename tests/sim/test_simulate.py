@@ -131,7 +131,10 @@ def test_on_the_mooncake_trace_the_readme_figures_come_back(
     """The traces README, 4,000-block LRU caches: conversation stickiness 0.251 / 0.338 at 4 /
     16 engines, the load-bounded (1.25x) longest-prefix oracle 0.262 / 0.353; random placement
     0.110 / 0.081 (round-robin lands near it). Pure stickiness is the `hash` policy with no
-    bound; warmroute's cache-aware placement comes within 0.005 of the oracle or beats it."""
+    bound; warmroute's cache-aware placement comes within 0.005 of the oracle or beats it, and
+    its first tokens come sooner than both (it places a new conversation by the prefill queued
+    ahead as well as the prefix cached). At 4 engines the hour saturates them (TTFT p50 ~2 s):
+    a few turns of a few conversations spill past a full home there (0.3 %)."""
     reqs = load_mooncake(trace_file("conversation"))
     params = small_params(engines=engines, cache_blocks=4000)
     ids = engine_ids(engines)
@@ -145,8 +148,10 @@ def test_on_the_mooncake_trace_the_readme_figures_come_back(
     assert oracle.max_over_avg <= 1.25 + 0.01
     assert sticky.hit_rate < oracle.hit_rate < ceiling_hit_rate(reqs)
     assert warm.hit_rate >= oracle.hit_rate - 0.005
-    assert warm.sticky == 1.0
+    assert warm.sticky >= (0.995 if engines == 4 else 1.0)
     assert warm.max_over_avg <= 1.05
+    assert warm.ttft_p99_s < min(sticky.ttft_p99_s, oracle.ttft_p99_s)
+    assert warm.ttft_p50_s < min(sticky.ttft_p50_s, oracle.ttft_p50_s)
 
 
 def test_round_robin_is_the_floor_on_the_trace() -> None:

@@ -28,7 +28,7 @@ from warmroute.gateway.features import CHUNK_BYTES
 from warmroute.gateway.health import HealthProber
 from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
-from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams, prefill_work
+from warmroute.gateway.placement import CacheAwarePlacer, PlacementParams
 from warmroute.gateway.policies import Decision, RequestFeatures
 from warmroute.gateway.prefix_index import PrefixIndex
 from warmroute.gateway.proxy import Proxy
@@ -154,11 +154,9 @@ class Gateway:
         plan = placer.plan(features, loads, self.membership.queued())
         chosen = None
         if plan.kind != "sticky":
-            depth = placer.index.matched_depth(plan.candidates[0], features.chunks)
             claim = plan.kind == "new" and key is not None
-            chosen = await shared.reserve(tenant, key, plan.candidates,
-                                          prefill_work(features, depth), claim,
-                                          plan.home if plan.reason == "rehomed" else None)
+            chosen = await shared.reserve(tenant, key, plan.candidates, plan.works, plan.biases,
+                                          claim, plan.home if plan.reason == "rehomed" else None)
             loads = self.membership.loads()  # the await let other requests place
         decision = placer.commit(features, loads, plan, chosen)
         shared.placed(decision.engine_id, tenant, key, features.chunks, decision.work,

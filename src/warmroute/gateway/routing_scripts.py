@@ -4,9 +4,11 @@ Redis, so what replicas decide through them is decided once, in one order."""
 from __future__ import annotations
 
 # KEYS: home key, queued-work hash, log stream. ARGV: origin, tenant, id, ttl, log length,
-# work, expected home ('' for none), 'home' to claim the home (else this request only), then
-# the candidates, best first. Of the candidates, the one with the least prefill reserved by
-# every replica gets this request's work reserved; a home another replica holds wins over them.
+# work (reserved on a home another replica holds), expected home ('' for none), 'home' to claim
+# the home (else this request only), then the candidates, best first, each as three: engine,
+# bias, work. Of the candidates, the one whose prefill reserved by every replica plus its bias
+# (what its cache does not hold, weighted) is least gets its work reserved; a home another
+# replica holds wins over them.
 RESERVE_SCRIPT = """
 if ARGV[8] == 'home' then
   local current = redis.call('GET', KEYS[1])
@@ -16,12 +18,12 @@ if ARGV[8] == 'home' then
     return current
   end
 end
-local best, least = nil, nil
-for i = 9, #ARGV do
-  local queued = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
-  if best == nil or queued < least then best, least = ARGV[i], queued end
+local best, least, work = nil, nil, nil
+for i = 9, #ARGV, 3 do
+  local cost = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') + tonumber(ARGV[i + 1])
+  if best == nil or cost < least then best, least, work = ARGV[i], cost, ARGV[i + 2] end
 end
-redis.call('HINCRBYFLOAT', KEYS[2], best, ARGV[6])
+redis.call('HINCRBYFLOAT', KEYS[2], best, work)
 if ARGV[8] == 'home' then
   redis.call('SET', KEYS[1], best, 'EX', ARGV[4])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'k', 'h', 'o', ARGV[1], 'e', best,

@@ -157,21 +157,23 @@ class SharedRoutingState:
     async def claim(self, tenant: str, key: str, engine_id: str, previous: str | None) -> str:
         """Make `engine_id` the conversation's home (replacing `previous`, when given); answers
         the home that holds: another replica's, if it claimed first."""
-        held = await self.reserve(tenant, key, (engine_id,), 0.0, True, previous)
+        held = await self.reserve(tenant, key, (engine_id,), (0.0,), (0.0,), True, previous)
         return held if held is not None else engine_id
 
     async def reserve(self, tenant: str, key: str | None, candidates: tuple[str, ...],
-                      work: float, claim_home: bool, previous: str | None) -> str | None:
-        """Of `candidates` (best first), the engine with the least prefill reserved by all
-        replicas, with `work` reserved on it, in one atomic step (replicas placing a burst of
-        new conversations at once then spread it as one gateway would); with `claim_home`, it
+                      works: tuple[float, ...], biases: tuple[float, ...], claim_home: bool,
+                      previous: str | None) -> str | None:
+        """Of `candidates` (best first), the engine whose prefill reserved by all replicas
+        plus its bias is least, with its work reserved on it, in one atomic step (replicas
+        placing a burst of new conversations at once then spread it as one gateway would;
+        `placement.Plan` says what works and biases are); with `claim_home`, it
         also becomes the conversation's home unless another replica holds one (then that one
         is answered). None while Redis is unreachable (the caller places locally; a home it
         sets meanwhile is claimed when Redis returns)."""
         if self.up:
             try:
-                return await self._run_reserve(tenant, key, candidates, work, claim_home,
-                                               previous)
+                return await self._run_reserve(tenant, key, candidates, works, biases,
+                                               claim_home, previous)
             except UNREACHABLE as exc:
                 self._down(exc)
         if claim_home and key is not None:
@@ -203,12 +205,15 @@ class SharedRoutingState:
     # -- internals ----------------------------------------------------------------------------
 
     async def _run_reserve(self, tenant: str, key: str | None, candidates: tuple[str, ...],
-                           work: float, claim_home: bool, previous: str | None) -> str:
+                           works: tuple[float, ...], biases: tuple[float, ...],
+                           claim_home: bool, previous: str | None) -> str:
         p = self.params
+        triples = [item for engine, bias, work in zip(candidates, biases, works, strict=True)
+                   for item in (engine, f"{bias:g}", f"{work:g}")]
         chosen = await self._reserve(
             keys=[self.home_key(tenant, key or ""), self.queued_key, self.stream],
-            args=[self.origin, tenant, key or "", p.home_ttl_s, p.log_entries, f"{work:g}",
-                  previous or "", "home" if claim_home else "-", *candidates],
+            args=[self.origin, tenant, key or "", p.home_ttl_s, p.log_entries,
+                  f"{works[0]:g}", previous or "", "home" if claim_home else "-", *triples],
         )
         if claim_home and key is not None:
             self._touched[(tenant, key)] = self.clock()
@@ -250,7 +255,8 @@ class SharedRoutingState:
             if local is None:
                 continue
             try:
-                holder = await self._run_reserve(tenant, key, (local,), 0.0, True, previous)
+                holder = await self._run_reserve(tenant, key, (local,), (0.0,), (0.0,), True,
+                                                 previous)
             except UNREACHABLE:
                 self._remember(tenant, key, previous)
                 raise
