@@ -142,11 +142,14 @@ class Connection(asyncio.Protocol):
             timer.cancel()
 
     def take(self) -> bytes | None:
-        """The next buffered piece of the body, or None when none waits."""
-        if not self.body:
+        """All of the body buffered so far, in one piece, or None when none waits (a reader
+        that fell behind gets what came meanwhile at once: one write onwards, not many)."""
+        body = self.body
+        if not body:
             return None
-        chunk = self.body.popleft()
-        self.buffered -= len(chunk)
+        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.buffered = 0
         if self.paused and self.buffered < LOW_WATER and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
