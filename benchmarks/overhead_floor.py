@@ -3,10 +3,11 @@
 One instant simulated engine; in front of it, in one interleaved run (`warmroute bench
 overhead`'s rounds and report): warmroute's gateway, optionally a second warmroute from another
 checkout (`--baseline-src PATH`: its `src` folder, e.g. a `git worktree` of an older commit), and
-two minimal reverse proxies that do nothing but relay — aiohttp's server and client, and a bare
-ASGI app under uvicorn (uvloop, httptools) with aiohttp's client, the stack warmroute runs on
-(with `--granian`, the same app under granian, the Rust HTTP server, too; its CPU column reads
-0: granian serves from a child of the process measured).
+three minimal reverse proxies that do nothing but relay — aiohttp's server and client; a bare
+ASGI app under uvicorn (uvloop, httptools) with aiohttp's client; the same app with the
+gateway's own engine client (`gateway/engine_http.LeanUpstream`), the stack warmroute runs on
+(with `--granian`, the aiohttp-client app under granian, the Rust HTTP server, too; its CPU
+column reads 0: granian serves from a child of the process measured).
 The proxies are the floor: whatever warmroute adds above them is its own work (auth, placement,
 metering, the stream's decoding). Prints figures; asserts nothing.
 
@@ -28,6 +29,8 @@ from warmroute.bench.overhead import RouterPath, measure, report
 from warmroute.procs import free_port
 
 EVENT_STREAM = "text/event-stream"
+PROXY_NAMES = {"aiohttp": "aiohttp server + client", "uvicorn": "uvicorn + aiohttp client",
+               "lean": "uvicorn + warmroute's client", "granian": "granian + aiohttp client"}
 
 
 UPSTREAM_ENV = "OVERHEAD_FLOOR_UPSTREAM"
@@ -75,6 +78,38 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": await answer.read()})
 
 
+_lean: list[Any] = []
+
+
+async def bare_lean(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same relay with the gateway's engine client in place of aiohttp's."""
+    if scope["type"] != "http" or scope["path"] == "/health":
+        await bare(scope, receive, send)
+        return
+    from warmroute.gateway.engine_http import LeanUpstream
+
+    if not _lean:
+        _lean.append(LeanUpstream(10.0, 60.0, 10.0))
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    answer = await _lean[0].post(os.environ[UPSTREAM_ENV] + scope["path"], b"".join(chunks),
+                                 {"content-type": "application/json"})
+    kind_of = answer.headers.get("content-type", "")
+    await send({"type": "http.response.start", "status": answer.status,
+                "headers": [(b"content-type", kind_of.encode())]})
+    if kind_of.startswith(EVENT_STREAM):
+        async for chunk in answer.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.body", "body": await answer.read()})
+    await answer.aclose()
+
+
 def serve_proxy(kind: str, port: int, upstream: str) -> None:
     """Run one minimal proxy for `upstream` on 127.0.0.1:`port` (in a child process)."""
     import uvloop
@@ -117,8 +152,8 @@ def serve_proxy(kind: str, port: int, upstream: str) -> None:
     else:
         import uvicorn
 
-        uvicorn.run(bare, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                    log_level="warning", access_log=False)
+        uvicorn.run(bare_lean if kind == "lean" else bare, host="127.0.0.1", port=port,
+                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
 
 
 @contextlib.contextmanager
@@ -179,9 +214,9 @@ def main() -> int:
                 paths.append(stack.enter_context(started(
                     "warmroute (baseline)", gateway_command(fleet, args.out / "baseline-data"),
                     logs / "baseline.log", env, key_header="x-grok-conv-id")))
-            for kind in ("aiohttp", "uvicorn", *(("granian",) if args.granian else ())):
+            for kind in ("aiohttp", "uvicorn", "lean", *(("granian",) if args.granian else ())):
                 paths.append(stack.enter_context(started(
-                    f"minimal proxy ({kind})", proxy_command(kind, fleet.urls[0]),
+                    f"minimal proxy ({PROXY_NAMES[kind]})", proxy_command(kind, fleet.urls[0]),
                     logs / f"{kind}.log")))
             measure(paths, args.rounds, args.tokens)
     finally:
