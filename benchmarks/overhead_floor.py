@@ -12,6 +12,7 @@ The proxies are the floor: whatever warmroute adds above them is its own work (a
 metering, the stream's decoding). Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/overhead_floor.py --rounds 300 [--baseline-src /tmp/base/src]
+        [--prompt-kib 38]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from warmroute.bench import overhead
 from warmroute.bench.fleet import EngineParams, Launched, SimFleet, http_ok, spawn, wait_ready
 from warmroute.bench.overhead import RouterPath, measure, report
 from warmroute.procs import free_port
@@ -187,6 +189,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--prompt-kib", type=float, default=None,
+                        help="the prompt's size (default ~1 KiB): big prompts show per-byte work")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="another checkout's src folder, run as 'baseline'")
     parser.add_argument("--granian", action="store_true",
@@ -199,6 +203,9 @@ def main() -> int:
         kind, port, upstream = args.serve
         serve_proxy(kind, int(port), upstream)
         return 0
+    if args.prompt_kib is not None:
+        size = int(args.prompt_kib * 1024)
+        overhead.PROMPT = (overhead.PROMPT * (size // len(overhead.PROMPT) + 1))[:size]
     logs = args.out / "logs"
     fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
                      logs)

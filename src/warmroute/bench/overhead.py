@@ -109,7 +109,8 @@ def report(paths: list[RouterPath], rounds: int, tokens: int) -> list[dict[str, 
     from rich.table import Table
 
     direct = paths[0]
-    table = Table(title=f"router overhead — {rounds} interleaved rounds, ~1 KB prompt, {tokens} "
+    table = Table(title=f"router overhead — {rounds} interleaved rounds, "
+                        f"~{len(PROMPT) / 1024:.0f} KiB prompt, {tokens} "
                         f"output tokens; engine direct p50 JSON "
                         f"{statistics.median(direct.json_s) * 1000:.2f} ms, stream "
                         f"{statistics.median(direct.stream_s) * 1000:.2f} ms")
