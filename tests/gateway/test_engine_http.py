@@ -192,6 +192,17 @@ async def test_an_engine_dying_mid_body_or_answering_garbage_is_a_protocol_error
             assert failed.value.cause == "RemoteProtocolError"
 
 
+async def test_informational_answers_before_the_answer_are_skipped() -> None:
+    reply = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-real: 1\r\n\r\nok")
+    async with raw_server(reply) as url, client() as upstream:
+        answer = await upstream.post(url + "/x", b"{}", {})
+        assert (answer.status, dict(answer.headers)) == (200, {"content-length": "2",
+                                                                "x-real": "1"})
+        assert await answer.read() == b"ok"
+        await answer.aclose()
+
+
 async def test_an_answer_that_closes_its_connection_is_not_pooled() -> None:
     reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
     async with raw_server(reply) as url, client() as upstream:

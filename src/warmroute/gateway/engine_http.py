@@ -19,10 +19,13 @@ httptools (the parser uvicorn serves with); what is here is the pool and the flo
 - Timeouts: connecting (`ConnectTimeout`); no byte for `read_timeout_s` while an answer is awaited
   (`ReadTimeout`: the connection is closed). A refused or failed connection is `ConnectError`, a
   connection lost or an answer that is not HTTP is `RemoteProtocolError` (httpx's names, which the
-  logs, metrics and error messages use).
+  logs, metrics and error messages use). Informational answers (1xx) before the answer are skipped.
 - Flow control: reading pauses while more than `HIGH_WATER` bytes wait for a slow reader.
 - Not here: HTTP/2, proxies, redirects, cookies, compression (`accept-encoding` is not sent),
-  `Expect: 100-continue`. `https://` engines are reached with the system's default TLS context.
+  `Expect: 100-continue`, a body delimited by the connection's close (neither `content-length` nor
+  chunked: httptools cannot be told the stream ended, so it reads as a connection lost; uvicorn,
+  vLLM's and SGLang's servers always send one or the other). `https://` engines are reached
+  with the system's default TLS context.
 """
 
 from __future__ import annotations
@@ -99,7 +102,11 @@ class Connection(asyncio.Protocol):
         self.raw_headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational (100 Continue, 103 Early Hints): the answer follows
+            self.raw_headers = []
+            return
+        self.status = status
         if not self.head.done():
             self.head.set_result(None)
 
@@ -112,6 +119,8 @@ class Connection(asyncio.Protocol):
         self.wake()
 
     def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # an informational answer ended; the real one is still to come
         self.complete = True
         if not self.parser.should_keep_alive():
             self.idle_since = -1.0  # not to be reused
