@@ -203,6 +203,42 @@ async def test_informational_answers_before_the_answer_are_skipped() -> None:
         await answer.aclose()
 
 
+async def test_a_kept_alive_connection_closed_as_the_request_went_out_is_not_a_failure() -> None:
+    """The engine answers the first request on a connection, then closes it on reading the
+    next (its idle timeout firing as the request arrived): the request goes again on a new
+    connection, once; a new connection closed that way is the engine's failure."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        answered = 0
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            if answered or len(connections) > 2:
+                break  # closes without a byte of an answer
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            answered += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as upstream:
+            assert await upstream.get_body(url + "/1", {}) == (200, b"ok")
+            assert await upstream.get_body(url + "/2", {}) == (200, b"ok")  # again, new conn
+            assert len(connections) == 2
+            with pytest.raises(UpstreamError) as failed:  # conn 2 closes, conn 3 closes too
+                await upstream.get_body(url + "/3", {})
+            assert failed.value.cause == "RemoteProtocolError" and len(connections) == 3
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_answer_that_closes_its_connection_is_not_pooled() -> None:
     reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
     async with raw_server(reply) as url, client() as upstream:

@@ -16,6 +16,8 @@ httptools (the parser uvicorn serves with); what is here is the pool and the flo
   request that waits `pool_timeout_s` for a place is `UpstreamPoolFull`.
 - Keep-alive: an idle connection is reused for `KEEPALIVE_S` (less than the 5 s after which
   uvicorn engines close one), then dropped; one the engine closed leaves the pool when it closes.
+  A reused connection that closes before a byte of the answer came (the engine closed it as the
+  request went out) is not the engine's failure: the request goes again on a new connection.
 - Timeouts: connecting (`ConnectTimeout`); no byte for `read_timeout_s` while an answer is awaited
   (`ReadTimeout`: the connection is closed). A refused or failed connection is `ConnectError`, a
   connection lost or an answer that is not HTTP is `RemoteProtocolError` (httpx's names, which the
@@ -73,6 +75,7 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.error: str | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.received = False  # any byte of this answer
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -83,6 +86,7 @@ class Connection(asyncio.Protocol):
         if self.complete or self.error is not None:  # bytes no request asked for
             self.close()
             return
+        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -279,20 +283,25 @@ class LeanUpstream:
     async def _request(self, method: bytes, url: str, headers: Mapping[str, str],
                        content: bytes, bounded: bool) -> LeanResponse:
         origin, target = self._target(url)
-        conn = self._reuse(origin) or await self._connect(origin)
-        assert conn.transport is not None
-        conn.begin()
-        conn.transport.write(request_head(method, target, origin, headers, len(content))
-                             + content)
-        try:
-            await conn.wait(conn.head)
-        except BaseException:
-            conn.close()  # cancelled while the engine works: it aborts the request
-            raise
-        if conn.error is not None:
+        request = request_head(method, target, origin, headers, len(content)) + content
+        while True:
+            reused = self._reuse(origin)
+            conn = reused or await self._connect(origin)
+            assert conn.transport is not None
+            conn.begin()
+            conn.transport.write(request)
+            try:
+                await conn.wait(conn.head)
+            except BaseException:
+                conn.close()  # cancelled while the engine works: it aborts the request
+                raise
+            if conn.error is None:
+                return LeanResponse(conn, self, bounded)
             conn.close()
-            raise UpstreamError(conn.error)
-        return LeanResponse(conn, self, bounded)
+            if reused is None or conn.received or conn.error != "RemoteProtocolError":
+                raise UpstreamError(conn.error)
+            # A kept-alive connection the engine closed as the request went out (its idle
+            # timeout, a restart): not a failure of the engine; once more on a new connection.
 
     def _target(self, url: str) -> tuple[Origin, bytes]:
         known = self._targets.get(url)
