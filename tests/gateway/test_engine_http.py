@@ -239,6 +239,55 @@ async def test_a_kept_alive_connection_closed_as_the_request_went_out_is_not_a_f
         await server.wait_closed()
 
 
+async def test_a_second_answer_in_the_same_packet_does_not_touch_the_first() -> None:
+    reply = (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+             b"HTTP/1.1 500 Nope\r\ncontent-length: 3\r\nevil: 1\r\n\r\nbad")
+    async with raw_server(reply) as url, client() as upstream:
+        answer = await upstream.post(url + "/x", b"{}", {})
+        assert (answer.status, "evil" in answer.headers) == (200, False)
+        assert await answer.read() == b"ok"
+        await answer.aclose()
+        assert all(not idle for idle in upstream._idle.values())  # never reused
+
+
+async def test_a_timed_out_request_to_an_engine_that_stopped_reading_is_closed_at_once() -> None:
+    """16 MiB the engine never reads: the timeout closes the socket with its unsent buffer
+    (a graceful close would wait for the engine to read it, for ever)."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # reads nothing
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    lost = asyncio.Event()
+    try:
+        async with client(read=0.3) as upstream:
+            connect = upstream._connect
+
+            async def watched(origin: Any) -> engine_http.Connection:
+                conn = await connect(origin)
+                gone = conn.connection_lost
+
+                def lost_too(exc: Exception | None) -> None:
+                    lost.set()
+                    gone(exc)
+
+                conn.connection_lost = lost_too  # type: ignore[method-assign]
+                return conn
+
+            upstream._connect = watched  # type: ignore[method-assign]
+            with pytest.raises(UpstreamError) as failed:
+                await upstream.post(url + "/big", b"x" * 2**24, {})
+            assert failed.value.cause == "ReadTimeout"
+            await asyncio.wait_for(lost.wait(), 2)  # while the engine still reads nothing
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_answer_that_closes_its_connection_is_not_pooled() -> None:
     reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
     async with raw_server(reply) as url, client() as upstream:
@@ -300,3 +349,5 @@ def test_a_header_with_a_line_break_is_refused() -> None:
         engine_http.request_head(b"GET", b"/", ("http", "h", 80), {"x": "a\r\nb: c"}, 0)
     assert engine_http.request_head(b"POST", b"/p", ("http", "h", 8000), {"a": "b"}, 3) == (
         b"POST /p HTTP/1.1\r\nhost: h:8000\r\na: b\r\ncontent-length: 3\r\n\r\n")
+    assert engine_http.request_head(b"GET", b"/", ("http", "::1", 80), {}, 0) == (
+        b"GET / HTTP/1.1\r\nhost: [::1]\r\n\r\n")

@@ -45,7 +45,6 @@ from starlette.datastructures import Headers
 from warmroute.gateway.upstream import KEEPALIVE_S, MAX_CONNECTIONS, UpstreamError, UpstreamPoolFull
 
 HIGH_WATER = 256 * 1024  # bytes buffered for a slow reader before reading pauses
-LOW_WATER = 64 * 1024
 MAX_URLS = 4096  # parsed request targets kept
 
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -92,7 +91,10 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self.fail("RemoteProtocolError")
         except httptools.HttpParserError:
-            self.fail("RemoteProtocolError")
+            if self.complete:  # a second answer after this one (`on_message_begin`): the
+                self.close()   # answer stands, the connection cannot be trusted again
+            else:
+                self.fail("RemoteProtocolError")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -101,6 +103,10 @@ class Connection(asyncio.Protocol):
             self.fail("RemoteProtocolError")
 
     # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise ConnectionError("an answer no request asked for")  # stops the parser
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name.lower(), value))
@@ -148,11 +154,15 @@ class Connection(asyncio.Protocol):
 
     async def wait(self, future: asyncio.Future[None]) -> None:
         """Wait for `future` (the head, or more body), at most the read timeout."""
-        timer = self.loop.call_later(self.client.read_timeout_s, self.fail, "ReadTimeout")
+        timer = self.loop.call_later(self.client.read_timeout_s, self.timed_out, future)
         try:
             await future
         finally:
             timer.cancel()
+
+    def timed_out(self, future: asyncio.Future[None]) -> None:
+        if not future.done():  # what it waited for may have come in this very loop turn
+            self.fail("ReadTimeout")
 
     def take(self) -> bytes | None:
         """All of the body buffered so far, in one piece, or None when none waits (a reader
@@ -163,7 +173,7 @@ class Connection(asyncio.Protocol):
         chunk = body.popleft() if len(body) == 1 else b"".join(body)
         body.clear()
         self.buffered = 0
-        if self.paused and self.buffered < LOW_WATER and self.transport is not None:
+        if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return chunk
@@ -181,9 +191,11 @@ class Connection(asyncio.Protocol):
                 and self.idle_since >= 0.0 and not self.body)
 
     def close(self) -> None:
+        """Closed at once, whatever of the request is still unsent (an engine that stopped
+        reading a big prompt must not keep the socket and its buffer), so the engine aborts."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            self.transport.abort()
             self.client.forget(self)
 
 
@@ -200,7 +212,7 @@ class LeanResponse:
     async def read(self) -> bytes:
         conn = self._conn
         parts: list[bytes] = []
-        while conn is not None:
+        while conn is not None and conn is self._conn:  # not once released
             chunk = conn.take()
             if chunk is not None:
                 parts.append(chunk)
@@ -214,9 +226,7 @@ class LeanResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
-        if conn is None:
-            return
-        while True:
+        while conn is not None and conn is self._conn:  # not once released
             chunk = conn.take()
             if chunk is not None:
                 yield chunk
@@ -350,8 +360,12 @@ class LeanUpstream:
         if bounded:
             self._places.release()
         if conn.reusable():
-            conn.idle_since = conn.loop.time()
-            self._idle.setdefault(conn.origin, []).append(conn)
+            now = conn.loop.time()
+            conn.idle_since = now
+            idle = self._idle.setdefault(conn.origin, [])
+            while idle and now - idle[0].idle_since >= KEEPALIVE_S:  # the oldest expired
+                idle.pop(0).close()
+            idle.append(conn)
         else:
             conn.close()
 
@@ -367,7 +381,8 @@ def request_head(method: bytes, target: bytes, origin: Origin, headers: Mapping[
     """The request line and headers; a header name or value with a line break is refused."""
     scheme, host, port = origin
     default = 443 if scheme == "https" else 80
-    authority = host if port == default else f"{host}:{port}"
+    name = f"[{host}]" if ":" in host else host  # an IPv6 address
+    authority = name if port == default else f"{name}:{port}"
     lines = [method + b" " + target + b" HTTP/1.1", b"host: " + authority.encode("idna")]
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
