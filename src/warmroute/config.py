@@ -102,6 +102,11 @@ class EngineEndpoint:
     model: str | None = None
     api_key: str | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable()
+                                 and " " not in self.api_key):
+            raise ValueError(f"engine {self.engine_id}: an api_key is printable ASCII, no spaces")
+
     @staticmethod
     def parse(spec: str) -> EngineEndpoint:
         """`URL` or `ID=URL`; without an id, the id is the URL's host:port."""

@@ -50,6 +50,11 @@ def test_bad_configs_are_refused(tmp_path: Path) -> None:
         GatewayConfig(engines=(EngineEndpoint("http://a", "x"), EngineEndpoint("http://b", "x")))
     with pytest.raises(SystemExit):
         gateway_config(build_parser().parse_args(["gateway"]))
+    for key in ("clé", "a\r\nx-evil: 1", "two words"):  # it goes into a header as it is
+        with pytest.raises(ValueError, match="printable ASCII"):
+            EngineEndpoint("http://a", "x", api_key=key)
+        with pytest.raises(ValueError, match="printable ASCII"):
+            GatewayConfig(engines=(EngineEndpoint("http://a", "x"),), engine_api_key=key)
 
 
 @pytest.mark.parametrize(("cores", "engines", "threads"), [(2, 2, 1), (16, 4, 4), (2, 4, 1),
