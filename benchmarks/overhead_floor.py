@@ -60,24 +60,11 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
         return
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
     upstream = os.environ[UPSTREAM_ENV]
-    async with client().post(upstream + scope["path"], data=b"".join(chunks),
+    async with client().post(upstream + scope["path"], data=await request_body(receive),
                              headers={"content-type": "application/json"}) as answer:
-        kind_of = answer.headers.get("content-type", "")
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [(b"content-type", kind_of.encode())]})
-        if kind_of.startswith(EVENT_STREAM):
-            async for chunk in answer.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await send({"type": "http.response.body", "body": await answer.read()})
+        await relay(send, answer.status, answer.headers.get("content-type", ""),
+                    answer.content.iter_any(), answer.read)
 
 
 _lean: list[Any] = []
@@ -92,24 +79,33 @@ async def bare_lean(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     if not _lean:
         _lean.append(LeanUpstream(10.0, 60.0, 10.0))
+    answer = await _lean[0].post(os.environ[UPSTREAM_ENV] + scope["path"],
+                                 await request_body(receive),
+                                 {"content-type": "application/json"})
+    await relay(send, answer.status, answer.headers.get("content-type", ""), answer.chunks(),
+                answer.read)
+    await answer.aclose()
+
+
+async def request_body(receive: Any) -> bytes:
     chunks = []
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
-            break
-    answer = await _lean[0].post(os.environ[UPSTREAM_ENV] + scope["path"], b"".join(chunks),
-                                 {"content-type": "application/json"})
-    kind_of = answer.headers.get("content-type", "")
-    await send({"type": "http.response.start", "status": answer.status,
+            return b"".join(chunks)
+
+
+async def relay(send: Any, status: int, kind_of: str, chunks: Any, read: Any) -> None:
+    """An engine's answer as it came: a stream chunk by chunk, else whole."""
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", kind_of.encode())]})
     if kind_of.startswith(EVENT_STREAM):
-        async for chunk in answer.chunks():
+        async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     else:
-        await send({"type": "http.response.body", "body": await answer.read()})
-    await answer.aclose()
+        await send({"type": "http.response.body", "body": await read()})
 
 
 def serve_proxy(kind: str, port: int, upstream: str) -> None:

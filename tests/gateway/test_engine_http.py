@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.requests import Request
 
 from warmroute.gateway import engine_http
 from warmroute.gateway.engine_http import LeanUpstream
@@ -49,12 +50,7 @@ async def client(**kwargs: Any) -> AsyncIterator[LeanUpstream]:
 
 
 async def body_of(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
+    return await Request({"type": "http"}, receive).body()
 
 
 class Echo:
