@@ -209,6 +209,11 @@ def test_upstream_bodies_ask_for_usage_and_ids() -> None:
         "stream_options": {"include_usage": True, "continuous_usage_stats": True, "x": 1},
     }
     assert upstream_stream_body({"stream_options": 5}) == {"stream_options": 5}
+    # n of 2 cannot be resumed: no token ids asked for, unless the client asked itself
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    assert upstream_stream_body({"n": 2}) == {"n": 2, "stream_options": options}
+    assert upstream_stream_body({"n": 2, "return_token_ids": True}) == {
+        "n": 2, "return_token_ids": True, "stream_options": options}
     assert ClientView.of(body) == ClientView(include_usage=False)
     assert ClientView.of({"n": 2, "return_token_ids": True}) == ClientView(
         include_usage=False, token_ids=True, resumable=False)
