@@ -210,32 +210,28 @@ class LeanResponse:
         self.headers: Mapping[str, str] = Headers(raw=conn.raw_headers)
 
     async def read(self) -> bytes:
-        conn = self._conn
         parts: list[bytes] = []
-        while conn is not None and conn is self._conn:  # not once released
-            chunk = conn.take()
-            if chunk is not None:
-                parts.append(chunk)
-            elif conn.error is not None:
-                raise UpstreamError(conn.error)
-            elif conn.complete:
-                break
-            else:
-                await conn.more()
+        while (piece := await self.next_piece()) is not None:
+            parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        while conn is not None and conn is self._conn:  # not once released
+        while (piece := await self.next_piece()) is not None:
+            yield piece
+
+    async def next_piece(self) -> bytes | None:
+        """All of the body that came since the last piece (waiting for some); None at its end,
+        and once the response is released (its connection may serve another request)."""
+        while (conn := self._conn) is not None:
             chunk = conn.take()
             if chunk is not None:
-                yield chunk
-                continue
+                return chunk
             if conn.error is not None:
                 raise UpstreamError(conn.error)
             if conn.complete:
-                return
+                return None
             await conn.more()
+        return None
 
     async def aclose(self) -> None:
         """Release the connection (to the pool when the body was read whole, else closed,
@@ -307,7 +303,6 @@ class LeanUpstream:
                 raise
             if conn.error is None:
                 return LeanResponse(conn, self, bounded)
-            conn.close()
             if reused is None or conn.received or conn.error != "RemoteProtocolError":
                 raise UpstreamError(conn.error)
             # A kept-alive connection the engine closed as the request went out (its idle
@@ -381,8 +376,8 @@ def request_head(method: bytes, target: bytes, origin: Origin, headers: Mapping[
     """The request line and headers; a header name or value with a line break is refused."""
     scheme, host, port = origin
     default = 443 if scheme == "https" else 80
-    name = f"[{host}]" if ":" in host else host  # an IPv6 address
-    authority = name if port == default else f"{name}:{port}"
+    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address
+    authority = bracketed if port == default else f"{bracketed}:{port}"
     lines = [method + b" " + target + b" HTTP/1.1", b"host: " + authority.encode("idna")]
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:

@@ -36,8 +36,6 @@ from warmroute.gateway.shared_state import SharedRoutingState, SharedStateParams
 from warmroute.gateway.timeline import Timeline
 from warmroute.gateway.upstream import UpstreamClient, as_upstream
 
-MAX_CONNECTIONS = 1024
-
 
 class Gateway:
     def __init__(
@@ -89,7 +87,7 @@ class Gateway:
         cfg = self.config
         if self._client is None:
             self._client = LeanUpstream(cfg.connect_timeout_s, cfg.upstream_timeout_s,
-                                        cfg.pool_timeout_s, MAX_CONNECTIONS)
+                                        cfg.pool_timeout_s)
             self._owned.append(self._client)
         probes: UpstreamClient | httpx.AsyncClient
         if self._probe_client is None:  # probes by the lean client; httpx for engine_json
