@@ -113,10 +113,9 @@ async def test_a_stream_arrives_as_it_is_sent_and_closing_it_aborts_the_request(
 
     async with serving(app) as url, client() as upstream:
         answer = await upstream.post(url + "/s", b"{}", {})
-        chunks = answer.chunks()
-        assert await anext(chunks) == b"data: 1\n\n"  # before the answer goes on
+        assert await answer.next_piece() == b"data: 1\n\n"  # before the answer goes on
         go_on.set()
-        assert await anext(chunks) == b"data: 2\n\n"
+        assert await answer.next_piece() == b"data: 2\n\n"
         await answer.aclose()
         await asyncio.wait_for(gone.wait(), 5)
         assert upstream._idle.get(("http", "127.0.0.1", int(url.rsplit(":", 1)[1])), []) == []
@@ -328,7 +327,7 @@ async def test_a_slow_reader_pauses_reading_and_gets_every_byte() -> None:
     async with serving(app) as url, client() as upstream:
         answer = await upstream.post(url + "/big", b"{}", {})
         digest, paused, most = hashlib.sha256(), False, 0
-        async for chunk in answer.chunks():
+        while (chunk := await answer.next_piece()) is not None:
             digest.update(chunk)
             await asyncio.sleep(0.002)  # a slow client
             conn = answer._conn

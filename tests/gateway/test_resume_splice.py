@@ -255,3 +255,26 @@ def test_events_are_decoded_once_and_the_attempt_usage_is_the_last_reported() ->
     assert end == [final_usage(FIRST, usage(9, 3, 0)), b"data: [DONE]\n\n"]
     assert splice.attempt_counts() == Usage(9, 3, 0)
     assert splice.usage_sent and splice.done
+
+
+def test_nothing_of_a_malformed_event_counts_as_delivered() -> None:
+    splice = StreamSplice(ClientView())
+    good = {"index": 0, "delta": {"content": "b"}, "token_ids": [2]}
+    bad = {**FIRST, "choices": [good, {"index": 1, "delta": "x"}]}
+    splice.feed(sse(content(FIRST, "a", [1])) + sse(bad))
+    assert splice.failed == "a malformed event"
+    assert (splice.delivered_text, splice.ids) == ("a", [1])
+
+
+def test_a_null_usage_is_dropped_too_when_the_client_did_not_ask() -> None:
+    splice = StreamSplice(ClientView())
+    out = splice.feed(sse({**content(FIRST, "a", [1]), "usage": None}))
+    assert events(out) == [content(FIRST, "a", None)]
+
+
+def test_a_chunk_of_many_token_ids_and_one_that_is_not_an_id() -> None:
+    splice = StreamSplice(ClientView())
+    splice.feed(sse(content(FIRST, "ab", [1, 2])) + sse(content(FIRST, "c", [3])))
+    assert splice.ids == [1, 2, 3]
+    splice.feed(sse(content(FIRST, "d", [True])))  # JSON true is not a token id
+    assert splice.ids is None and splice.delivered_text == "abcd"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import pytest
 
 from warmroute.errors import InvalidRequest
+from warmroute.gateway.metering import row_id
 from warmroute.store import Store, UsageRecord, UsageTotals
+from warmroute.store.ledger import utc_day
 
 DAY0 = 1_700_006_400.0  # 2023-11-15T00:00:00Z
 DAY = 86_400.0
@@ -101,3 +106,17 @@ def test_bad_rows_are_refused() -> None:
         row("x", DAY0, tokens=(5, 0, -1))
     with pytest.raises(InvalidRequest, match="non-negative"):
         row("x", DAY0, cost=-1)
+
+
+def test_a_rows_day_is_its_utc_date() -> None:
+    for time in (0.0, 86399.999, 86400.0, -0.5, 1796599375.25, 1796601599.0, 1796601600.0):
+        assert utc_day(time) == datetime.fromtimestamp(time, UTC).date().isoformat()
+
+
+def test_row_ids_are_version_4_uuids() -> None:
+    ids = [row_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -10,7 +10,8 @@ too, so the OpenAPI document is unchanged.
 
 A bare handler owns what the stack did for it: `answer_error` (xAI's envelope, the one mapping
 in `wire_errors`), `client_watch` (work cancelled when its client goes away: one listening task,
-no polling), `send_stream` (a stream sent chunk by chunk and always closed).
+no polling), `send_stream` (a stream sent chunk by chunk, one await per chunk, always finished;
+its last chunk goes out with the body's end, in one write).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -79,12 +80,19 @@ def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 async def send_stream(send: Send, status: int, headers: Mapping[str, str],
-                      chunks: AsyncIterator[bytes]) -> None:
-    """Send `chunks` as the response body as they come (inside a `client_watch`, to stop when
-    the client goes away); `chunks` is closed however this ends (its `finally` runs first)."""
-    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                      next_body: Callable[[], Awaitable[tuple[bytes, bool]]],
+                      finish: Callable[[], Awaitable[None]]) -> None:
+    """Send the bodies `next_body()` gives, each with whether more follows, as they come
+    (inside a `client_watch`, to stop when the client goes away). The last goes out with the
+    body's end: one write, not two (each write to a socket is a system call, and the client
+    waits for the end). `finish()` runs however this ends, before the last body is sent."""
+    try:
         await send({"type": "http.response.start", "status": status,
                     "headers": raw_headers(headers)})
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        body, more = await next_body()
+        while more:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            body, more = await next_body()
+    finally:
+        await finish()
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -10,7 +10,7 @@ route of the gateway, so it is served as a bare ASGI handler (`api/bare_asgi.py`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
 from warmroute.gateway.usage import usage_from
+from warmroute.sse import encode_events
 
 DeferredStart = Callable[[Caller, RequestFeatures, dict[str, Any]], Awaitable[Response]]
 
@@ -102,10 +103,10 @@ class ChatCompletionsRoute:
             with client_watch(receive) as watch:  # one watch for the placement and the stream
                 opened = await place_and_forward(gw, features, payload, view)
                 if isinstance(opened, Streaming):
-                    metering = StreamMeter(meter, caller, opened)
+                    relay = ChatRelay(opened, StreamMeter(meter, caller, opened))
                     try:
                         await send_stream(send, opened.status, opened.headers,
-                                          relay(opened, metering))
+                                          relay.next_body, relay.metering.cut_off)
                     except Exception as exc:
                         raise AnswerStarted() from exc
                     return None
@@ -182,14 +183,32 @@ def relayed_response(answer: Relayed) -> Response:
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-async def relay(upstream: Streaming, metering: StreamMeter) -> AsyncIterator[bytes]:
+class ChatRelay:
     """An engine's stream relayed event by event (continued on another engine if its engine
-    breaks); an error event ends it when no engine could go on. The caller closes the upstream
-    (releasing its engine slot) however the answer ends."""
-    try:
-        async for events in upstream.events():
-            yield await metering.before_sending(events)
-    except WarmrouteError as exc:  # no engine could go on, the request failed, the store is down
-        yield sse_error_event(exc)
-    finally:
-        await metering.cut_off()
+    breaks), metered; an error event ends it when no engine could go on. `next_body` is
+    awaited once per engine chunk; whoever sends it calls `metering.cut_off` however the
+    answer ends, and closes the upstream (releasing its engine slot)."""
+
+    def __init__(self, upstream: Streaming, metering: StreamMeter) -> None:
+        self.upstream, self.metering = upstream, metering
+        self.ended = False
+
+    async def next_body(self) -> tuple[bytes, bool]:
+        """The client's bytes for the engine's next chunk, and whether more follow (not after
+        `[DONE]` or an error event)."""
+        if self.ended:
+            return b"", False
+        try:
+            events = await self.upstream.next_events()
+            if events is None:
+                self.ended = True
+                return b"", False
+            if self.metering.due:
+                body = await self.metering.before_sending(events)
+            else:
+                body = encode_events(events)
+        except WarmrouteError as exc:  # no engine could go on, the request failed, the store
+            self.ended = True          # is down
+            return sse_error_event(exc), False
+        self.ended = self.upstream.splice.done
+        return body, not self.ended

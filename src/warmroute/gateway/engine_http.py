@@ -10,10 +10,10 @@ private network need one thing: a request written, an answer parsed as it arrive
 httptools (the parser uvicorn serves with); what is here is the pool and the flow of bytes.
 
 - `LeanUpstream` implements `upstream.UpstreamClient`: `post` answers once the status and headers
-  are in; the body is read whole (`read`) or as it arrives (`chunks`); `aclose` puts a connection
-  whose answer was read to the end back in the pool and closes any other (an engine aborts the
-  request whose connection closes). At most `max_connections` requests are at engines at once; a
-  request that waits `pool_timeout_s` for a place is `UpstreamPoolFull`.
+  are in; the body is read whole (`read`) or as it arrives (`next_piece`); `aclose` puts a
+  connection whose answer was read to the end back in the pool and closes any other (an engine
+  aborts the request whose connection closes). At most `max_connections` requests are at engines
+  at once; a request that waits `pool_timeout_s` for a place is `UpstreamPoolFull`.
 - Keep-alive: an idle connection is reused for `KEEPALIVE_S` (less than the 5 s after which
   uvicorn engines close one), then dropped; one the engine closed leaves the pool when it closes.
   A reused connection that closes before a byte of the answer came (the engine closed it as the
@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -215,10 +216,6 @@ class LeanResponse:
             parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while (piece := await self.next_piece()) is not None:
-            yield piece
-
     async def next_piece(self) -> bytes | None:
         """All of the body that came since the last piece (waiting for some); None at its end,
         and once the response is released (its connection may serve another request)."""
@@ -371,14 +368,19 @@ class LeanUpstream:
             idle.remove(conn)
 
 
-def request_head(method: bytes, target: bytes, origin: Origin, headers: Mapping[str, str],
-                 length: int) -> bytes:
-    """The request line and headers; a header name or value with a line break is refused."""
+@functools.lru_cache(maxsize=MAX_URLS)
+def authority(origin: Origin) -> bytes:
+    """The `host` header of an origin (IDNA-encoded once per origin: the codec is slow)."""
     scheme, host, port = origin
     default = 443 if scheme == "https" else 80
     bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address
-    authority = bracketed if port == default else f"{bracketed}:{port}"
-    lines = [method + b" " + target + b" HTTP/1.1", b"host: " + authority.encode("idna")]
+    return (bracketed if port == default else f"{bracketed}:{port}").encode("idna")
+
+
+def request_head(method: bytes, target: bytes, origin: Origin, headers: Mapping[str, str],
+                 length: int) -> bytes:
+    """The request line and headers; a header name or value with a line break is refused."""
+    lines = [method + b" " + target + b" HTTP/1.1", b"host: " + authority(origin)]
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError(f"header {name!r} has a line break")

@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -101,32 +101,34 @@ class Relayed:
 
 @dataclass
 class Upstream:
-    """One engine's stream whose first chunk has arrived. Iterate `chunks()`, then `aclose()`."""
+    """One engine's stream whose first chunk has arrived: `next_chunk()` until None, then
+    `aclose()`."""
 
     engine_id: str
     status: int
     headers: dict[str, str]
     response: UpstreamResponse
-    upstream: AsyncIterator[bytes]
-    first: bytes
+    first: bytes | None
     proxy: Proxy
     work: float = 0.0
     opened_at: float = 0.0  # when the request was sent (monotonic); 0 once its token came
     usage: Usage | None = None  # as its engine last reported it (the stream's reader sets it)
     closed: bool = False
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The upstream bytes as they arrive; raises `UpstreamBroken` if the engine fails."""
-        if self.first:
-            yield self.first
+    async def next_chunk(self) -> bytes | None:
+        """The upstream bytes that came since the last call (waiting for some); None at the
+        stream's end. Raises `UpstreamBroken` if the engine fails."""
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
         try:
-            async for chunk in self.upstream:
-                if self.opened_at or self.work:
-                    self.prefilled()  # the role chunk comes at once, then the first token
-                yield chunk
+            chunk = await self.response.next_piece()
         except UpstreamError as exc:
             self.proxy.membership.eject(self.engine_id, f"mid-stream {exc.cause}")
             raise UpstreamBroken(f"engine {self.engine_id} failed mid-stream") from exc
+        if chunk is not None and (self.opened_at or self.work):
+            self.prefilled()  # the role chunk comes at once, then the first token
+        return chunk
 
     async def aclose(self) -> None:
         """Close the upstream (an engine aborts a request whose client went away), release
@@ -135,8 +137,7 @@ class Upstream:
             return
         self.closed = True
         work, self.work = self.work, 0.0
-        with anyio.CancelScope(shield=True):
-            await self.response.aclose()
+        await self.response.aclose()  # never cancelled midway: each client shields its own
         self.proxy.finished(self.engine_id, self.status, self.usage, work)
 
     def prefilled(self) -> None:
@@ -151,9 +152,11 @@ class Upstream:
 @dataclass
 class Streaming:
     """A client's stream: its engine's events, continued on the next engine whenever one
-    breaks mid-answer. Iterate `events()` (raises `UpstreamBroken` when no engine can
-    continue), then always `aclose()`. The engine's bytes are decoded once, by the splice;
-    every surface reads the same events."""
+    breaks mid-answer. Call `next_events()` until None (or iterate `events()`; either raises
+    `UpstreamBroken` when no engine can continue), then always `aclose()`. The engine's bytes
+    are decoded once, by the splice; every surface reads the same events. The relay's loop
+    awaits one call per engine chunk, through no iterator layers (each layer cost every
+    chunk of every stream)."""
 
     proxy: Proxy
     decision: Decision
@@ -178,34 +181,47 @@ class Streaming:
 
     async def events(self) -> AsyncIterator[list[Event]]:
         """The client's events, a list per engine chunk (never empty)."""
-        while True:
-            cause = "ended its stream before [DONE]"
-            try:
-                async with contextlib.aclosing(self.current.chunks()) as raw_chunks:
-                    async for raw in raw_chunks:
-                        out = self.splice.feed_events(raw)
-                        if out:
-                            yield out
-                        if self.splice.failed is not None:
-                            cause = f"sent {self.splice.failed}"
-                            break
-            except UpstreamBroken:
-                cause = "failed mid-stream"
-            if self.splice.done:
-                return
-            event = self.splice.error_event
-            if event is not None and event_verdict(event) is Verdict.ANSWER:
-                await self.aclose()  # the request failed alone: not resumed elsewhere
-                raise event_error(event)
-            await self._broke(cause, event)
-            if not self.splice.needs_engine:
-                yield self.splice.closing_events()
-                return
-            body = self.splice.continuation_body(jsoncodec.loads(self.payload))
-            if body is None:
-                yield self.splice.closing_events()
-                return
-            await self._resume(body, cause)
+        while (events := await self.next_events()) is not None:
+            yield events
+
+    async def next_events(self) -> list[Event] | None:
+        """The client's next events (never empty; a list per engine chunk), None at the end."""
+        splice = self.splice
+        while not splice.done:
+            if splice.failed is not None:
+                cause = f"sent {splice.failed}"
+            else:
+                try:
+                    raw = await self.current.next_chunk()
+                except UpstreamBroken:
+                    raw, cause = None, "failed mid-stream"
+                else:
+                    cause = "ended its stream before [DONE]"
+                if raw is not None:
+                    out = splice.feed_events(raw)
+                    if out:
+                        return out
+                    continue
+            ending = await self._after_break(cause)
+            if ending is not None:
+                return ending
+        return None
+
+    async def _after_break(self, cause: str) -> list[Event] | None:
+        """The engine broke the stream: the answer goes on on the next engine (None), or its
+        end is written without one (the closing events), or it fails (raised)."""
+        event = self.splice.error_event
+        if event is not None and event_verdict(event) is Verdict.ANSWER:
+            await self.aclose()  # the request failed alone: not resumed elsewhere
+            raise event_error(event)
+        await self._broke(cause, event)
+        if not self.splice.needs_engine:
+            return self.splice.closing_events()
+        body = self.splice.continuation_body(jsoncodec.loads(self.payload))
+        if body is None:
+            return self.splice.closing_events()
+        await self._resume(body, cause)
+        return None
 
     async def _broke(self, cause: str, event: dict[str, object] | None) -> None:
         """The engine broke the stream: ejected if it is at fault (a transport failure or an
@@ -380,10 +396,9 @@ class Proxy:
                 if response.status == 200:
                     self.metrics.first_token.observe(time.monotonic() - started)
                 return Relayed(engine_id, response.status, relayed, body)
-            upstream = response.chunks()
-            first = await anext(upstream, b"")
-            return Upstream(engine_id, response.status, relayed, response, upstream, first,
-                            self, work, opened_at=started)
+            first = await response.next_piece()
+            return Upstream(engine_id, response.status, relayed, response, first, self, work,
+                            opened_at=started)
         except UpstreamError as exc:
             await response.aclose()
             raise EngineFailed(exc.cause) from exc

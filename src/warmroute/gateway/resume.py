@@ -26,12 +26,13 @@ from typing import Any, TypeGuard
 
 from warmroute import jsoncodec
 from warmroute.gateway.usage import usage_of
-from warmroute.sse import DATA_PREFIX, DONE, Event, encode_events
+from warmroute.sse import DATA_PREFIX, DONE, DONE_PAYLOAD, Event, encode_events
 from warmroute.types import Usage
 
 CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
 REWRITTEN = ("id", "created", "model")
 MAX_LINE_BYTES = 2**24
+DATA_PREFIX_LEN = len(DATA_PREFIX)
 
 
 def upstream_stream_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -102,21 +103,23 @@ class StreamSplice:
 
     def feed_events(self, raw: bytes) -> list[Event]:
         """The client's events for these upstream bytes, decoded once: each JSON event as the
-        dict the client gets (rewritten, stripped), `[DONE]` as its bytes."""
-        lines = (self._partial + raw).split(b"\n")
+        dict the client gets (rewritten, stripped), `[DONE]` as its bytes. Run for every chunk
+        of every stream: kept to plain loops and dict operations (measured per chunk)."""
+        if self._partial:
+            raw = self._partial + raw
+        lines = raw.split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE_BYTES:
             self._partial = b""
             self.failed = "an event too long to be SSE"
         out: list[Event] = []
         for line in lines:
-            if self.done or self.failed is not None:
-                break
-            line = line.rstrip(b"\r")
             if not line.startswith(DATA_PREFIX):
                 continue
-            payload = line[len(DATA_PREFIX) :].strip()
-            if payload == b"[DONE]":
+            if self.done or self.failed is not None:
+                break
+            payload = line[DATA_PREFIX_LEN:].strip()  # strip() takes a trailing \r too
+            if payload == DONE_PAYLOAD:
                 self.done = True
                 out.append(DONE)
                 continue
@@ -125,7 +128,7 @@ class StreamSplice:
             except (UnicodeDecodeError, ValueError):
                 self.failed = "a malformed event"
                 break
-            if not isinstance(event, dict):
+            if type(event) is not dict:
                 self.failed = "a malformed event"
                 break
             rewritten = self._event(event)
@@ -134,37 +137,43 @@ class StreamSplice:
         return out
 
     def _event(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        if "choices" not in event and "error" in event:
+        choices = event.get("choices")
+        if choices is None and "error" in event:
             self.failed = f"an error event: {event['error']}"
             self.error_event = event
             return None
-        if self.template is None:
-            self.template = {k: event[k] for k in CHUNK_FIELDS if k in event}
+        template = self.template
+        if template is None:
+            template = self.template = {k: event[k] for k in CHUNK_FIELDS if k in event}
         for key in REWRITTEN:
-            if key in event and key in self.template:
-                event[key] = self.template[key]
-        choices = event.get("choices") or []
+            if key in event and key in template:
+                event[key] = template[key]
+        view = self.view
         usage = event.get("usage")
         if not choices:
-            if not isinstance(usage, dict):
+            if type(usage) is not dict:
                 return event
             self.attempt_usage = usage
             event["usage"] = self.client_usage(usage)
-            self.usage_sent = self.usage_sent or self.view.include_usage
-            return event if self.view.include_usage else None
-        if isinstance(usage, dict):
+            self.usage_sent = self.usage_sent or view.include_usage
+            return event if view.include_usage else None
+        if type(usage) is dict:
             self.attempt_usage = usage
             if self.attempt == 0:  # the latest: the role chunk's knows no cached tokens yet
                 self.first_usage = usage
-            if self.view.continuous_usage:
+            if view.continuous_usage:
                 event["usage"] = self.client_usage(usage)
-        if not self.view.continuous_usage:
-            event.pop("usage", None)
-        if not all(isinstance(c, dict) and isinstance(c.get("delta", {}), dict) for c in choices):
+        if not view.continuous_usage and "usage" in event:
+            del event["usage"]
+        if type(choices) is not list or not all(
+            type(c) is dict and type(c.get("delta", {})) is dict for c in choices
+        ):  # nothing of a malformed event counts as delivered
             self.failed = "a malformed event"
             return None
-        kept = [self._choice(choice) for choice in choices]
-        return event if any(kept) or self.attempt == 0 else None
+        kept = False
+        for choice in choices:
+            kept = self._choice(choice) or kept
+        return event if kept or self.attempt == 0 else None
 
     def _choice(self, choice: dict[str, Any]) -> bool:
         """Track and strip one choice; False when nothing in it is left for the client."""
@@ -174,19 +183,20 @@ class StreamSplice:
                 del delta["role"]
             self.role_sent = True
         content = delta.get("content")
-        token_ids = choice.get("token_ids")
-        if not self.view.token_ids:
-            choice.pop("token_ids", None)
+        token_ids = choice.pop("token_ids", None) if not self.view.token_ids else \
+            choice.get("token_ids")
         if content:
-            self.text.append(str(content))
+            self.text.append(content if type(content) is str else str(content))
             self.attempt_chunks += 1
-            if self.ids is not None and is_id_list(token_ids):
-                self.ids.extend(token_ids)
+            ids = self.ids
+            if ids is not None and is_id_list(token_ids):
+                ids.extend(token_ids)
             else:
                 self.ids = None  # from here on the budget counts tokens, the resume uses text
-        if choice.get("finish_reason"):
-            self.finish_reason = str(choice["finish_reason"])
-        return bool(any(delta.values()) or choice.get("finish_reason") or "token_ids" in choice)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason:
+            self.finish_reason = str(finish_reason)
+        return bool(content or finish_reason or "token_ids" in choice or any(delta.values()))
 
     # -- what was delivered ---------------------------------------------------------------
 
@@ -316,6 +326,8 @@ def extend_final_message(messages: list[Any], text: str) -> list[Any]:
 
 
 def is_id_list(value: object) -> TypeGuard[list[int]]:
-    return isinstance(value, list) and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in value
-    )
+    if type(value) is not list:
+        return False
+    if len(value) == 1:  # a stream's usual chunk: one token
+        return type(value[0]) is int
+    return all(type(i) is int for i in value)

@@ -31,14 +31,21 @@ class StreamMeter:
         self.upstream = upstream
         self.recorded = False
 
+    @property
+    def due(self) -> bool:
+        """Whether the events just read may end the answer (its usage chunk, or `[DONE]`)
+        and no row is written yet: then `before_sending`, else `encode_events` will do
+        (checked every chunk: no await)."""
+        splice = self.upstream.splice
+        return not self.recorded and (splice.usage_sent or splice.done)
+
     async def before_sending(self, events: list[Event]) -> bytes:
         """The client's bytes for these events, the row written first if they end the answer
         (its usage chunk, or `[DONE]`)."""
-        splice = self.upstream.splice
-        if not self.recorded and (splice.usage_sent or splice.done):  # cheap, every chunk
+        if self.due:
             final = next((e for e in events if isinstance(e, dict) and e.get("choices") == []
                           and isinstance(e.get("usage"), dict)), None)
-            if final is not None or splice.done:
+            if final is not None or self.upstream.splice.done:
                 cost = await self.record(final["usage"] if final else None)
                 if final is not None:
                     final["usage"]["cost_in_usd_ticks"] = cost

@@ -1,7 +1,8 @@
 """The gateway's HTTP client for requests to engines: one small interface, two implementations.
 
 `UpstreamClient.post` sends one Chat Completions body and answers as soon as the status and headers
-are in; the body is read whole (`read`) or as it arrives (`chunks`), and `aclose` releases the
+are in; the body is read whole (`read`) or as it arrives (`next_piece`, one await per piece: the
+stream relay's loop has no iterator layers), and `aclose` releases the
 connection (an engine aborts a request whose connection closes). `get_body` is a whole `GET`
 (health probes). Every transport failure — connect error, timeout, a connection reset mid-body —
 is an `UpstreamError`.
@@ -49,8 +50,11 @@ class UpstreamResponse(Protocol):
     headers: Mapping[str, str]
 
     async def read(self) -> bytes: ...
-    def chunks(self) -> AsyncIterator[bytes]: ...
-    async def aclose(self) -> None: ...
+    async def next_piece(self) -> bytes | None:
+        """The body that came since the last piece (waiting for some); None at its end."""
+    async def aclose(self) -> None:
+        """Release the connection; runs to its end under cancellation too (it never waits,
+        or shields itself)."""
 
 
 class UpstreamClient(Protocol):
@@ -65,6 +69,7 @@ class HttpxResponse:
         self._response = response
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
+        self._pieces: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
         try:
@@ -72,10 +77,11 @@ class HttpxResponse:
         except httpx.TransportError as exc:
             raise UpstreamError(type(exc).__name__) from exc
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def next_piece(self) -> bytes | None:
+        if self._pieces is None:
+            self._pieces = self._response.aiter_raw()
         try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
+            return await anext(self._pieces, None)
         except httpx.TransportError as exc:
             raise UpstreamError(type(exc).__name__) from exc
 

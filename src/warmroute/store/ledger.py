@@ -5,6 +5,7 @@ clause. A row id is recorded at most once: a second row with it is ignored."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +29,13 @@ GROUP_COLUMNS: dict[str, str] = {"key": "key_id", "model": "model", "day": "day"
 
 
 def utc_day(time: float) -> str:
-    return datetime.fromtimestamp(time, UTC).date().isoformat()
+    """The UTC date of a Unix time, `YYYY-MM-DD` (one per ledger row: remembered per day)."""
+    return _utc_date(int(time // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).date().isoformat()
 
 
 class SqlUsage(Tables, UsageLedger):
