@@ -24,13 +24,13 @@ from tests.gateway.harness import MODEL, Fleet
 from tests.gateway.inprocess import in_process_gateway, ledger
 from tests.gateway.scripted import ScriptedFleet
 from tests.procs import Proc, free_port, start
-from warmroute.gateway.deferred import HEARTBEAT_S, STALE_AFTER_S
+from warmroute.gateway.deferred import STALE_AFTER_S, SWEEP_S
 from warmroute.store import DeferredStatus, open_store
 
 BODY: dict[str, Any] = {"model": "scripted-model", "max_tokens": 5, "deferred": True,
                         "messages": [{"role": "user", "content": "hi"}]}
 POLL = "/v1/chat/deferred-completion/"
-BOUND_S = STALE_AFTER_S + HEARTBEAT_S + 5.0  # the bound, and time for the gateway to start
+BOUND_S = STALE_AFTER_S + SWEEP_S + 5.0  # the bound, and time for the gateway to start
 
 
 async def test_deferred_requests_are_bounded_per_team_and_in_all(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ team (beyond: 429); a run's charge is held while it runs and written with its re
 transaction (`held_charges`), so the ledger and the results agree however the gateway stops.
 Each gateway is a runner renewing its PENDING entries' heartbeat every `HEARTBEAT_S`; an entry
 whose heartbeat is `STALE_AFTER_S` old (its gateway was killed) is failed by any gateway
-sharing the store, at start and at every beat: nothing stays PENDING more than
-`STALE_AFTER_S + HEARTBEAT_S` after its gateway died. A gateway that stops fails its own.
+sharing the store, at start and every `SWEEP_S`: nothing stays PENDING more than
+`STALE_AFTER_S + SWEEP_S` after its gateway died. A gateway that stops fails its own. (The
+sweep is an UPDATE through the async store: ~1.3 ms of the event loop's time, measured here,
+that every request in flight waits for; every third beat, not every beat, per replica.)
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 DEFERRED_TTL_S = 24 * 3600.0
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 10.0
+SWEEP_BEATS = 3  # beats between sweeps for stale entries
+SWEEP_S = HEARTBEAT_S * SWEEP_BEATS
 MAX_RUN_S = 900.0
 REST_OBJECT = "chat.completion"
 Json = dict[str, Any]
@@ -164,15 +168,18 @@ class DeferredRuns:
         return failed
 
     async def _keep_alive(self) -> None:
+        beats = 0
         while True:
             await asyncio.sleep(HEARTBEAT_S)
+            beats += 1
             try:
                 if self.background:
                     await self.store().deferred.heartbeat(self.runner, self.clock())
                 for request_id in list(self.unsettled):
                     await self.store().deferred.fail(request_id, self.interrupted())
                     self.unsettled.discard(request_id)
-                await self.fail_stale()
+                if beats % SWEEP_BEATS == 0:
+                    await self.fail_stale()
             except WarmrouteError as exc:  # the store is down: try again at the next beat
                 log.warning("deferred heartbeat: %s", exc.message)
 
