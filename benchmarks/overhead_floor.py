@@ -64,7 +64,7 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     async with client().post(upstream + scope["path"], data=await request_body(receive),
                              headers={"content-type": "application/json"}) as answer:
         await relay(send, answer.status, answer.headers.get("content-type", ""),
-                    answer.content.iter_any(), answer.read)
+                    answer.content.readany, answer.read)
 
 
 _lean: list[Any] = []
@@ -82,7 +82,7 @@ async def bare_lean(scope: dict[str, Any], receive: Any, send: Any) -> None:
     answer = await _lean[0].post(os.environ[UPSTREAM_ENV] + scope["path"],
                                  await request_body(receive),
                                  {"content-type": "application/json"})
-    await relay(send, answer.status, answer.headers.get("content-type", ""), answer.chunks(),
+    await relay(send, answer.status, answer.headers.get("content-type", ""), answer.next_piece,
                 answer.read)
     await answer.aclose()
 
@@ -96,12 +96,13 @@ async def request_body(receive: Any) -> bytes:
             return b"".join(chunks)
 
 
-async def relay(send: Any, status: int, kind_of: str, chunks: Any, read: Any) -> None:
-    """An engine's answer as it came: a stream chunk by chunk, else whole."""
+async def relay(send: Any, status: int, kind_of: str, next_piece: Any, read: Any) -> None:
+    """An engine's answer as it came: a stream piece by piece (`next_piece()`, empty or None
+    at its end), else whole."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", kind_of.encode())]})
     if kind_of.startswith(EVENT_STREAM):
-        async for chunk in chunks:
+        while chunk := await next_piece():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     else:
