@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from warmroute.gateway.engine_stream import UpstreamBroken
 from warmroute.gateway.faults import engine_error
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision
-from warmroute.gateway.proxy import Relayed, Streaming, UpstreamBroken
+from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.usage import usage_from
 from warmroute.types import ChatMessage, SamplingParams, Usage

@@ -36,6 +36,7 @@ import httpx
 
 from warmroute import jsoncodec
 from warmroute.errors import EngineOverloaded, EngineUnavailable
+from warmroute.gateway.engine_stream import Upstream, UpstreamBroken
 from warmroute.gateway.faults import (
     FaultJudge,
     Verdict,
@@ -52,7 +53,6 @@ from warmroute.gateway.upstream import (
     UpstreamClient,
     UpstreamError,
     UpstreamPoolFull,
-    UpstreamResponse,
     as_upstream,
 )
 from warmroute.gateway.usage import usage_of
@@ -78,10 +78,6 @@ class EngineFailed(Exception):
         self.cause = cause
 
 
-class UpstreamBroken(EngineUnavailable):
-    """The engine failed after its stream had started; the client has part of an answer."""
-
-
 @dataclass
 class Relayed:
     """A complete answer, buffered: every JSON answer, and any non-200 answer to a stream."""
@@ -97,56 +93,6 @@ class Relayed:
         with contextlib.suppress(ValueError):  # orjson's error, or bytes that are not UTF-8
             return jsoncodec.loads(self.body)
         return None
-
-
-@dataclass
-class Upstream:
-    """One engine's stream whose first chunk has arrived: `next_chunk()` until None, then
-    `aclose()`."""
-
-    engine_id: str
-    status: int
-    headers: dict[str, str]
-    response: UpstreamResponse
-    first: bytes | None
-    proxy: Proxy
-    work: float = 0.0
-    opened_at: float = 0.0  # when the request was sent (monotonic); 0 once its token came
-    usage: Usage | None = None  # as its engine last reported it (the stream's reader sets it)
-    closed: bool = False
-
-    async def next_chunk(self) -> bytes | None:
-        """The upstream bytes that came since the last call (waiting for some); None at the
-        stream's end. Raises `UpstreamBroken` if the engine fails."""
-        if self.first is not None:
-            first, self.first = self.first, None
-            return first
-        try:
-            chunk = await self.response.next_piece()
-        except UpstreamError as exc:
-            self.proxy.membership.eject(self.engine_id, f"mid-stream {exc.cause}")
-            raise UpstreamBroken(f"engine {self.engine_id} failed mid-stream") from exc
-        if chunk is not None and (self.opened_at or self.work):
-            self.prefilled()  # the role chunk comes at once, then the first token
-        return chunk
-
-    async def aclose(self) -> None:
-        """Close the upstream (an engine aborts a request whose client went away), release
-        its in-flight slot and record its usage. Safe to call twice, and under cancellation."""
-        if self.closed:
-            return
-        self.closed = True
-        work, self.work = self.work, 0.0
-        await self.response.aclose()  # never cancelled midway: each client shields its own
-        self.proxy.finished(self.engine_id, self.status, self.usage, work)
-
-    def prefilled(self) -> None:
-        if self.opened_at:  # the first chunk after the role chunk: the first token
-            self.proxy.metrics.first_token.observe(time.monotonic() - self.opened_at)
-            self.opened_at = 0.0
-        if self.work:
-            self.proxy.membership.prefilled(self.engine_id, self.work)
-            self.work = 0.0
 
 
 @dataclass
