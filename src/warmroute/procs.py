@@ -190,8 +190,25 @@ def server_config(app: Any, host: str, port: int, header_timeout_s: float = HEAD
     import uvicorn
 
     settings.setdefault("log_level", "warning")
+    # Below info no access line is written, but uvicorn formats each one's arguments anyway.
+    settings.setdefault("access_log", settings["log_level"] in ("trace", "debug", "info"))
     return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(header_timeout_s),
                           **settings)
+
+
+def run_server(config: Any) -> None:
+    """Serve uvicorn's `config` in this thread until it stops. The thread runs asyncio and
+    nothing else meanwhile, and sniffio is told so: anyio asks it which library runs on every
+    cancel scope, and sniffing costs an `asyncio.current_task()` each time (a `getpid` system
+    call in CPython 3.11: a disconnect watch's scope took 7.3 µs, 4.3 µs told)."""
+    import sniffio
+    import uvicorn
+
+    sniffio.thread_local.name = "asyncio"
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        sniffio.thread_local.name = None
 
 
 def header_timeout_protocol(timeout_s: float) -> type[Any]:

@@ -68,7 +68,7 @@ def client_watch(receive: Receive) -> Iterator[anyio.CancelScope]:
     """A cancel scope cancelled when the client disconnects (call once its body is read).
     Whoever needs it checks `cancel_called` afterwards: the work may have finished first."""
     with anyio.CancelScope() as scope:
-        listener = asyncio.ensure_future(listen_for_disconnect(receive, scope))
+        listener = asyncio.get_running_loop().create_task(listen_for_disconnect(receive, scope))
         try:
             yield scope
         finally:

@@ -14,7 +14,7 @@ from warmroute.config import (
     warmroute_home,
 )
 from warmroute.engine.sim_profile import PROFILES, SimProfile, sim_profile
-from warmroute.procs import server_config
+from warmroute.procs import run_server, server_config
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,6 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_engine(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from warmroute.api.engine_app import create_engine_app
     from warmroute.engine.engine import Engine
@@ -103,7 +102,7 @@ def run_engine(args: argparse.Namespace) -> int:
         + (" (API key required)" if config.api_key else ""),
         flush=True,
     )
-    uvicorn.Server(server_config(app, config.host, config.port)).run()
+    run_server(server_config(app, config.host, config.port))
     return 0
 
 

@@ -18,7 +18,7 @@ from warmroute.config import (
     engine_api_key_from_env,
     env_str,
 )
-from warmroute.procs import quiet_http_client_logs, server_config
+from warmroute.procs import quiet_http_client_logs, run_server, server_config
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,14 +114,12 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from warmroute.app.gateway_app import create_gateway_app
 
     config = gateway_config(args)
     quiet_http_client_logs()
     engines = ", ".join(f"{e.engine_id}={e.shown_url}" for e in config.engines)
     print(f"warmroute gateway on http://{config.host}:{config.port} -> {engines}", flush=True)
-    uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
-                                 config.header_timeout_s)).run()
+    run_server(server_config(create_gateway_app(config), config.host, config.port,
+                             config.header_timeout_s))
     return 0
