@@ -194,3 +194,18 @@ def test_the_scripted_engines_are_unreachable_by_sockets() -> None:
             except httpx.ConnectError:
                 continue
             raise AssertionError(f"{endpoint.url} answered over a socket")
+
+
+async def test_a_whole_stream_is_read_to_its_end_not_aborted(tmp_path: Path) -> None:
+    engines = fleet()
+    first = preference(KEY, engines.ids)[0]
+    engines[first].pieces = ["one", " two"]
+    async with in_process_gateway(engines, tmp_path) as gw:
+        async with gw.call({**BODY, "stream": True}, KEY) as call:
+            await call.started()
+            received = b""
+            while (part := await call.part()) is not None:
+                received += part
+        assert streamed_text(sse_payloads(received)) == "one two"
+        await until(lambda: gw.in_flight()[first] == 0, "the slot released")
+        assert engines[first].aborted == 0  # its body was read to the end: not closed early

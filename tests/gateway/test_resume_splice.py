@@ -278,3 +278,10 @@ def test_a_chunk_of_many_token_ids_and_one_that_is_not_an_id() -> None:
     assert splice.ids == [1, 2, 3]
     splice.feed(sse(content(FIRST, "d", [True])))  # JSON true is not a token id
     assert splice.ids is None and splice.delivered_text == "abcd"
+
+
+def test_an_event_with_choices_null_is_relayed_not_taken_for_an_error_event() -> None:
+    splice = StreamSplice(ClientView())
+    odd = {**FIRST, "choices": None, "error": "x"}
+    assert events(splice.feed(sse(odd))) == [odd]
+    assert splice.failed is None and splice.error_event is None

@@ -86,6 +86,7 @@ async def send_stream(send: Send, status: int, headers: Mapping[str, str],
     (inside a `client_watch`, to stop when the client goes away). The last goes out with the
     body's end: one write, not two (each write to a socket is a system call, and the client
     waits for the end). `finish()` runs however this ends, before the last body is sent."""
+    body, more = b"", True
     try:
         await send({"type": "http.response.start", "status": status,
                     "headers": raw_headers(headers)})
@@ -94,5 +95,10 @@ async def send_stream(send: Send, status: int, headers: Mapping[str, str],
             await send({"type": "http.response.body", "body": body, "more_body": True})
             body, more = await next_body()
     finally:
-        await finish()
+        try:
+            await finish()
+        except Exception:
+            if not more and body:  # the last body (an error event) still goes out, unended
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            raise
     await send({"type": "http.response.body", "body": body, "more_body": False})

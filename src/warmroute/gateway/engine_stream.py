@@ -10,6 +10,7 @@ aborts a request whose connection closes) and gives the in-flight slot back to i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +20,8 @@ from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.upstream import UpstreamError, UpstreamResponse
 from warmroute.types import Usage
+
+DRAIN_READS = 4  # reads after the answer's end before its connection is closed instead
 
 
 class UpstreamBroken(EngineUnavailable):
@@ -66,6 +69,15 @@ class Upstream:
         if chunk is not None and (self.opened_at or self.work):
             self.prefilled()  # the role chunk comes at once, then the first token
         return chunk
+
+    async def drain(self) -> None:
+        """Read the rest of a body whose answer ended (`[DONE]` came; its end may come in a
+        later read), so that its connection goes back to the pool instead of being closed: a
+        few reads at most; a failure leaves it to `aclose`."""
+        with contextlib.suppress(UpstreamError):
+            for _ in range(DRAIN_READS):
+                if await self.response.next_piece() is None:
+                    return
 
     async def aclose(self) -> None:
         """Close the upstream (an engine aborts a request whose client went away), release

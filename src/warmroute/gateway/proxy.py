@@ -197,10 +197,15 @@ class Streaming:
         self.splice.begin_continuation()
 
     async def aclose(self) -> None:
-        """Close the engine stream in use. Safe to call twice, and under cancellation."""
-        if not self.current.closed:
-            self.current.usage = self.splice.attempt_counts()
-        await self.current.aclose()
+        """Close the engine stream in use (after `[DONE]`, once the engine's body has ended:
+        its connection is reused). Safe to call twice, and under cancellation."""
+        try:
+            if not self.current.closed:
+                self.current.usage = self.splice.attempt_counts()
+                if self.splice.done and self.splice.failed is None:
+                    await self.current.drain()
+        finally:
+            await self.current.aclose()
 
 
 class Proxy:

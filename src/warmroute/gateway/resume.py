@@ -138,7 +138,7 @@ class StreamSplice:
 
     def _event(self, event: dict[str, Any]) -> dict[str, Any] | None:
         choices = event.get("choices")
-        if choices is None and "error" in event:
+        if choices is None and "error" in event and "choices" not in event:
             self.failed = f"an error event: {event['error']}"
             self.error_event = event
             return None
