@@ -231,7 +231,8 @@ def test_max_resumes_comes_from_the_file_or_the_flag(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("line", [b"data: {not json\n\n", b"data: [1, 2]\n\n",
-                                  b'data: {"choices": ["x"]}\n\n'])
+                                  b'data: {"choices": ["x"]}\n\n', b'data: {"choices": 5}\n\n',
+                                  b'data: {"choices": [{"delta": "x"}]}\n\n'])
 def test_a_malformed_event_is_a_break(line: bytes) -> None:
     splice = StreamSplice(ClientView())
     assert splice.feed(sse(content(FIRST, "a", [1])) + line) == sse_out(content(FIRST, "a", None))
