@@ -186,29 +186,24 @@ def relayed_response(answer: Relayed) -> Response:
 class ChatRelay:
     """An engine's stream relayed event by event (continued on another engine if its engine
     breaks), metered; an error event ends it when no engine could go on. `next_body` is
-    awaited once per engine chunk; whoever sends it calls `metering.cut_off` however the
-    answer ends, and closes the upstream (releasing its engine slot)."""
+    awaited once per engine chunk until it says no more follow; whoever sends it calls
+    `metering.cut_off` however the answer ends, and closes the upstream (releasing its engine
+    slot)."""
 
     def __init__(self, upstream: Streaming, metering: StreamMeter) -> None:
         self.upstream, self.metering = upstream, metering
-        self.ended = False
 
     async def next_body(self) -> tuple[bytes, bool]:
         """The client's bytes for the engine's next chunk, and whether more follow (not after
         `[DONE]` or an error event)."""
-        if self.ended:
-            return b"", False
         try:
             events = await self.upstream.next_events()
             if events is None:
-                self.ended = True
                 return b"", False
             if self.metering.due:
                 body = await self.metering.before_sending(events)
             else:
                 body = encode_events(events)
         except WarmrouteError as exc:  # no engine could go on, the request failed, the store
-            self.ended = True          # is down
-            return sse_error_event(exc), False
-        self.ended = self.upstream.splice.done
-        return body, not self.ended
+            return sse_error_event(exc), False  # is down
+        return body, not self.upstream.splice.done

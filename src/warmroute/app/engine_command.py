@@ -83,7 +83,6 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_engine(args: argparse.Namespace) -> int:
-
     from warmroute.api.engine_app import create_engine_app
     from warmroute.engine.engine import Engine
 

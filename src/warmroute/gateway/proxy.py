@@ -202,7 +202,7 @@ class Streaming:
         try:
             if not self.current.closed:
                 self.current.usage = self.splice.attempt_counts()
-                if self.splice.done and self.splice.failed is None:
+                if self.splice.done:
                     await self.current.drain()
         finally:
             await self.current.aclose()

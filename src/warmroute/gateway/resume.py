@@ -183,8 +183,10 @@ class StreamSplice:
                 del delta["role"]
             self.role_sent = True
         content = delta.get("content")
-        token_ids = choice.pop("token_ids", None) if not self.view.token_ids else \
-            choice.get("token_ids")
+        if self.view.token_ids:
+            token_ids = choice.get("token_ids")
+        else:
+            token_ids = choice.pop("token_ids", None)
         if content:
             self.text.append(content if type(content) is str else str(content))
             self.attempt_chunks += 1
