@@ -209,3 +209,18 @@ async def test_a_whole_stream_is_read_to_its_end_not_aborted(tmp_path: Path) -> 
         assert streamed_text(sse_payloads(received)) == "one two"
         await until(lambda: gw.in_flight()[first] == 0, "the slot released")
         assert engines[first].aborted == 0  # its body was read to the end: not closed early
+
+
+async def test_a_responses_stream_reads_its_engine_body_to_the_end(tmp_path: Path) -> None:
+    """The neutral surfaces stop at the usage chunk; `[DONE]` and the body's end are still
+    read, so the engine's connection is not closed under its answer."""
+    engines = fleet()
+    first = preference(KEY, engines.ids)[0]
+    engines[first].pieces = ["one", " two"]
+    async with in_process_gateway(engines, tmp_path) as gw:
+        answer = await gw.http.post("/v1/responses", headers={"x-grok-conv-id": KEY}, json={
+            "model": "scripted-model", "input": "hello", "stream": True})
+        assert answer.status_code == 200
+        assert '"delta":"one"' in answer.text.replace(" ", "")
+        await until(lambda: gw.in_flight()[first] == 0, "the slot released")
+        assert engines[first].aborted == 0

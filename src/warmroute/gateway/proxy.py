@@ -197,12 +197,14 @@ class Streaming:
         self.splice.begin_continuation()
 
     async def aclose(self) -> None:
-        """Close the engine stream in use (after `[DONE]`, once the engine's body has ended:
-        its connection is reused). Safe to call twice, and under cancellation."""
+        """Close the engine stream in use (after `[DONE]`, or after the usage chunk that
+        comes just before it, where the neutral surfaces stop reading: once the engine's body
+        has ended, so that its connection is reused). Safe to call twice, and under
+        cancellation."""
         try:
             if not self.current.closed:
                 self.current.usage = self.splice.attempt_counts()
-                if self.splice.done:
+                if self.splice.done or self.splice.usage_sent:
                     await self.current.drain()
         finally:
             await self.current.aclose()
