@@ -94,6 +94,7 @@ class StreamSplice:
         self.failed: str | None = None
         self.error_event: dict[str, Any] | None = None  # the engine's error event, if any
         self._partial = b""
+        self._rewrites: list[tuple[str, Any]] = []  # the template's values, put into each event
 
     # -- reading one attempt --------------------------------------------------------------
 
@@ -142,12 +143,12 @@ class StreamSplice:
             self.failed = f"an error event: {event['error']}"
             self.error_event = event
             return None
-        template = self.template
-        if template is None:
-            template = self.template = {k: event[k] for k in CHUNK_FIELDS if k in event}
-        for key in REWRITTEN:
-            if key in event and key in template:
-                event[key] = template[key]
+        if self.template is None:
+            self.template = {k: event[k] for k in CHUNK_FIELDS if k in event}
+            self._rewrites = [(k, self.template[k]) for k in REWRITTEN if k in self.template]
+        for key, value in self._rewrites:
+            if key in event:
+                event[key] = value
         view = self.view
         usage = event.get("usage")
         if not choices:
@@ -165,10 +166,8 @@ class StreamSplice:
                 event["usage"] = self.client_usage(usage)
         if not view.continuous_usage and "usage" in event:
             del event["usage"]
-        if type(choices) is not list or not all(
-            type(c) is dict and type(c.get("delta", {})) is dict for c in choices
-        ):  # nothing of a malformed event counts as delivered
-            self.failed = "a malformed event"
+        if type(choices) is not list or not all(map(well_formed, choices)):
+            self.failed = "a malformed event"  # nothing of it counts as delivered
             return None
         kept = False
         for choice in choices:
@@ -325,6 +324,14 @@ def extend_final_message(messages: list[Any], text: str) -> list[Any]:
     else:
         final["content"] = (content or "") + text
     return [*messages[:-1], final]
+
+
+def well_formed(choice: object) -> bool:
+    """A choice is an object whose delta, if any, is an object."""
+    return type(choice) is dict and type(choice.get("delta", EMPTY)) is dict
+
+
+EMPTY: dict[str, Any] = {}
 
 
 def is_id_list(value: object) -> TypeGuard[list[int]]:

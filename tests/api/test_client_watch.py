@@ -1,0 +1,95 @@
+"""`bare_asgi.client_watch`: the handler's work is cancelled once when its client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from warmroute.api.bare_asgi import client_watch
+
+
+class Client:
+    """An ASGI `receive` whose `http.disconnect` comes when the test says so."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_a_disconnect_cancels_the_work_and_the_block_ends_quietly() -> None:
+    client = Client()
+    steps: list[str] = []
+
+    async def handler() -> bool:
+        with client_watch(client.receive) as watch:
+            try:
+                await asyncio.sleep(30)
+                steps.append("finished")
+            finally:
+                await asyncio.sleep(0.01)  # a cut-off's ledger row: not cancelled again
+                steps.append("cleaned up")
+        steps.append("after")
+        return watch.cancel_called
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0.01)
+    client.gone.set()
+    assert await asyncio.wait_for(task, 5) is True
+    assert steps == ["cleaned up", "after"]
+    assert task.cancelling() == 0
+
+
+async def test_work_that_ends_first_is_not_cancelled() -> None:
+    client = Client()
+
+    async def handler() -> tuple[bool, str]:
+        with client_watch(client.receive) as watch:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)  # no cancellation left pending for later awaits
+        return watch.cancel_called, "done"
+
+    assert await asyncio.wait_for(handler(), 5) == (False, "done")
+
+
+async def test_a_cancellation_from_elsewhere_goes_through() -> None:
+    client = Client()
+    entered = asyncio.Event()
+
+    async def handler() -> None:
+        with client_watch(client.receive):
+            entered.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(handler())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_disconnect_and_another_cancellation_together_go_through() -> None:
+    client = Client()
+    watches: list[Any] = []
+
+    async def handler() -> None:
+        with client_watch(client.receive) as watch:
+            watches.append(watch)
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(handler())
+    while not watches:
+        await asyncio.sleep(0)
+    client.gone.set()
+    for _ in range(100):  # the listener runs and cancels
+        if watches[0].cancel_called:
+            break
+        await asyncio.sleep(0)
+    assert watches[0].cancel_called
+    task.cancel()  # the server shuts down at the same time
+    with pytest.raises(asyncio.CancelledError):
+        await task
