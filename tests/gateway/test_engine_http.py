@@ -153,6 +153,31 @@ async def test_silence_past_the_read_timeout_is_a_read_timeout_and_ends_the_requ
         await answer.aclose()
 
 
+async def test_each_wait_has_the_whole_read_timeout() -> None:
+    """Parts that come more often than the read timeout, over longer than it, are read whole;
+    a reader that takes longer than it between its reads is not timed out for that."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for index in range(6):
+            await send({"type": "http.response.body", "body": b"%d" % index, "more_body": True})
+            await asyncio.sleep(0.15)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async with serving(app) as url, client(read=0.4) as upstream:
+        answer = await upstream.post(url + "/parts", b"{}", {})
+        assert await answer.read() == b"012345"
+        await answer.aclose()
+        answer = await upstream.post(url + "/parts", b"{}", {})
+        pieces = [await answer.next_piece()]
+        await asyncio.sleep(0.6)  # the reader is busy; nothing waits on the engine
+        while (piece := await answer.next_piece()) is not None:
+            pieces.append(piece)
+        assert b"".join(p for p in pieces if p) == b"012345"
+        await answer.aclose()
+
+
 @contextlib.asynccontextmanager
 async def raw_server(reply: bytes) -> AsyncIterator[str]:
     """A server that reads a request head, writes `reply` and closes the connection."""

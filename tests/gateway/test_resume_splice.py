@@ -127,6 +127,24 @@ def test_the_continuation_is_spliced_into_the_same_stream() -> None:
     assert again["continue_token_ids"] == [1, 2, 3, 4, 5] and again["max_tokens"] == 5
 
 
+def test_a_continuation_keeps_its_final_usage_shape_with_the_first_attempts_counts() -> None:
+    """Usage so far in vLLM's shape (no details: an engine's per-chunk usage is compact), a
+    final usage with all its details: the client's final usage has the final's fields, with
+    the prompt, text and cached tokens of its own prompt, not the continuation's."""
+    compact = {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
+    splice = StreamSplice(ClientView(include_usage=True))
+    for event in [role(FIRST), content(FIRST, "Hel", [1, 2], compact)]:
+        splice.feed(sse(event))
+    splice.begin_continuation()
+    ending = final_usage(SECOND, {**usage(32, 1, 20), "completion_tokens_details": {"x": 0}})
+    seen = events(b"".join(splice.feed(sse(e)) for e in [content(SECOND, "lo", [3]),
+                                                          finish(SECOND), ending, "[DONE]"]))
+    assert seen[-2]["usage"] == {
+        "prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33,
+        "prompt_tokens_details": {"text_tokens": 30, "cached_tokens": 0},
+        "completion_tokens_details": {"x": 0}}
+
+
 def test_continuous_usage_asked_by_the_client_covers_the_whole_answer() -> None:
     splice = StreamSplice(ClientView(include_usage=True, continuous_usage=True))
     for event in FIRST_ATTEMPT:

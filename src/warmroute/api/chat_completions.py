@@ -214,5 +214,18 @@ def chunk_json(
         choice["token_ids"] = token_ids
     chunk["choices"] = [choice]
     if usage_so_far is not None:
-        chunk["usage"] = usage_json(usage_so_far)
+        chunk["usage"] = usage_so_far_json(usage_so_far)
     return chunk
+
+
+def usage_so_far_json(usage: Usage) -> dict[str, Any]:
+    """The usage so far on a delta chunk (`continuous_usage_stats`), in vLLM's shape: the three
+    counts and the cached tokens, not the whole of `usage_json` (which the final usage chunk
+    carries). Every chunk of a gateway's stream carries it, so its size is paid per token: the
+    whole object more than doubled a chunk."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }

@@ -62,6 +62,9 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # the read timeout's (`wait`)
+        self.awaited: asyncio.Future[None] | None = None
+        self.waiting_since = 0.0
         self.begin()
 
     def begin(self) -> None:
@@ -99,6 +102,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.client.forget(self)
         if not self.complete:
             self.fail("RemoteProtocolError")
@@ -154,16 +160,28 @@ class Connection(asyncio.Protocol):
         self.close()
 
     async def wait(self, future: asyncio.Future[None]) -> None:
-        """Wait for `future` (the head, or more body), at most the read timeout."""
-        timer = self.loop.call_later(self.client.read_timeout_s, self.timed_out, future)
+        """Wait for `future` (the head, or more body), at most the read timeout. One timer per
+        connection, armed when none is and moved on when it fires early: a stream waits once
+        per chunk, and a timer made and cancelled each time cost more than the rest of it."""
+        self.awaited, self.waiting_since = future, self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.waiting_since + self.client.read_timeout_s,
+                                           self.check_timeout)
         try:
             await future
         finally:
-            timer.cancel()
+            self.awaited = None
 
-    def timed_out(self, future: asyncio.Future[None]) -> None:
-        if not future.done():  # what it waited for may have come in this very loop turn
+    def check_timeout(self) -> None:
+        self.timer = None
+        future = self.awaited
+        if future is None or future.done():  # what it waited for may have come this loop turn
+            return
+        deadline = self.waiting_since + self.client.read_timeout_s
+        if self.loop.time() >= deadline:
             self.fail("ReadTimeout")
+        else:
+            self.timer = self.loop.call_at(deadline, self.check_timeout)
 
     def take(self) -> bytes | None:
         """All of the body buffered so far, in one piece, or None when none waits (a reader
@@ -194,6 +212,9 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Closed at once, whatever of the request is still unsent (an engine that stopped
         reading a big prompt must not keep the socket and its buffer), so the engine aborts."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()

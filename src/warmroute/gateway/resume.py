@@ -224,10 +224,19 @@ class StreamSplice:
         completion = self.base_tokens + int(usage.get("completion_tokens") or 0)
         merged["completion_tokens"] = completion
         if self.first_usage is not None:
-            merged["prompt_tokens"] = self.first_usage.get("prompt_tokens", 0)
-            if "prompt_tokens_details" in self.first_usage:
-                details = copy.deepcopy(self.first_usage["prompt_tokens_details"])
-                merged["prompt_tokens_details"] = details
+            prompt = int(self.first_usage.get("prompt_tokens") or 0)
+            merged["prompt_tokens"] = prompt
+            first = self.first_usage.get("prompt_tokens_details")
+            details = merged.get("prompt_tokens_details")
+            if type(details) is dict:  # the final usage's shape, the first attempt's counts
+                cached = first.get("cached_tokens") if type(first) is dict else None
+                details["cached_tokens"] = cached if type(cached) is int else 0
+                text = details.get("text_tokens")
+                if type(text) is int:  # less the partial answer the continuation's prompt held
+                    added = int(usage.get("prompt_tokens") or 0) - prompt
+                    details["text_tokens"] = max(0, text - added)
+            elif type(first) is dict:
+                merged["prompt_tokens_details"] = copy.deepcopy(first)
         elif self.base_tokens and self.ids is not None:
             merged["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - self.base_tokens
         merged["total_tokens"] = int(merged.get("prompt_tokens") or 0) + completion
