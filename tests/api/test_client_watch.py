@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -93,3 +94,52 @@ async def test_a_disconnect_and_another_cancellation_together_go_through() -> No
     task.cancel()  # the server shuts down at the same time
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_disconnect_then_another_error_leaves_no_cancellation_counted() -> None:
+    client = Client()
+    watches: list[Any] = []
+
+    async def handler() -> int:
+        try:
+            with client_watch(client.receive) as watch:
+                watches.append(watch)
+                try:
+                    await asyncio.sleep(30)
+                finally:
+                    raise ValueError("the cut-off's row could not be written")
+        except ValueError:
+            pass
+        await asyncio.sleep(0.01)  # not cancelled: nothing is left pending or counted
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    task = asyncio.create_task(handler())
+    while not watches:
+        await asyncio.sleep(0)
+    client.gone.set()
+    assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_a_swallowed_cancellation_is_raised_again_by_check() -> None:
+    """asyncio.wait_for in Python 3.11 can drop a cancellation that comes as its work ends;
+    a relay's loop calls `check` each chunk, so the stream still stops."""
+    client = Client()
+    chunks: list[int] = []
+
+    async def handler() -> bool:
+        with client_watch(client.receive) as watch:
+            for index in range(1000):
+                with contextlib.suppress(asyncio.CancelledError):  # swallowed on its way,
+                    await asyncio.sleep(0.001)  # as wait_for may
+                watch.check()
+                chunks.append(index)
+        return watch.cancel_called
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0.02)
+    client.gone.set()
+    assert await asyncio.wait_for(task, 5) is True
+    assert 0 < len(chunks) < 1000
+    assert task.cancelling() == 0

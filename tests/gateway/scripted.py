@@ -29,7 +29,7 @@ CHAT = "/v1/chat/completions"
 # No socket is opened: the ports only tell the engines apart (nothing listens on them, so a
 # request that escaped the mock transport would be refused, never answered).
 FIRST_PORT = 1
-Ending = Literal["done", "early-end", "error-event", "reset"]
+Ending = Literal["done", "early-end", "error-event", "reset", "stall-after-usage"]
 Failure = Literal["connect", "timeout", "disconnect"]
 FAILURES: dict[str, type[httpx.TransportError]] = {
     "connect": httpx.ConnectError,
@@ -158,6 +158,8 @@ class Script:
         yield chunk(delta={}, finish_reason=self.finish_reason, usage_so_far=so_far(total))
         if options.get("include_usage"):
             yield chunk(usage=self.usage(total))
+        if self.ending == "stall-after-usage":  # until the gateway closes the connection
+            await asyncio.Event().wait()
         yield DONE
 
 

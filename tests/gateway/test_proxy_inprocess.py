@@ -16,6 +16,7 @@ import httpx
 from tests.gateway.harness import metric, record_loads
 from tests.gateway.inprocess import InProcess, in_process_gateway, salt, until
 from tests.gateway.scripted import ScriptedFleet, sse_payloads, streamed_text
+from warmroute.gateway.engine_stream import DRAIN_S
 from warmroute.gateway.policies import load_cap, preference
 from warmroute.pricing import ModelPrice
 
@@ -224,3 +225,19 @@ async def test_a_responses_stream_reads_its_engine_body_to_the_end(tmp_path: Pat
         assert '"delta":"one"' in answer.text.replace(" ", "")
         await until(lambda: gw.in_flight()[first] == 0, "the slot released")
         assert engines[first].aborted == 0
+
+
+async def test_an_engine_that_stalls_after_its_usage_chunk_is_closed_soon(tmp_path: Path) -> None:
+    """Reading a body to its end after the answer is bounded: an engine that never sends
+    `[DONE]` has its connection closed within `DRAIN_S`, its slot freed."""
+    engines = fleet()
+    first = preference(KEY, engines.ids)[0]
+    engines[first].pieces, engines[first].ending = ["one"], "stall-after-usage"
+    async with in_process_gateway(engines, tmp_path) as gw:
+        started = asyncio.get_running_loop().time()
+        answer = await gw.http.post("/v1/responses", headers={"x-grok-conv-id": KEY}, json={
+            "model": "scripted-model", "input": "hello", "stream": True})
+        assert answer.status_code == 200 and "response.completed" in answer.text
+        await until(lambda: gw.in_flight()[first] == 0, "the slot released")
+        assert asyncio.get_running_loop().time() - started < DRAIN_S + 2.0
+        assert engines[first].aborted == 1

@@ -61,12 +61,27 @@ class ClientWatch:
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.cancel_called = False
+        self.balanced = False  # the cancellation's count taken back (`Task.uncancel`)
 
     async def listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         self.cancel_called = True
         self.task.cancel("the client went away")
+
+    def check(self) -> None:
+        """Raise the cancellation again where it was swallowed on its way (asyncio.wait_for
+        in Python 3.11 drops one that comes as its work ends): a relay's loop calls this for
+        every chunk, so that a stream to a client that left stops at the next one."""
+        if self.cancel_called:
+            raise asyncio.CancelledError("the client went away")
+
+    def uncancel(self) -> int:
+        """Take back this watch's cancellation (once); the task's remaining count."""
+        if not self.balanced:
+            self.balanced = True
+            return self.task.uncancel()
+        return self.task.cancelling()
 
 
 @contextlib.contextmanager
@@ -84,13 +99,12 @@ def client_watch(receive: Receive) -> Iterator[ClientWatch]:
     try:
         yield watch
     except asyncio.CancelledError:
-        if not watch.cancel_called or task.uncancel() > 0:
+        if not watch.cancel_called or watch.uncancel() > 0:
             raise  # not (only) ours: the server's, or another's
-    else:
-        if watch.cancel_called:
-            task.uncancel()  # delivered, and caught inside the block
     finally:
         listener.cancel()
+        if watch.cancel_called:
+            watch.uncancel()  # delivered, and caught or turned into another error inside
 
 
 def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
@@ -99,9 +113,9 @@ def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 
 async def send_stream(send: Send, status: int, headers: Mapping[str, str],
                       next_body: Callable[[], Awaitable[tuple[bytes, bool]]],
-                      finish: Callable[[], Awaitable[None]]) -> None:
-    """Send the bodies `next_body()` gives, each with whether more follows, as they come
-    (inside a `client_watch`, to stop when the client goes away). The last goes out with the
+                      finish: Callable[[], Awaitable[None]], watch: ClientWatch) -> None:
+    """Send the bodies `next_body()` gives, each with whether more follows, as they come,
+    until `watch` (the client's) says the client went away. The last goes out with the
     body's end: one write, not two (each write to a socket is a system call, and the client
     waits for the end). `finish()` runs however this ends, before the last body is sent."""
     body, more = b"", True
@@ -110,6 +124,7 @@ async def send_stream(send: Send, status: int, headers: Mapping[str, str],
                     "headers": raw_headers(headers)})
         body, more = await next_body()
         while more:
+            watch.check()
             await send({"type": "http.response.body", "body": body, "more_body": True})
             body, more = await next_body()
     finally:

@@ -106,7 +106,7 @@ class ChatCompletionsRoute:
                     relay = ChatRelay(opened, StreamMeter(meter, caller, opened))
                     try:
                         await send_stream(send, opened.status, opened.headers,
-                                          relay.next_body, relay.metering.cut_off)
+                                          relay.next_body, relay.metering.cut_off, watch)
                     except Exception as exc:
                         raise AnswerStarted() from exc
                     return None

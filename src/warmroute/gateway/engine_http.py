@@ -47,6 +47,7 @@ from warmroute.gateway.upstream import KEEPALIVE_S, MAX_CONNECTIONS, UpstreamErr
 
 HIGH_WATER = 256 * 1024  # bytes buffered for a slow reader before reading pauses
 MAX_URLS = 4096  # parsed request targets kept
+TIMER_RESOLUTION_S = 0.001
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -178,7 +179,7 @@ class Connection(asyncio.Protocol):
         if future is None or future.done():  # what it waited for may have come this loop turn
             return
         deadline = self.waiting_since + self.client.read_timeout_s
-        if self.loop.time() >= deadline:
+        if self.loop.time() >= deadline - TIMER_RESOLUTION_S:  # uvloop's timers count in ms
             self.fail("ReadTimeout")
         else:
             self.timer = self.loop.call_at(deadline, self.check_timeout)

@@ -10,6 +10,7 @@ aborts a request whose connection closes) and gives the in-flight slot back to i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from warmroute.gateway.upstream import UpstreamError, UpstreamResponse
 from warmroute.types import Usage
 
 DRAIN_READS = 4  # reads after the answer's end before its connection is closed instead
+DRAIN_S = 0.5  # and the time they may take
 
 
 class UpstreamBroken(EngineUnavailable):
@@ -71,13 +73,15 @@ class Upstream:
         return chunk
 
     async def drain(self) -> None:
-        """Read the rest of a body whose answer ended (`[DONE]` came; its end may come in a
-        later read), so that its connection goes back to the pool instead of being closed: a
-        few reads at most; a failure leaves it to `aclose`."""
-        with contextlib.suppress(UpstreamError):
-            for _ in range(DRAIN_READS):
-                if await self.response.next_piece() is None:
-                    return
+        """Read the rest of a body whose answer ended (`[DONE]` or the usage chunk before it
+        came; its end may come in a later read), so that its connection goes back to the pool
+        instead of being closed: a few reads within `DRAIN_S` at most; a failure or an engine
+        that stalls there leaves it to `aclose`."""
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                for _ in range(DRAIN_READS):
+                    if await self.response.next_piece() is None:
+                        return
 
     async def aclose(self) -> None:
         """Close the upstream (an engine aborts a request whose client went away), release

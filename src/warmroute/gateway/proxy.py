@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import anyio
 import httpx
 
 from warmroute import jsoncodec
@@ -356,8 +355,7 @@ class Proxy:
             await response.aclose()
             raise EngineFailed(exc.cause) from exc
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            await response.aclose()  # runs to its end under cancellation (or shields itself)
             raise
 
 

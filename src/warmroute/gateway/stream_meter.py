@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
-
 from warmroute.gateway.auth import Caller
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import Streaming
+from warmroute.gateway.shielded import shielded
 from warmroute.gateway.usage import usage_from
 from warmroute.sse import Event, encode_events
 from warmroute.types import Usage
@@ -65,8 +64,7 @@ class StreamMeter:
     async def cut_off(self) -> None:
         """The stream ended early: bill what was delivered (shielded from cancellation)."""
         if not self.recorded:
-            with anyio.CancelScope(shield=True):
-                await self.record(None)
+            await shielded(self.record(None))
 
 
 class SurfaceStreamMeter:
@@ -100,5 +98,4 @@ class SurfaceStreamMeter:
         counts = usage_from(self.upstream.splice.final_usage())
         if counts.total_tokens == 0:
             return
-        with anyio.CancelScope(shield=True):
-            await self.done(counts)
+        await shielded(self.done(counts))

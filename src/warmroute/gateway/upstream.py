@@ -22,8 +22,9 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
-import anyio
 import httpx
+
+from warmroute.gateway.shielded import shielded
 
 MAX_CONNECTIONS = 1024
 # Idle pooled connections are dropped by the client before the engine drops them: uvicorn (our
@@ -86,8 +87,8 @@ class HttpxResponse:
             raise UpstreamError(type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
-            await self._response.aclose()
+        with contextlib.suppress(httpx.HTTPError):
+            await shielded(self._response.aclose())
 
 
 class HttpxUpstream:
