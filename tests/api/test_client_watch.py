@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from warmroute.api.bare_asgi import client_watch
+from warmroute.api.bare_asgi import ClientWatch, client_watch
 
 
 class Client:
@@ -57,25 +57,9 @@ async def test_work_that_ends_first_is_not_cancelled() -> None:
     assert await asyncio.wait_for(handler(), 5) == (False, "done")
 
 
-async def test_a_cancellation_from_elsewhere_goes_through() -> None:
-    client = Client()
-    entered = asyncio.Event()
-
-    async def handler() -> None:
-        with client_watch(client.receive):
-            entered.set()
-            await asyncio.sleep(30)
-
-    task = asyncio.create_task(handler())
-    await entered.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-async def test_a_disconnect_and_another_cancellation_together_go_through() -> None:
-    client = Client()
-    watches: list[Any] = []
+async def waiting_in_a_watch(client: Client) -> tuple[asyncio.Task[None], ClientWatch]:
+    """A handler task waiting inside its client's watch."""
+    watches: list[ClientWatch] = []
 
     async def handler() -> None:
         with client_watch(client.receive) as watch:
@@ -85,12 +69,25 @@ async def test_a_disconnect_and_another_cancellation_together_go_through() -> No
     task = asyncio.create_task(handler())
     while not watches:
         await asyncio.sleep(0)
+    return task, watches[0]
+
+
+async def test_a_cancellation_from_elsewhere_goes_through() -> None:
+    task, _ = await waiting_in_a_watch(Client())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_disconnect_and_another_cancellation_together_go_through() -> None:
+    client = Client()
+    task, watch = await waiting_in_a_watch(client)
     client.gone.set()
     for _ in range(100):  # the listener runs and cancels
-        if watches[0].cancel_called:
+        if watch.cancel_called:
             break
         await asyncio.sleep(0)
-    assert watches[0].cancel_called
+    assert watch.cancel_called
     task.cancel()  # the server shuts down at the same time
     with pytest.raises(asyncio.CancelledError):
         await task
