@@ -9,6 +9,7 @@ alone it is not, where the model's ids are not the canonical tokenization of the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -19,9 +20,10 @@ from warmroute.engine.tokenizer import IncrementalDetokenizer
 from warmroute.errors import InvalidRequest
 from warmroute.types import ChatMessage, ChatRequest, SamplingParams
 
-# builtin:tiny answers this with newlines one token each: not the canonical tokenization.
 NON_CANONICAL = (ChatMessage("user", "Écris-moi un poème sur les caches"),)
 MAX_TOKENS = 60
+# Prompts tried, each with a number 0-9, for an answer whose ids are not canonical.
+OPENINGS = ("Écris-moi un poème sur les caches", "a b c", "日本語のテキスト", "1 2 3 4 5")
 
 
 @pytest.fixture(scope="module")
@@ -66,29 +68,52 @@ async def resume(
     return text + "".join(d.text for d in deltas), finished
 
 
+async def non_canonical_answer(
+    engine: Engine,
+) -> tuple[tuple[ChatMessage, ...], list[Delta], Finished]:
+    """A prompt whose answer's ids are not the canonical tokenization of its text (found among
+    a few: which prompt does it depends on builtin:tiny's weights and tokenizer)."""
+    for opening, index in itertools.product(OPENINGS, range(10)):
+        messages = (ChatMessage("user", f"{opening} ({index})"),)
+        deltas, finished = await run(engine, request(messages, MAX_TOKENS))
+        ids = [i for d in deltas for i in d.token_ids]
+        if engine.tokenizer.encode("".join(d.text for d in deltas)) != ids:
+            return messages, deltas, finished
+    raise AssertionError("no answer tried is tokenized other than canonically")
+
+
 async def test_continuing_from_the_ids_gives_the_uninterrupted_text(engine: Engine) -> None:
-    deltas, finished = await run(engine, request(NON_CANONICAL, MAX_TOKENS))
+    messages, deltas, finished = await non_canonical_answer(engine)
     whole = "".join(d.text for d in deltas)
     ids = [i for d in deltas for i in d.token_ids]
     assert engine.tokenizer.decode(ids) == whole and len(ids) == finished.usage.completion_tokens
-    assert engine.tokenizer.encode(whole) != ids  # not canonical: text alone would not do
     text_only_exact = []
     for cut in (1, 3, 10, 30, len(deltas) - 1):
-        text, resumed = await resume(engine, NON_CANONICAL, deltas[:cut], MAX_TOKENS)
+        text, resumed = await resume(engine, messages, deltas[:cut], MAX_TOKENS)
         assert text == whole, cut
         delivered = sum(len(d.token_ids) for d in deltas[:cut])
         assert delivered + resumed.usage.completion_tokens == finished.usage.completion_tokens
         assert resumed.finish_reason == finished.finish_reason == "length"
         assert resumed.usage.prompt_tokens == finished.usage.prompt_tokens + delivered
-        text_only, _ = await resume(engine, NON_CANONICAL, deltas[:cut], MAX_TOKENS,
+        text_only, _ = await resume(engine, messages, deltas[:cut], MAX_TOKENS,
                                     with_ids=False)
         text_only_exact.append(text_only == whole)
     assert not all(text_only_exact)
 
 
-async def test_text_held_back_for_a_stop_string_is_not_lost(engine: Engine) -> None:
+async def held_back_case(engine: Engine) -> tuple[tuple[ChatMessage, ...], tuple[str]]:
+    """A prompt and a stop string its answer keeps starting and never completes: the answer's
+    most frequent word and "!" (which it never writes), so text is held back again and again."""
     messages = (ChatMessage("user", "Écris-moi un poème sur les caches, numéro 0"),)
-    stop = ("algorithm!",)  # every "algorithm" might start it: held back one delta
+    deltas, _ = await run(engine, request(messages, MAX_TOKENS))
+    whole = "".join(d.text for d in deltas)
+    words = [w for w in whole.split() if len(w) >= 3 and "!" not in w]
+    assert words and "!" not in whole, whole
+    return messages, (max(sorted(set(words)), key=words.count) + "!",)
+
+
+async def test_text_held_back_for_a_stop_string_is_not_lost(engine: Engine) -> None:
+    messages, stop = await held_back_case(engine)
     deltas, finished = await run(engine, request(messages, MAX_TOKENS, stop))
     whole = "".join(d.text for d in deltas)
     held = [cut for cut in range(1, len(deltas))
@@ -102,8 +127,7 @@ async def test_text_held_back_for_a_stop_string_is_not_lost(engine: Engine) -> N
 
 
 async def test_no_budget_left_releases_only_the_held_back_text(engine: Engine) -> None:
-    messages = (ChatMessage("user", "Écris-moi un poème sur les caches, numéro 0"),)
-    stop = ("algorithm!",)
+    messages, stop = await held_back_case(engine)
     deltas, _ = await run(engine, request(messages, 40, stop))
     whole = "".join(d.text for d in deltas)
     # Everything but the last delta (the final flush) was delivered, every id with it.

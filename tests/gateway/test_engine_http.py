@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 from starlette.requests import Request
 
-from warmroute.gateway import engine_http
+from warmroute.gateway import engine_http, engine_request
 from warmroute.gateway.engine_http import LeanUpstream
 from warmroute.gateway.upstream import KEEPALIVE_S, UpstreamError, UpstreamPoolFull
 from warmroute.procs import free_port
@@ -68,6 +69,52 @@ class Echo:
                                 (b"x-auth", headers.get(b"authorization", b""))]})
         await send({"type": "http.response.body",
                     "body": scope["method"].encode() + b" " + scope["path"].encode() + b" " + body})
+
+
+def test_a_pooled_connection_closing_under_it_is_not_reused() -> None:
+    """A pooled connection whose transport is closing (its protocol not told yet) is left for
+    a new one."""
+
+    async def main() -> None:
+        app = Echo()
+        async with serving(app) as url, client() as upstream:
+            first = await upstream.post(url + "/a", b"{}", {})
+            assert await first.read() == b"POST /a {}"
+            await first.aclose()
+            (pooled,) = [conn for idle in upstream._idle.values() for conn in idle]
+            assert pooled.transport is not None
+            pooled.transport.abort()
+            assert not pooled.closed  # `connection_lost` has not run yet
+            second = await upstream.post(url + "/b", b"{}", {})
+            assert await second.read() == b"POST /b {}"
+            await second.aclose()
+            assert len(set(app.ports)) == 2
+
+    uvloop.run(main())
+
+
+def test_a_new_connection_lost_before_the_request_is_a_connect_error() -> None:
+    """An engine killed as it accepted: the connection is lost before the request is written
+    (uvloop raised on writing to it: a 500, seen when an engine was killed); it is a
+    connect error, which fails over."""
+
+    async def main() -> None:
+        async with serving(Echo()) as url, client() as upstream:
+            connect = upstream._connect
+
+            async def lost_at_once(origin: Any) -> engine_http.Connection:
+                conn = await connect(origin)
+                assert conn.transport is not None
+                conn.transport.abort()
+                await asyncio.sleep(0)  # the protocol is told: `connection_lost`
+                return conn
+
+            upstream._connect = lost_at_once  # type: ignore[method-assign]
+            with pytest.raises(UpstreamError) as failed:
+                await upstream.post(url + "/x", b"{}", {})
+            assert failed.value.cause == "ConnectError"
+
+    uvloop.run(main())
 
 
 async def test_an_answer_is_read_whole_and_its_connection_reused() -> None:
@@ -366,8 +413,8 @@ async def test_a_slow_reader_pauses_reading_and_gets_every_byte() -> None:
 
 def test_a_header_with_a_line_break_is_refused() -> None:
     with pytest.raises(ValueError):
-        engine_http.request_head(b"GET", b"/", ("http", "h", 80), {"x": "a\r\nb: c"}, 0)
-    assert engine_http.request_head(b"POST", b"/p", ("http", "h", 8000), {"a": "b"}, 3) == (
+        engine_request.request_head(b"GET", b"/", ("http", "h", 80), {"x": "a\r\nb: c"}, 0)
+    assert engine_request.request_head(b"POST", b"/p", ("http", "h", 8000), {"a": "b"}, 3) == (
         b"POST /p HTTP/1.1\r\nhost: h:8000\r\na: b\r\ncontent-length: 3\r\n\r\n")
-    assert engine_http.request_head(b"GET", b"/", ("http", "::1", 80), {}, 0) == (
+    assert engine_request.request_head(b"GET", b"/", ("http", "::1", 80), {}, 0) == (
         b"GET / HTTP/1.1\r\nhost: [::1]\r\n\r\n")

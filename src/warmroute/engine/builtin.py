@@ -8,10 +8,11 @@ is downloaded: the tokenizer is trained on docstrings of the Python standard lib
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 from transformers.utils import logging as hf_logging
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: the corpus read in a fresh interpreter
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
@@ -67,15 +68,30 @@ def is_builtin(model: str) -> bool:
 
 
 def corpus() -> Iterator[str]:
-    """Deterministic English text: docstrings of a fixed list of standard-library modules."""
-    for name in CORPUS_MODULES:
-        module = importlib.import_module(name)
-        for _, member in sorted(vars(module).items()):
-            doc = inspect.getdoc(member) if callable(member) or inspect.ismodule(member) else None
-            if doc:
-                yield doc
-        if module.__doc__:
-            yield module.__doc__
+    """Deterministic English text: docstrings of a fixed list of standard-library modules.
+    Read in a fresh interpreter (`python -I`): a package's namespace holds the submodules
+    imported so far, so read in-process the text, and so the tokenizer, depended on what the
+    caller had imported (a test run's other modules changed builtin:tiny's tokens)."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", CORPUS_SCRIPT, json.dumps(CORPUS_MODULES)],
+        check=True, capture_output=True, text=True, encoding="utf-8",
+    ).stdout
+    yield from json.loads(out)
+
+
+CORPUS_SCRIPT = """
+import importlib, inspect, json, sys
+out = []
+for name in json.loads(sys.argv[1]):
+    module = importlib.import_module(name)
+    for _, member in sorted(vars(module).items()):
+        doc = inspect.getdoc(member) if callable(member) or inspect.ismodule(member) else None
+        if doc:
+            out.append(doc)
+    if module.__doc__:
+        out.append(module.__doc__)
+json.dump(out, sys.stdout)
+"""
 
 
 def train_tokenizer() -> PreTrainedTokenizerFast:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import ssl
 from collections.abc import Mapping
 from typing import cast
@@ -43,13 +42,13 @@ from urllib.parse import urlsplit
 import httptools
 from starlette.datastructures import Headers
 
+from warmroute.gateway.engine_request import Origin, request_head
 from warmroute.gateway.upstream import KEEPALIVE_S, MAX_CONNECTIONS, UpstreamError, UpstreamPoolFull
 
 HIGH_WATER = 256 * 1024  # bytes buffered for a slow reader before reading pauses
 MAX_URLS = 4096  # parsed request targets kept
 TIMER_RESOLUTION_S = 0.001
 
-Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class Connection(asyncio.Protocol):
@@ -312,7 +311,9 @@ class LeanUpstream:
         while True:
             reused = self._reuse(origin)
             conn = reused or await self._connect(origin)
-            assert conn.transport is not None
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                conn.close()  # lost as it was made (an engine killed as it accepted)
+                raise UpstreamError("ConnectError")
             conn.begin()
             conn.transport.write(request)
             try:
@@ -346,8 +347,9 @@ class LeanUpstream:
         idle = self._idle.get(origin)
         now = asyncio.get_running_loop().time()
         while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
+            conn = idle.pop()  # closing: the engine closed it, `connection_lost` not yet run
+            if (not conn.closed and now - conn.idle_since < KEEPALIVE_S
+                    and conn.transport is not None and not conn.transport.is_closing()):
                 return conn
             conn.close()
         return None
@@ -388,26 +390,3 @@ class LeanUpstream:
         idle = self._idle.get(conn.origin)
         if idle and conn in idle:
             idle.remove(conn)
-
-
-@functools.lru_cache(maxsize=MAX_URLS)
-def authority(origin: Origin) -> bytes:
-    """The `host` header of an origin (IDNA-encoded once per origin: the codec is slow)."""
-    scheme, host, port = origin
-    default = 443 if scheme == "https" else 80
-    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address
-    return (bracketed if port == default else f"{bracketed}:{port}").encode("idna")
-
-
-def request_head(method: bytes, target: bytes, origin: Origin, headers: Mapping[str, str],
-                 length: int) -> bytes:
-    """The request line and headers; a header name or value with a line break is refused."""
-    lines = [method + b" " + target + b" HTTP/1.1", b"host: " + authority(origin)]
-    for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise ValueError(f"header {name!r} has a line break")
-        lines.append(f"{name}: {value}".encode("latin-1"))
-    if method != b"GET" or length:
-        lines.append(b"content-length: %d" % length)
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
