@@ -99,7 +99,13 @@ def test_streamed_turns_read_the_first_from_cache(gateway: tuple[str, Path]) -> 
             events.append(event.type)
         second = stream.get_final_message()
         assert stream.response.headers["x-warmroute-engine"] == engine
-    assert second.usage.cache_read_input_tokens == warm_after(first.usage) > 0
+    # The reply comes back as text: where builtin:tiny's ids for it were not the canonical
+    # tokenization of that text, its last block is not the same block again (what the
+    # engine's `continue_token_ids` is for); the whole prompt's blocks always are.
+    cached = second.usage.cache_read_input_tokens
+    assert cached % BLOCK == 0
+    assert BLOCK * (prompt_tokens(first.usage) // BLOCK) <= cached <= warm_after(first.usage)
+    assert cached > 0
     raw_order = [e for e in events if e not in ("text",)]
     assert raw_order[:2] == ["message_start", "content_block_start"]
     assert raw_order[-3:] == ["content_block_stop", "message_delta", "message_stop"]
