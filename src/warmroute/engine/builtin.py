@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 from transformers.utils import logging as hf_logging
 
-RECIPE_VERSION = "2"  # 2: the corpus read in a fresh interpreter
+RECIPE_VERSION = "2"  # 2: the corpus read in a fresh interpreter; a line break a token
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
@@ -96,7 +96,14 @@ json.dump(out, sys.stdout)
 
 def train_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # A line break is a token of its own (as Qwen's pre-tokenizer keeps it from the spaces that
+    # follow): the chat template's "assistant\n" then reads the same in the prompt that asked
+    # for a reply and in the next turn's, where the reply follows it (a reply that began with
+    # spaces merged with it, and the first turn's last block was no longer the same block).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
