@@ -50,7 +50,6 @@ MAX_URLS = 4096  # parsed request targets kept
 TIMER_RESOLUTION_S = 0.001
 
 
-
 class Connection(asyncio.Protocol):
     """One connection to an engine, one request at a time; the answer's bytes are buffered here
     until its reader takes them."""
@@ -102,9 +101,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.stop_timer()
         self.client.forget(self)
         if not self.complete:
             self.fail("RemoteProtocolError")
@@ -205,16 +202,27 @@ class Connection(asyncio.Protocol):
         finally:
             self.waiter = None
 
+    def open_transport(self) -> asyncio.Transport | None:
+        """The transport while the connection is open, else None (uvloop closes a lost
+        connection's transport at once and tells the protocol a loop turn later)."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return None
+        return transport
+
     def reusable(self) -> bool:
         return (self.complete and self.error is None and not self.closed
                 and self.idle_since >= 0.0 and not self.body)
 
-    def close(self) -> None:
-        """Closed at once, whatever of the request is still unsent (an engine that stopped
-        reading a big prompt must not keep the socket and its buffer), so the engine aborts."""
+    def stop_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def close(self) -> None:
+        """Closed at once, whatever of the request is still unsent (an engine that stopped
+        reading a big prompt must not keep the socket and its buffer), so the engine aborts."""
+        self.stop_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
@@ -311,11 +319,12 @@ class LeanUpstream:
         while True:
             reused = self._reuse(origin)
             conn = reused or await self._connect(origin)
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
+            transport = conn.open_transport()
+            if transport is None:
                 conn.close()  # lost as it was made (an engine killed as it accepted)
                 raise UpstreamError("ConnectError")
             conn.begin()
-            conn.transport.write(request)
+            transport.write(request)
             try:
                 await conn.wait(conn.head)
             except BaseException:
@@ -347,9 +356,8 @@ class LeanUpstream:
         idle = self._idle.get(origin)
         now = asyncio.get_running_loop().time()
         while idle:
-            conn = idle.pop()  # closing: the engine closed it, `connection_lost` not yet run
-            if (not conn.closed and now - conn.idle_since < KEEPALIVE_S
-                    and conn.transport is not None and not conn.transport.is_closing()):
+            conn = idle.pop()
+            if conn.open_transport() is not None and now - conn.idle_since < KEEPALIVE_S:
                 return conn
             conn.close()
         return None

@@ -335,12 +335,12 @@ def extend_final_message(messages: list[Any], text: str) -> list[Any]:
     return [*messages[:-1], final]
 
 
+EMPTY: dict[str, Any] = {}
+
+
 def well_formed(choice: object) -> bool:
     """A choice is an object whose delta, if any, is an object."""
     return type(choice) is dict and type(choice.get("delta", EMPTY)) is dict
-
-
-EMPTY: dict[str, Any] = {}
 
 
 def is_id_list(value: object) -> TypeGuard[list[int]]:
