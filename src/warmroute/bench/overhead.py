@@ -5,8 +5,12 @@ pass); in front of it warmroute's gateway and, with `--peers`, the pinned peer r
 `bench fleet --peers` installs them). Every round sends the same keyed request (a ~1 KB prompt,
 `--tokens` output tokens) to the engine directly and through each router, JSON then streamed,
 in one interleaved order, so every router meets the same engine state and machine noise. Added
-latency is paired per round (router minus direct, same round); CPU is the router process's own
-user+system time over the measured rounds, per 1,000 requests. Prints figures; asserts nothing.
+latency is paired per round (router minus direct, same round). CPU is the router process's own
+user + system time over the measured rounds, per 1,000 requests (`/proc/<pid>/stat`), and
+beside it the time the router was ready to run but waited for a core: the scheduler's run-queue
+wait, summed over its threads (`/proc/<pid>/task/*/schedstat`; not shown where the kernel keeps
+none). Where client, engine and router share a few cores, a router's CPU comes back to it as
+waiting, and that waiting is part of the latency it adds. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -41,12 +45,41 @@ class RouterPath:
     json_s: list[float] = field(default_factory=list)
     stream_s: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
+    wait_s: float | None = 0.0  # None: the kernel keeps no schedstat
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class ProcessTimes:
+    """A process's CPU time (all its threads, those that ended too) and, where the kernel
+    keeps schedstat, each live thread's run-queue wait: time ready to run without a core."""
+
+    cpu_s: float
+    waits: dict[str, float] | None = None
+
+    def __sub__(self, earlier: ProcessTimes) -> Spent:
+        wait = None
+        if self.waits is not None and earlier.waits is not None:
+            # A thread that began meanwhile counts from 0; one that ended took its wait along.
+            wait = sum(w - earlier.waits.get(tid, 0.0) for tid, w in self.waits.items())
+        return Spent(self.cpu_s - earlier.cpu_s, wait)
+
+
+@dataclass(frozen=True)
+class Spent:
+    cpu_s: float
+    wait_s: float | None
+
+
+def process_times(pid: int, proc: Path = Path("/proc")) -> ProcessTimes:
+    """CPU from `stat` (user + system clock ticks, dead threads included), waits from each
+    thread's `schedstat` (nanoseconds); no waits where there is no schedstat."""
+    fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    waits: dict[str, float] = {}
+    for path in (proc / str(pid) / "task").glob("*/schedstat"):
+        with contextlib.suppress(FileNotFoundError, ValueError):  # a thread that just ended
+            waits[path.parent.name] = int(path.read_text().split()[1]) / 1e9
+    return ProcessTimes(cpu, waits or None)
 
 
 def body(tokens: int, stream: bool) -> dict[str, Any]:
@@ -83,7 +116,7 @@ def measure(paths: list[RouterPath], rounds: int, tokens: int) -> None:
             for path in paths:
                 timed(client, path, json_body)
                 timed(client, path, stream_body)
-        cpu = {p.name: cpu_seconds(p.pid) for p in paths if p.pid is not None}
+        before = {p.name: process_times(p.pid) for p in paths if p.pid is not None}
         for _ in range(rounds):
             for path in paths:
                 path.json_s.append(timed(client, path, json_body))
@@ -91,7 +124,8 @@ def measure(paths: list[RouterPath], rounds: int, tokens: int) -> None:
                 path.stream_s.append(timed(client, path, stream_body))
         for path in paths:
             if path.pid is not None:
-                path.cpu_s = cpu_seconds(path.pid) - cpu[path.name]
+                spent = process_times(path.pid) - before[path.name]
+                path.cpu_s, path.wait_s = spent.cpu_s, spent.wait_s
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -115,12 +149,14 @@ def report(paths: list[RouterPath], rounds: int, tokens: int) -> list[dict[str, 
                         f"{statistics.median(direct.json_s) * 1000:.2f} ms, stream "
                         f"{statistics.median(direct.stream_s) * 1000:.2f} ms")
     for column in ("router", "JSON added p50 / p90 / p99", "stream added p50 / p90 / p99",
-                   "CPU s per 1,000 requests"):
+                   "CPU s per 1,000 requests", "waiting for a core, s per 1,000"):
         table.add_column(column, justify="left" if column == "router" else "right")
     rows = []
     for path in paths[1:]:
-        figures: dict[str, Any] = {"router": path.name,
-                                   "cpu_s_per_1000": 1000 * path.cpu_s / (2 * rounds)}
+        figures: dict[str, Any] = {
+            "router": path.name, "cpu_s_per_1000": 1000 * path.cpu_s / (2 * rounds),
+            "wait_s_per_1000": (None if path.wait_s is None
+                                else 1000 * path.wait_s / (2 * rounds))}
         cells = [path.name]
         for kind, stream in (("json", False), ("stream", True)):
             values = added(path, direct, stream)
@@ -128,9 +164,11 @@ def report(paths: list[RouterPath], rounds: int, tokens: int) -> list[dict[str, 
             figures[kind] = dict(zip(("p50_ms", "p90_ms", "p99_ms"), qs, strict=True))
             cells.append(" / ".join(f"{v:+.2f}" for v in qs) + " ms")
         cells.append(f"{figures['cpu_s_per_1000']:.2f}")
+        wait = figures["wait_s_per_1000"]
+        cells.append("—" if wait is None else f"{wait:.2f}")
         table.add_row(*cells)
         rows.append(figures)
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(150, Console().width)).print(table)
     return rows
 
 
