@@ -15,7 +15,7 @@ import uvicorn
 import uvloop
 from starlette.requests import Request
 
-from warmroute.gateway import engine_http, engine_request
+from warmroute.gateway import engine_connection, engine_request
 from warmroute.gateway.engine_http import LeanUpstream
 from warmroute.gateway.upstream import KEEPALIVE_S, UpstreamError, UpstreamPoolFull
 from warmroute.procs import free_port
@@ -102,7 +102,7 @@ def test_a_new_connection_lost_before_the_request_is_a_connect_error() -> None:
         async with serving(Echo()) as url, client() as upstream:
             connect = upstream._connect
 
-            async def lost_at_once(origin: Any) -> engine_http.Connection:
+            async def lost_at_once(origin: Any) -> engine_connection.Connection:
                 conn = await connect(origin)
                 assert conn.transport is not None
                 conn.transport.abort()
@@ -333,7 +333,7 @@ async def test_a_timed_out_request_to_an_engine_that_stopped_reading_is_closed_a
         async with client(read=0.3) as upstream:
             connect = upstream._connect
 
-            async def watched(origin: Any) -> engine_http.Connection:
+            async def watched(origin: Any) -> engine_connection.Connection:
                 conn = await connect(origin)
                 gone = conn.connection_lost
 
@@ -408,7 +408,7 @@ async def test_a_slow_reader_pauses_reading_and_gets_every_byte() -> None:
             most = max(most, conn.buffered)
         await answer.aclose()
     assert digest.digest() == hashlib.sha256(payload).digest()
-    assert paused and most < engine_http.HIGH_WATER + 2**20
+    assert paused and most < engine_connection.HIGH_WATER + 2**20
 
 
 def test_a_header_with_a_line_break_is_refused() -> None:
@@ -418,3 +418,37 @@ def test_a_header_with_a_line_break_is_refused() -> None:
         b"POST /p HTTP/1.1\r\nhost: h:8000\r\na: b\r\ncontent-length: 3\r\n\r\n")
     assert engine_request.request_head(b"GET", b"/", ("http", "::1", 80), {}, 0) == (
         b"GET / HTTP/1.1\r\nhost: [::1]\r\n\r\n")
+
+
+def test_an_answer_has_ended_once_its_whole_body_is_in_and_taken() -> None:
+    """`ended` tells a stream's drain that nothing is left to read (no wait, no timer): not
+    while the body is still coming, nor while bytes of it are buffered untaken."""
+    release = asyncio.Event()
+
+    async def two_parts(scope: Scope, receive: Any, send: Any) -> None:
+        await body_of(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"last"})
+
+    async def main() -> None:
+        async with serving(two_parts) as url, client() as upstream:
+            answer = await upstream.post(url + "/", b"{}", {})
+            assert await answer.next_piece() == b"first"
+            assert not answer.ended  # the rest is still to come
+            release.set()
+            conn = answer._conn
+            assert conn is not None
+            for _ in range(200):
+                if conn.complete:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.complete and not answer.ended  # in, but not taken
+            assert await answer.next_piece() == b"last"
+            assert answer.ended
+            await answer.aclose()
+            assert answer.ended
+            assert len([c for idle in upstream._idle.values() for c in idle]) == 1  # reusable
+
+    uvloop.run(main())

@@ -76,7 +76,9 @@ class Upstream:
         """Read the rest of a body whose answer ended (`[DONE]` or the usage chunk before it
         came; its end may come in a later read), so that its connection goes back to the pool
         instead of being closed: a few reads within `DRAIN_S` at most; a failure or an engine
-        that stalls there leaves it to `aclose`."""
+        that stalls there leaves it to `aclose`. Usually its end came with `[DONE]`: no wait."""
+        if self.response.ended:
+            return
         with contextlib.suppress(UpstreamError, TimeoutError):
             async with asyncio.timeout(DRAIN_S):
                 for _ in range(DRAIN_READS):

@@ -50,6 +50,9 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]
 
+    @property
+    def ended(self) -> bool:
+        """Whether the whole body is in and read (nothing is left to drain)."""
     async def read(self) -> bytes: ...
     async def next_piece(self) -> bytes | None:
         """The body that came since the last piece (waiting for some); None at its end."""
@@ -71,6 +74,7 @@ class HttpxResponse:
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self._pieces: AsyncIterator[bytes] | None = None
+        self.ended = False  # not known without reading: a drain reads on
 
     async def read(self) -> bytes:
         try:
