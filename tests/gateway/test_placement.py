@@ -8,7 +8,12 @@ from collections import Counter
 import pytest
 
 from warmroute.errors import EngineUnavailable
-from warmroute.gateway.placement import MAX_ALTERNATIVES, CacheAwarePlacer, PlacementParams
+from warmroute.gateway.placement import (
+    MAX_ALTERNATIVES,
+    CacheAwarePlacer,
+    PlacementParams,
+    prefill_work,
+)
 from warmroute.gateway.policies import RequestFeatures, load_cap
 
 IDS = ("e1", "e2", "e3", "e4")
@@ -189,17 +194,34 @@ def test_among_equally_warm_engines_the_shortest_prefill_queue_wins() -> None:
     queued = {"e1": 40.0, "e2": 3.0, "e3": 12.0, "e4": 9.0}
     decision = p.place(RequestFeatures(key="new", chunks=(*shared, 7, 8)), idle(), queued)
     assert (decision.engine_id, decision.reason) == ("e2", "prefix")
-    assert decision.work == 3.0  # two uncached chunks plus one
+    assert decision.work == 6.0  # two uncached chunks plus the request's own step (4)
     p.index.insert("e1", (*shared, 7))  # a deeper prefix beats a shorter queue
     deeper = p.place(RequestFeatures(key="other", chunks=(*shared, 7, 9)), idle(), queued)
-    assert (deeper.engine_id, deeper.work) == ("e1", 2.0)
+    assert (deeper.engine_id, deeper.work) == ("e1", 5.0)
+
+
+@pytest.mark.parametrize(("request_work", "chosen"), [(4.0, "e2"), (1.0, "e1")])
+def test_each_request_ahead_costs_a_scheduler_step_beyond_its_prompt(
+    request_work: float, chosen: str
+) -> None:
+    """Three 2-chunk prompts wait on e1, one 9-chunk prompt on e2: e1 has less prompt to
+    prefill but runs a step for each of its three (an engine decodes its running batch
+    between two prefills), so a newcomer's first token comes sooner on e2. Counting a
+    request as one chunk (the placer before this cost was measured) sent it to e1."""
+    p = placer(request_work=request_work)
+    small = prefill_work(RequestFeatures(chunks=(1, 2)), 0, request_work)
+    large = prefill_work(RequestFeatures(chunks=tuple(range(10, 19))), 0, request_work)
+    assert (small, large) == (2 + request_work, 9 + request_work)
+    queued = {"e1": 3 * small, "e2": large, "e3": 50.0, "e4": 50.0}
+    newcomer = p.place(RequestFeatures(key="n", chunks=(100, 101, 102)), idle(), queued)
+    assert (newcomer.engine_id, newcomer.reason) == (chosen, "least-loaded")
 
 
 def test_a_sticky_decision_carries_the_work_its_home_still_has_to_do() -> None:
     p = placer()
     home = p.place(RequestFeatures(key="c", chunks=(1, 2, 3)), idle()).engine_id
     turn = p.place(RequestFeatures(key="c", chunks=(1, 2, 3, 4, 5)), idle(), {home: 99.0})
-    assert (turn.engine_id, turn.reason, turn.work) == (home, "sticky", 3.0)
+    assert (turn.engine_id, turn.reason, turn.work) == (home, "sticky", 6.0)
 
 
 def test_a_new_conversation_weighs_the_queue_ahead_against_the_prefix_it_would_reuse() -> None:
@@ -214,11 +236,11 @@ def test_a_new_conversation_weighs_the_queue_ahead_against_the_prefix_it_would_r
     prompt = (*shared, *range(100, 106))  # 10 chunks: 6 uncached on e1, 10 elsewhere
     short = p.plan(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 15.0})
     assert short.candidates[0] == "e1"  # 15 + 4·6 = 39 < 0 + 4·10 = 40
-    assert (short.works[0], short.biases[0]) == (7.0, 24.0)
+    assert (short.works[0], short.biases[0]) == (10.0, 24.0)
     long = p.plan(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 17.0})
     assert long.candidates[0] != "e1" and long.candidates[-1] == "e1"  # 41 > 40
-    assert (long.works[0], long.biases[0]) == (11.0, 40.0)
+    assert (long.works[0], long.biases[0]) == (14.0, 40.0)
     decision = p.place(RequestFeatures(key="a", chunks=prompt), idle(), {"e1": 17.0})
     assert (decision.engine_id, decision.reason, decision.work) == (
-        long.candidates[0], "least-loaded", 11.0)
+        long.candidates[0], "least-loaded", 14.0)
     assert p.home_of("a") == long.candidates[0]

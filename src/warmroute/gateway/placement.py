@@ -12,7 +12,8 @@ cache-aware router reaches the longest-prefix oracle but moves conversations):
    the engines under the in-flight cap *and* under a balance cap on recent requests served,
    ⌈(1+ε_b)·average⌉ (`balance_epsilon`, 0.1), each engine's cost is the prefill queued
    ahead of the request there (`queued`: the work of requests whose first token has not come
-   back, in prompt chunks) plus the prefill this request would do there — the chunks its
+   back, in prompt chunks, each request counting `request_work` chunks beyond its uncached
+   prompt; see below) plus the prefill this request would do there — the chunks its
    cache (as `PrefixIndex` pictures it) does not hold — weighted by `cache_weight` (4): a
    cached prefix is kept unless the queue in front of it is several times the prefill it
    saves (recomputing it costs the fleet again on every later turn; a queue costs this
@@ -27,6 +28,18 @@ cache-aware router reaches the longest-prefix oracle but moves conversations):
    engines TTFT p50 −9 %, p90 −28 %, hit 0.270 → 0.271; at 16 engines unchanged; the synthetic
    trace at 8 engines p50 −30 %, hit 0.370 → 0.384; its first 120 s at 8 engines and 3× speed
    p50 −8 %, p90 −18 %, hit 0.108 → 0.102.)
+
+What one request ahead costs (`request_work`, 4 chunks): an engine's scheduler admits a
+waiting prefill per step and runs a decode step for its running batch between them (vLLM,
+SGLang and ours alike), so each request queued ahead delays a newcomer by a step beyond its own
+prompt. A decode step takes about as long as prefilling ~250 tokens (an 8B model on a GPU:
+25 ms against 0.1 ms per token; the fleet bench's simulated engines: 8 ms against 0.03 ms),
+~4 of the 256-byte chunks the gateway hashes (~50–64 tokens each). Counting each request as
+one chunk, a newcomer was sent behind several small prompts rather than one large one. Measured
+with `warmroute bench fleet` on the conversation trace (8 engines, 3× speed, three runs each):
+TTFT p50 330 / 334 / 335 → 325 / 324 / 324 ms, p30 177–190 → 164–178 ms, p90 1099–1133 →
+1096–1103 ms, hit rate 0.109 in every run. (`warmroute simulate` keeps 1: its chunks are 512-token
+trace blocks, and its engines prefill back to back.)
 
 State is small: a bounded table of (tenant, conversation) → home (`homes.HomeTable`: a
 tenant's conversation ids are its own), the prefix index (over tenant-salted digests), and
@@ -81,6 +94,7 @@ class PlacementParams:
     slack: int = 10
     balance_epsilon: float = 0.1
     cache_weight: float = 4.0
+    request_work: float = 4.0  # what one request costs those behind it beyond its prompt
     max_conversations: int = DEFAULT_MAX_CONVERSATIONS
     max_per_tenant: int = DEFAULT_MAX_PER_TENANT
     decay_every: int = 0  # 0: 1,000 requests per engine
@@ -131,7 +145,7 @@ class CacheAwarePlacer:
         """Carry out `plan` on `chosen` (default: its first candidate) and record it."""
         engine = chosen if chosen is not None and chosen in loads else plan.candidates[0]
         depth = self.index.matched_depth(engine, features.chunks) if features.chunks else 0
-        work = prefill_work(features, depth)
+        work = prefill_work(features, depth, self.params.request_work)
         if plan.kind == "sticky":
             decision = Decision(self._ranked(engine, loads), "sticky", work)
         elif plan.kind == "spilled":
@@ -174,7 +188,7 @@ class CacheAwarePlacer:
             if not pool:
                 pool = open_ or {e for e in loads if e != exclude} or set(loads)
         candidates = self._window(pool, salt, loads) if len(pool) > 2 * SAMPLE else pool
-        total, weight = len(chunks), self.params.cache_weight
+        total, weight, fixed = len(chunks), self.params.cache_weight, self.params.request_work
         uncached = {e: total - (depth if e in warm else self.index.matched_depth(e, chunks))
                     for e in candidates}
 
@@ -184,7 +198,7 @@ class CacheAwarePlacer:
                     -(self._engine_hash(engine_id) ^ salt))
 
         best = tuple(heapq.nsmallest(MAX_CANDIDATES, candidates, key=rank))
-        return (best, tuple(float(uncached[e] + 1) for e in best),
+        return (best, tuple(float(uncached[e] + fixed) for e in best),
                 tuple(weight * uncached[e] for e in best))
 
     def _under_served_cap(self, pool: set[str], average: float, epsilon: float) -> set[str]:
@@ -265,10 +279,12 @@ class CacheAwarePlacer:
         return next((engine for _, engine in self.homes.tenants_of(key)), None)
 
 
-def prefill_work(features: RequestFeatures, cached_depth: int) -> float:
-    """The prefill an engine holding `cached_depth` leading chunks does, in chunks (at least
-    one: every request computes something)."""
-    return float(len(features.chunks) - cached_depth + 1)
+def prefill_work(features: RequestFeatures, cached_depth: int,
+                 request_work: float = PlacementParams.request_work) -> float:
+    """What a request puts in front of those placed after it on an engine holding
+    `cached_depth` of its leading chunks, in chunks: its uncached prompt, and `request_work`
+    for the scheduler step it takes."""
+    return float(len(features.chunks) - cached_depth) + request_work
 
 
 def rotated(items: Collection[str], start: int, count: int) -> Iterable[str]:

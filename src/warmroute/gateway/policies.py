@@ -59,7 +59,8 @@ class RequestFeatures:
 @dataclass(frozen=True)
 class Decision:
     """`work`: the prefill this request is expected to queue on its engine (prompt chunks the
-    engine is not thought to hold, plus one); the cache-aware placer balances on it."""
+    engine is not thought to hold, plus the scheduler step it takes: `placement.prefill_work`);
+    the cache-aware placer balances on it."""
 
     ranked: tuple[str, ...]
     reason: Reason

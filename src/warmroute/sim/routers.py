@@ -68,7 +68,9 @@ class PolicyRouter:
         self.rng = rng
         self.turns = itertools.count()
         self.blocks = BlockText()
-        self.placer = CacheAwarePlacer(PlacementParams(epsilon, slack),
+        # One 512-token block per request: the simulated engines prefill back to back (no
+        # decode step between two prefills), so a request ahead costs little beyond its prompt.
+        self.placer = CacheAwarePlacer(PlacementParams(epsilon, slack, request_work=1.0),
                                        PrefixIndex(max(1, cache_blocks)))
         self.decision_s: list[float] = []
         self.snapshot_s: list[float] = []  # building the load view, as membership does
