@@ -363,15 +363,24 @@ async def test_an_answer_that_closes_its_connection_is_not_pooled() -> None:
         assert all(not idle for idle in upstream._idle.values())
 
 
-async def test_requests_beyond_the_bound_wait_then_fail_as_pool_full() -> None:
-    release = asyncio.Event()
+class TwoParts:
+    """Answers `first` at once and `last` once `release` is set."""
 
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
+    def __init__(self, first: bytes, last: bytes) -> None:
+        self.first, self.last = first, last
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         await body_of(receive)
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"a", "more_body": True})
-        await release.wait()
-        await send({"type": "http.response.body", "body": b"b"})
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        await self.release.wait()
+        await send({"type": "http.response.body", "body": self.last})
+
+
+async def test_requests_beyond_the_bound_wait_then_fail_as_pool_full() -> None:
+    app = TwoParts(b"a", b"b")
+    release = app.release
 
     async with serving(app) as url, client(pool=0.2, max_connections=1) as upstream:
         held = await upstream.post(url + "/1", b"{}", {})
@@ -423,14 +432,8 @@ def test_a_header_with_a_line_break_is_refused() -> None:
 def test_an_answer_has_ended_once_its_whole_body_is_in_and_taken() -> None:
     """`ended` tells a stream's drain that nothing is left to read (no wait, no timer): not
     while the body is still coming, nor while bytes of it are buffered untaken."""
-    release = asyncio.Event()
-
-    async def two_parts(scope: Scope, receive: Any, send: Any) -> None:
-        await body_of(receive)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"first", "more_body": True})
-        await release.wait()
-        await send({"type": "http.response.body", "body": b"last"})
+    two_parts = TwoParts(b"first", b"last")
+    release = two_parts.release
 
     async def main() -> None:
         async with serving(two_parts) as url, client() as upstream:
