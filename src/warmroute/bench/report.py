@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from warmroute.bench.client import RequestRecord
-from warmroute.bench.summary import COLUMNS, Summary, summarize
+from warmroute.bench.summary import COLUMNS, POOLED_COLUMNS, Pooled, Summary, pool, summarize
 
 HIT_RATE_BINS = 20
+REPEAT_SUFFIX = re.compile(r" #\d+$")  # `bench fleet --repeat` names its runs "target #k"
 
 
 @dataclass
@@ -81,9 +83,31 @@ def results_table(runs: Sequence[BenchRun], title: str) -> Table:
     return table
 
 
+def pooled_runs(runs: Sequence[BenchRun]) -> list[Pooled]:
+    """Each (target, scenario) that ran more than once, its repeats pooled, in report order."""
+    groups: dict[tuple[str, str], list[BenchRun]] = {}
+    for run in runs:
+        groups.setdefault((REPEAT_SUFFIX.sub("", run.target), run.scenario), []).append(run)
+    return [pool(target, scenario, [run.records for run in group])
+            for (target, scenario), group in groups.items() if len(group) > 1]
+
+
+def pooled_table(pooled: Sequence[Pooled]) -> Table:
+    table = Table(title="repeats pooled: every request of a target's runs together")
+    for column in POOLED_COLUMNS:
+        table.add_column(column, justify="left" if column in ("target", "scenario") else "right")
+    for figures in pooled:
+        row = figures.row()
+        table.add_row(*(row[c] for c in POOLED_COLUMNS))
+    return table
+
+
 def print_report(console: Console, runs: Sequence[BenchRun], title: str,
                  meta: Mapping[str, Any] | None = None) -> None:
     console.print(results_table(runs, title))
+    pooled = pooled_runs(runs)
+    if pooled:
+        console.print(pooled_table(pooled))
     for run in runs:
         if run.killed:
             at = f"{run.fault_at_s:.1f} s" if run.fault_at_s is not None else "never (run ended)"
