@@ -4,7 +4,8 @@ Each delta carries the ids it was released for, so a client holding the deltas u
 holds the ids too; an engine given those ids (`continue_token_ids`) resumes from exactly the
 prompt and detokenizer state the first generation had reached: the continuation is the text an
 uninterrupted run produces (float32, temperature 0), held-back text included. From the text
-alone it is not, where the model's ids are not the canonical tokenization of their text.
+alone the prompt is another one, where the model's ids are not the canonical tokenization of
+their text (on an engine that did not generate them: one that did remembers their ids).
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ async def run(
 
 async def resume(
     engine: Engine, messages: Sequence[ChatMessage], delivered: list[Delta], max_tokens: int,
-    stop: tuple[str, ...] = (), with_ids: bool = True,
+    stop: tuple[str, ...] = (),
 ) -> tuple[str, Finished]:
-    """Continue after `delivered`, as the gateway does: their text, and (optionally) ids."""
+    """Continue after `delivered`, as the gateway does: their text and ids."""
     text = "".join(d.text for d in delivered)
     ids = [i for d in delivered for i in d.token_ids]
     chat = request([*messages, ChatMessage("assistant", text)], max_tokens - len(ids), stop,
                    continued=True)
-    deltas, finished = await run(engine, chat, ids if with_ids else None)
+    deltas, finished = await run(engine, chat, ids)
     return text + "".join(d.text for d in deltas), finished
 
 
@@ -87,7 +88,9 @@ async def test_continuing_from_the_ids_gives_the_uninterrupted_text(engine: Engi
     generate it (one that did remembers the ids of its own generations, per salt): whether the
     model then writes other words depends on builtin:tiny's weights, so what is checked is the
     prompt each way."""
-    messages, deltas, finished = await anext(non_canonical_answers(engine))
+    found = await anext(non_canonical_answers(engine), None)
+    assert found is not None, "no answer tried is tokenized other than canonically"
+    messages, deltas, finished = found
     whole = "".join(d.text for d in deltas)
     ids = [i for d in deltas for i in d.token_ids]
     assert engine.tokenizer.decode(ids) == whole and len(ids) == finished.usage.completion_tokens

@@ -68,8 +68,8 @@ class PolicyRouter:
         self.rng = rng
         self.turns = itertools.count()
         self.blocks = BlockText()
-        # One 512-token block per request: the simulated engines prefill back to back (no
-        # decode step between two prefills), so a request ahead costs little beyond its prompt.
+        # Each request ahead counts one 512-token block beyond its prompt: the simulated
+        # engines prefill back to back (no decode step between two prefills).
         self.placer = CacheAwarePlacer(PlacementParams(epsilon, slack, request_work=1.0),
                                        PrefixIndex(max(1, cache_blocks)))
         self.decision_s: list[float] = []
