@@ -14,6 +14,7 @@ give one figure over three times the requests.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,9 @@ COLUMNS = (
 
 
 @dataclass(frozen=True)
-class Summary:
+class Figures:
+    """What every summary says of a set of requests: how many, failed, hit rate, TTFT."""
+
     target: str
     scenario: str
     requests: int
@@ -37,6 +40,22 @@ class Summary:
     ttft_p50_s: float
     ttft_p90_s: float
     ttft_p99_s: float
+
+    def cells(self) -> dict[str, str]:
+        return {
+            "target": self.target,
+            "scenario": self.scenario,
+            "requests": str(self.requests),
+            "failed": str(self.failed),
+            "hit rate": f"{self.hit_rate:.3f}",
+            "TTFT p50": ms(self.ttft_p50_s),
+            "TTFT p90": ms(self.ttft_p90_s),
+            "TTFT p99": ms(self.ttft_p99_s),
+        }
+
+
+@dataclass(frozen=True)
+class Summary(Figures):
     throughput_rps: float
     max_over_avg: float
     sticky: float
@@ -48,14 +67,7 @@ class Summary:
     def row(self) -> dict[str, str]:
         """The report's columns (`COLUMNS`), formatted."""
         return {
-            "target": self.target,
-            "scenario": self.scenario,
-            "requests": str(self.requests),
-            "failed": str(self.failed),
-            "hit rate": f"{self.hit_rate:.3f}",
-            "TTFT p50": ms(self.ttft_p50_s),
-            "TTFT p90": ms(self.ttft_p90_s),
-            "TTFT p99": ms(self.ttft_p99_s),
+            **self.cells(),
             "throughput": f"{self.throughput_rps:.2f} req/s",
             "max/avg per engine": f"{self.max_over_avg:.2f}",
             "sticky": f"{self.sticky:.1%}",
@@ -69,57 +81,40 @@ POOLED_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class Pooled:
+class Pooled(Figures):
     """A (target, scenario)'s repeats taken together."""
 
-    target: str
-    scenario: str
     runs: int
-    requests: int
-    failed: int
-    hit_rate: float
-    ttft_p50_s: float
-    ttft_p90_s: float
-    ttft_p99_s: float
     run_p50s_s: tuple[float, ...]
 
     def row(self) -> dict[str, str]:
         """The pooled report's columns (`POOLED_COLUMNS`), formatted."""
-        return {
-            "target": self.target,
-            "scenario": self.scenario,
-            "runs": str(self.runs),
-            "requests": str(self.requests),
-            "failed": str(self.failed),
-            "hit rate": f"{self.hit_rate:.3f}",
-            "TTFT p50": ms(self.ttft_p50_s),
-            "TTFT p90": ms(self.ttft_p90_s),
-            "TTFT p99": ms(self.ttft_p99_s),
-            "each run's p50": " / ".join(ms(p) for p in self.run_p50s_s),
-        }
+        return {**self.cells(), "runs": str(self.runs),
+                "each run's p50": " / ".join(ms(p) for p in self.run_p50s_s)}
 
 
-def pool(target: str, scenario: str, runs: Sequence[Sequence[RequestRecord]]) -> Pooled:
-    """Figures over every request of `runs` (the repeats of one target and scenario)."""
-    records = [r for run in runs for r in run]
+def figures(target: str, scenario: str, records: Sequence[RequestRecord]) -> Figures:
+    """Over the answered requests: cached / prompt tokens, TTFT quantiles."""
     ok = [r for r in records if r.ok]
     prompt = sum(r.prompt_tokens for r in ok)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
-    return Pooled(
+    return Figures(
         target=target,
         scenario=scenario,
-        runs=len(runs),
         requests=len(records),
         failed=len(records) - len(ok),
         hit_rate=sum(r.cached_tokens for r in ok) / prompt if prompt else 0.0,
         ttft_p50_s=quantile(ttfts, 0.50),
         ttft_p90_s=quantile(ttfts, 0.90),
         ttft_p99_s=quantile(ttfts, 0.99),
-        run_p50s_s=tuple(
-            quantile([r.ttft_s for r in run if r.ok and r.ttft_s is not None], 0.50)
-            for run in runs
-        ),
     )
+
+
+def pool(target: str, scenario: str, runs: Sequence[Sequence[RequestRecord]]) -> Pooled:
+    """Figures over every request of `runs` (the repeats of one target and scenario)."""
+    together = figures(target, scenario, [r for run in runs for r in run])
+    return Pooled(**dataclasses.asdict(together), runs=len(runs),
+                  run_p50s_s=tuple(figures(target, scenario, run).ttft_p50_s for run in runs))
 
 
 def ms(seconds: float) -> str:
@@ -153,26 +148,16 @@ def summarize(
     engine_ids: Sequence[str] = (),
 ) -> Summary:
     ok = [r for r in records if r.ok]
-    prompt = sum(r.prompt_tokens for r in ok)
-    cached = sum(r.cached_tokens for r in ok)
-    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     per_engine: Counter[str] = Counter({e: 0 for e in engine_ids})
     per_engine.update(r.engine for r in ok if r.engine)
     average = sum(per_engine.values()) / len(per_engine) if per_engine else 0.0
     return Summary(
-        target=target,
-        scenario=scenario,
-        requests=len(records),
-        failed=len(records) - len(ok),
-        hit_rate=cached / prompt if prompt else 0.0,
-        ttft_p50_s=quantile(ttfts, 0.50),
-        ttft_p90_s=quantile(ttfts, 0.90),
-        ttft_p99_s=quantile(ttfts, 0.99),
+        **dataclasses.asdict(figures(target, scenario, records)),
         throughput_rps=len(ok) / duration_s if duration_s > 0 else 0.0,
         max_over_avg=max(per_engine.values()) / average if average else 0.0,
         sticky=stickiness(records),
-        prompt_tokens=prompt,
-        cached_tokens=cached,
+        prompt_tokens=sum(r.prompt_tokens for r in ok),
+        cached_tokens=sum(r.cached_tokens for r in ok),
         duration_s=duration_s,
         per_engine=dict(sorted(per_engine.items())),
     )
