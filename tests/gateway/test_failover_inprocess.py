@@ -9,12 +9,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from tests.gateway.harness import metric
 from tests.gateway.inprocess import in_process_gateway
 from tests.gateway.scripted import Failure, ScriptedFleet, sse_payloads
-from warmroute.gateway.policies import preference
+from warmroute.gateway.membership import Membership
+from warmroute.gateway.metrics import GatewayMetrics
+from warmroute.gateway.policies import Decision, preference
+from warmroute.gateway.proxy import Proxy
 
 KEY = "failing-over"
 BODY: dict[str, Any] = {"model": "scripted-model", "max_tokens": 50,
@@ -133,3 +138,26 @@ async def test_a_json_answer_whose_engine_breaks_is_rerun_on_the_next(
     assert answer.json()["choices"][0]["message"]["content"] == "The whole answer"
     assert answer.json()["usage"]["completion_tokens"] == len("The whole answer") + 1
     assert engines[second].received == engines[first].received  # the same request, re-run
+
+
+async def test_a_request_that_fails_over_reserves_its_prefill_where_it_went() -> None:
+    """The engine it leaves releases the request's prefill; the one it moves to is told of it
+    (shared routing state reserves it there for the other replicas), and only that one."""
+    engines = ScriptedFleet("e1", "e2", "e3")
+    engines["e1"].failure = "connect"
+    membership = Membership(engines.endpoints())
+    for engine_id in engines.ids:
+        membership.probe_succeeded(engine_id, membership.clock(), None)
+    moves: list[tuple[str, float]] = []
+    firsts: list[tuple[str, float]] = []
+    membership.move_listeners.append(lambda *move: moves.append(move))
+    membership.prefill_listeners.append(lambda *first: firsts.append(first))
+    async with httpx.AsyncClient(transport=engines.transport()) as client:
+        proxy = Proxy(client, membership, GatewayMetrics(membership))
+        answer = await proxy.complete(Decision(("e1", "e2", "e3"), "prefix", 5.0),
+                                      orjson.dumps(BODY))
+    assert (answer.engine_id, answer.status) == ("e2", 200)
+    assert moves == [("e2", 5.0)]
+    assert firsts == [("e1", 5.0), ("e2", 5.0)]  # e1's failed attempt, then e2's answer
+    assert {e: membership.engines[e].queued for e in engines.ids} == dict.fromkeys(
+        engines.ids, 0.0)

@@ -64,6 +64,24 @@ def test_in_flight_counts_show_in_the_snapshot() -> None:
     assert {e.engine_id: e.in_flight for e in m.snapshot()} == {"a": 1, "b": 0}
 
 
+def test_a_prefill_moved_to_an_engine_is_told_and_its_first_token_releases_it() -> None:
+    """Shared routing state reserves a moved request's prefill where it went (no placement
+    reserved it there): a move with work is told; a placed request or one without work is not."""
+    m, _ = membership(Clock())
+    moves: list[tuple[str, float]] = []
+    firsts: list[tuple[str, float]] = []
+    m.move_listeners.append(lambda *move: moves.append(move))
+    m.prefill_listeners.append(lambda *first: firsts.append(first))
+    m.acquire("a", 6.0)  # where it was placed
+    m.acquire("b", 0.0, moved=True)  # nothing to reserve
+    m.acquire("b", 6.0, moved=True)  # failed over from a
+    m.release("a", 6.0)  # a's attempt failed: its prefill leaves a's queue
+    assert moves == [("b", 6.0)] and firsts == [("a", 6.0)]
+    m.prefilled("b", 6.0)
+    assert firsts == [("a", 6.0), ("b", 6.0)]
+    assert {e: m.engines[e].queued for e in ("a", "b")} == {"a": 0.0, "b": 0.0}
+
+
 def test_health_answers_size_the_gateways_picture_of_each_cache() -> None:
     from warmroute.config import GatewayConfig
     from warmroute.gateway.features import CHUNK_BYTES

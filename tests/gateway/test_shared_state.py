@@ -218,6 +218,23 @@ async def test_new_placements_reserve_prefill_together(redis_server: OwnRedis) -
                 break
             await asyncio.sleep(0.01)
         assert float(await reserved.hget(b.shared.queued_key, "e1")) == 0.0
+        # a request that fails over takes its prefill to an engine no placement reserved it
+        # on: reserved there as it moves, released there by its first token (the engine it
+        # left released its own), so other replicas' reservations there stay whole
+        await reserved.hset(b.shared.queued_key, "e2", 3.0)  # another replica's, say
+        a.membership.acquire("e2", 4.0, moved=True)
+        await eventually(lambda: a.membership.engines["e2"].queued == 4.0, "the local queue")
+        for _ in range(100):
+            if float(await reserved.hget(b.shared.queued_key, "e2")) == 7.0:
+                break
+            await asyncio.sleep(0.01)
+        assert float(await reserved.hget(b.shared.queued_key, "e2")) == 7.0
+        a.membership.release("e2", 4.0)  # it ended before a token: released where it went
+        for _ in range(100):
+            if float(await reserved.hget(b.shared.queued_key, "e2")) == 3.0:
+                break
+            await asyncio.sleep(0.01)
+        assert float(await reserved.hget(b.shared.queued_key, "e2")) == 3.0
         # a candidate's bias (the prefill its cache would not spare) counts with its queue:
         # e1 (0 queued + 9) loses to e3 (5 queued + 1), which reserves its own work
         assert await a.shared.reserve(TENANT, None, ("e1", "e3"), (10.0, 2.0), (9.0, 1.0),

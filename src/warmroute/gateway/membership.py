@@ -49,9 +49,11 @@ class Membership:
         self.failures_to_eject = failures_to_eject
         self.clock = clock
         self.listeners: list[Listener] = []
-        # Told of every first token (engine, the prefill work it ends): shared routing state
-        # passes it on to the other replicas.
+        # Told of every first token (engine, the prefill work it ends), and of every prefill a
+        # request takes to an engine it was not placed on (failover, resume; no placement
+        # reserved it there): shared routing state passes both on to the other replicas.
         self.prefill_listeners: list[Callable[[str, float], None]] = []
+        self.move_listeners: list[Callable[[str, float], None]] = []
 
     def snapshot(self) -> tuple[EngineLoad, ...]:
         """The healthy engines and their in-flight counts, for a policy."""
@@ -73,10 +75,15 @@ class Membership:
     def url(self, engine_id: str) -> str:
         return self.engines[engine_id].endpoint.url
 
-    def acquire(self, engine_id: str, work: float = 0.0) -> None:
+    def acquire(self, engine_id: str, work: float = 0.0, moved: bool = False) -> None:
+        """A request is at the engine, its prefill `work` queued there until its first token;
+        `moved`: it was placed on another engine (a failover, a resumed stream)."""
         state = self.engines[engine_id]
         state.in_flight += 1
         state.queued += work
+        if moved and work:
+            for listener in self.move_listeners:
+                listener(engine_id, work)
 
     def prefilled(self, engine_id: str, work: float) -> None:
         """A request's first token came back (or it ended): its prefill is off the queue."""

@@ -299,7 +299,7 @@ class Proxy:
                 if engine_id not in self.membership.healthy_ids():
                     continue
                 self.metrics.decisions.labels(FAILOVER).inc()
-            self.membership.acquire(engine_id, work)
+            self.membership.acquire(engine_id, work, moved=moved or bool(failures))
             try:
                 answer = await self._attempt(engine_id, payload, stream, work)
             except EngineFailed as failure:

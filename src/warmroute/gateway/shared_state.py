@@ -94,6 +94,7 @@ class SharedRoutingState:
         self.placer = placer
         self.membership = membership
         membership.prefill_listeners.append(self.first_token)
+        membership.move_listeners.append(self.moved_to)
         self.on_health = on_health
         self.clock = clock
         self.origin = uuid.uuid4().hex[:12]
@@ -195,6 +196,13 @@ class SharedRoutingState:
         """A request of this replica got its first token: its prefill is no longer queued."""
         if self.up and work:
             self._send({"reserve": engine_id, "w": -work})
+
+    def moved_to(self, engine_id: str, work: float) -> None:
+        """A request of this replica took its prefill to an engine it was not placed on (a
+        failover, a resumed stream): reserved there, where its first token will release it
+        (the engine it left released its own)."""
+        if self.up and work:
+            self._send({"reserve": engine_id, "w": work})
 
     def _send(self, event: dict[str, Any]) -> None:
         self._outbox.append(event)
