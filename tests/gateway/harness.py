@@ -150,8 +150,8 @@ def record_loads(membership: Membership) -> list[dict[str, int]]:
     seen: list[dict[str, int]] = []
     acquire = membership.acquire
 
-    def recording_acquire(engine_id: str, work: float = 0.0) -> None:
-        acquire(engine_id, work)
+    def recording_acquire(engine_id: str, work: float = 0.0, moved: bool = False) -> None:
+        acquire(engine_id, work, moved)
         seen.append({s.engine_id: s.in_flight for s in membership.engines.values()})
 
     membership.acquire = recording_acquire  # type: ignore[method-assign]
