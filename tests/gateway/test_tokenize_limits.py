@@ -72,6 +72,9 @@ async def test_tokenizing_is_rate_limited_and_leaves_the_loop_free(tmp_path: Pat
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = tokenize_pb2_grpc.TokenizeStub(channel)
         metadata = (("authorization", f"Bearer {secret}"),)
+        # The tokenizer is loaded once per process, on first use; what is measured is the
+        # tokenizing (a 0.82 s stall was seen once in a full run, most likely that load).
+        assert (await tokenize(stub, SERVED, "warm up"))[0] == grpc.StatusCode.OK
         big = asyncio.ensure_future(tokenize(stub, SERVED, "route the cache " * 40_000))
         probes = []
         while not big.done():
