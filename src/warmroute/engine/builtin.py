@@ -16,12 +16,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
-from transformers.utils import logging as hf_logging
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 RECIPE_VERSION = "2"  # 2: the corpus read in a fresh interpreter; a line break a token
 VOCAB_SIZE = 4096
@@ -95,6 +95,8 @@ json.dump(out, sys.stdout)
 
 
 def train_tokenizer() -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     # A line break is a token of its own (as Qwen's pre-tokenizer keeps it from the spaces that
     # follow): the chat template's "assistant\n" then reads the same in the prompt that asked
@@ -120,6 +122,8 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _config(shape: dict[str, Any], tokenizer: PreTrainedTokenizerFast) -> Any:
+    from transformers import LlamaConfig, Qwen2Config
+
     fields = {k: v for k, v in shape.items() if k != "arch"}
     common = {
         "tie_word_embeddings": True,
@@ -155,6 +159,12 @@ def builtin_path(model: str, home: Path) -> Path:
 
 
 def _write_builtin(shape: dict[str, Any], folder: Path) -> None:
+    """Train the tokenizer and write seeded weights (torch and the model classes are imported
+    here: a process that only reads a built-in model's tokenizer never loads them)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()
     tokenizer = train_tokenizer()
     torch.manual_seed(0)

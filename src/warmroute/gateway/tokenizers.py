@@ -36,7 +36,7 @@ def local_tokenizer(model: str) -> Any:
     """The tokenizer of a built-in model or a model folder on this machine (for TokenizeText)."""
     from transformers import PreTrainedTokenizerFast
 
-    from warmroute.engine.builtin import builtin_path, is_builtin  # torch: only when asked
+    from warmroute.engine.builtin import builtin_path, is_builtin  # no torch: tokenizer only
 
     if is_builtin(model):
         return PreTrainedTokenizerFast.from_pretrained(builtin_path(model, warmroute_home()))
