@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import shutil
 import signal
@@ -200,11 +201,13 @@ def run_server(config: Any) -> None:
     """Serve uvicorn's `config` in this thread until it stops. The thread runs asyncio and
     nothing else meanwhile, and sniffio is told so: anyio asks it which library runs on every
     cancel scope, and sniffing costs an `asyncio.current_task()` each time (a `getpid` system
-    call in CPython 3.11: a disconnect watch's scope took 7.3 µs, 4.3 µs told)."""
+    call in CPython 3.11: a disconnect watch's scope took 7.3 µs, 4.3 µs told). What its
+    start left is settled first (`settle_startup_objects`)."""
     import sniffio
     import uvicorn
 
     sniffio.thread_local.name = "asyncio"
+    settle_startup_objects()
     try:
         uvicorn.Server(config).run()
     finally:
@@ -249,6 +252,16 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
                 self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+def settle_startup_objects() -> None:
+    """Collect the garbage of a server's start, then move every object left (modules,
+    classes, functions, the app: ~145,000 in a gateway) out of the garbage collector's sight
+    (`gc.freeze`). A full collection walks every tracked object, and it stops the event loop
+    while it does: 40 ms for a gateway's startup objects alone. They live as long as the
+    process, so walking them finds nothing."""
+    gc.collect()
+    gc.freeze()
 
 
 class BackgroundServer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from warmroute.gateway.features import CHUNK_BYTES, prompt_chunks
@@ -68,6 +70,32 @@ def test_a_lost_engine_is_forgotten_whole() -> None:
     assert index.size("a") == 0
     assert 2 not in index.holders
     index.forget("never-seen")
+
+
+def test_a_forgotten_engine_bit_goes_to_the_next_new_engine_holding_nothing() -> None:
+    index = PrefixIndex()
+    index.insert("a", [1, 2])
+    index.insert("b", [1, 3])
+    index.forget("a")
+    index.insert("c", [4])  # takes a's bit: none of a's chunks may count as c's
+    assert index.match([1, 2], {"b", "c"}) == (1, {"b"})
+    assert index.match([4], {"a", "b", "c"}) == (1, {"c"})
+    assert index.matched_depth("c", [1]) == 0
+    index.insert("d", [1])  # a bit never used before
+    assert index.match([1, 3], {"b", "c", "d"}) == (2, {"b"})
+    assert index.match([1], {"b", "c", "d"}) == (1, {"b", "d"})
+    assert len(set(index.bits.values())) == 3
+
+
+def test_what_the_index_keeps_per_chunk_is_nothing_the_garbage_collector_walks() -> None:
+    """A full collection walks every tracked object: a set of holders per chunk made the index
+    (up to its capacity per engine, for the gateway's life) a stall of the gateway's loop."""
+    index = PrefixIndex()
+    for engine in ("a", "b", "c"):
+        index.insert(engine, prompt_chunks(messages("s" * 50 * CHUNK_BYTES, engine * 2000)))
+    assert len(index.holders) > 50
+    assert not any(gc.is_tracked(holders) for holders in index.holders.values())
+    assert not any(gc.is_tracked(chunk) for chunk in index.holders)
 
 
 def test_capacity_must_be_positive() -> None:

@@ -27,6 +27,7 @@ from warmroute.procs import (
     LocalEngine,
     quiet_http_client_logs,
     server_config,
+    settle_startup_objects,
     start_engine,
     stop_engines,
     wait_healthy,
@@ -110,6 +111,7 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
 
     server = uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
                                           config.header_timeout_s))
+    settle_startup_objects()
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
