@@ -10,8 +10,8 @@ forgets roughly when the engine evicts. An engine that fails or restarts is forg
 chunks?" by walking the digests and intersecting their holders: its cost is the matched depth,
 not the fleet size times the prompt length.
 
-A chunk's holders are a bit mask over the engines (each engine holds a bit while it holds any
-chunk), not a set: the index keeps up to `capacity` chunks per engine for as long as the gateway
+A chunk's holders are a bit mask over the engines (an engine has its bit from its first insert
+until it is forgotten, when the next new engine takes it), not a set: the index keeps up to `capacity` chunks per engine for as long as the gateway
 runs, and every set is an object the cyclic garbage collector walks on each full collection.
 With a set per chunk, one 40 s fleet bench left 87,000 of them in the gateway and a full
 collection stopped its loop for 87 ms; an int is not tracked at all.
@@ -39,7 +39,7 @@ class PrefixIndex:
         self.holders: dict[Hashable, int] = {}  # chunk → the mask of the engines holding it
         self.recency: dict[str, OrderedDict[Hashable, None]] = {}
         self.capacity: dict[str, int] = {}
-        self.bits: dict[str, int] = {}  # engine → its bit, while it holds chunks
+        self.bits: dict[str, int] = {}  # engine → its bit, until it is forgotten
         self._free: list[int] = []  # bits of engines forgotten, for the next new engine
 
     def set_capacity(self, engine_id: str, chunks: int) -> None:
