@@ -10,11 +10,12 @@ forgets roughly when the engine evicts. An engine that fails or restarts is forg
 chunks?" by walking the digests and intersecting their holders: its cost is the matched depth,
 not the fleet size times the prompt length.
 
-A chunk's holders are a bit mask over the engines (an engine has its bit from its first insert
-until it is forgotten, when the next new engine takes it), not a set: the index keeps up to `capacity` chunks per engine for as long as the gateway
-runs, and every set is an object the cyclic garbage collector walks on each full collection.
-With a set per chunk, one 40 s fleet bench left 87,000 of them in the gateway and a full
-collection stopped its loop for 87 ms; an int is not tracked at all.
+A chunk's holders are a bit mask over the engines, not a set (an engine has its bit from its
+first insert until it is forgotten, when the next new engine takes it). The index keeps up to
+`capacity` chunks per engine for as long as the gateway runs, and every set is an object the
+cyclic garbage collector walks on each full collection. With a set per chunk, one 40 s fleet
+bench left 87,000 of them in the gateway and a full collection stopped its loop for 87 ms;
+an int is not tracked at all.
 """
 
 from __future__ import annotations
