@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import warmroute.gateway.timeline as timeline_module
-from tests.gateway.inprocess import in_process_gateway
+from tests.gateway.inprocess import bearer, in_process_gateway, make_keys
 from tests.gateway.scripted import ScriptedFleet
 from warmroute.app.cli import build_parser
 from warmroute.app.gateway_command import gateway_config
@@ -182,3 +182,24 @@ async def test_the_metrics_exposition_is_written_off_the_event_loop(
     assert answer.status_code == 200
     assert 'warmroute_gateway_engine_healthy{engine="m1"} 1.0' in answer.text
     assert len(written_on) == 1 and written_on[0] is not threading.current_thread()
+
+
+async def test_the_dashboard_reads_its_activity_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five minutes in 5 s steps take 73 ms at 512 engines; the page asks every 2 s."""
+    keys = await make_keys(tmp_path, ops={"team": "ops", "admin": True})
+    read_on: list[threading.Thread] = []
+    real = Timeline.steps
+
+    def recording(self: Timeline, window_s: float, step_s: float) -> Any:
+        read_on.append(threading.current_thread())
+        return real(self, window_s, step_s)
+
+    monkeypatch.setattr(Timeline, "steps", recording)
+    async with in_process_gateway(ScriptedFleet("d1"), tmp_path) as gw:
+        answer = await gw.http.get("/v1/admin/dashboard?window=10&step=5",
+                                   headers=bearer(keys["ops"][0]))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["activity"]["t"]) == 2
+    assert len(read_on) == 1 and read_on[0] is not threading.current_thread()

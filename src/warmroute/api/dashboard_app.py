@@ -10,6 +10,7 @@ gateway, and it writes every name it shows as text, never as markup.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from importlib import resources
@@ -72,7 +73,8 @@ def add_dashboard_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: 
             "gateway": {**health, "engines": len(gw.membership.engines),
                         "policy": gw.config.policy, "uptime_s": round(now - started, 1)},
             "engines": await engine_report(gw),
-            "activity": activity(gw, window, step),
+            # Off the event loop: 73 ms at 512 engines (the page asks every 2 s).
+            "activity": await asyncio.to_thread(activity, gw, window, step),
             "tenants": await tenants_today(meter, now),
         }
 
