@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import warmroute.gateway.operations as operations
 import warmroute.gateway.timeline as timeline_module
 from tests.gateway.inprocess import bearer, in_process_gateway, make_keys
 from tests.gateway.scripted import ScriptedFleet
@@ -203,3 +204,32 @@ async def test_the_dashboard_reads_its_activity_off_the_event_loop(
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["activity"]["t"]) == 2
     assert len(read_on) == 1 and read_on[0] is not threading.current_thread()
+
+
+async def test_the_engine_report_is_made_off_the_event_loop_and_counts_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading the registry takes 20 ms at 512 engines, and summing each engine's answers over
+    every series took 63 ms more; the page asks every 2 s."""
+    keys = await make_keys(tmp_path, ops={"team": "ops", "admin": True})
+    made_on: list[threading.Thread] = []
+    real = operations.engine_rows
+
+    def recording(*args: Any) -> Any:
+        made_on.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(operations, "engine_rows", recording)
+    body = {"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}]}
+    async with in_process_gateway(ScriptedFleet("r1", "r2"), tmp_path,
+                                  policy="cache-aware") as gw:
+        for conversation in ("a", "b", "c", "a"):
+            answer = await gw.http.post("/v1/chat/completions", json=body,
+                                        headers={"x-grok-conv-id": conversation})
+            assert answer.status_code == 200, answer.text
+        report = await gw.http.get("/v1/admin/engines", headers=bearer(keys["ops"][0]))
+    rows = report.json()["data"]
+    assert [r["id"] for r in rows] == ["r1", "r2"]
+    assert sum(r["requests"] for r in rows) == 4
+    assert sum(r["conversations"] for r in rows) == 3
+    assert len(made_on) == 1 and made_on[0] is not threading.current_thread()

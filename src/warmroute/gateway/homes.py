@@ -3,7 +3,9 @@
 A conversation id means something only within its tenant: two tenants that use the same id have
 two conversations, each with its own home, and neither can move or load the other's. The table
 is bounded twice, least recently used out first: at most `per_tenant` conversations of one
-tenant (so one tenant cannot crowd the others out) and `total` of all.
+tenant (so one tenant cannot crowd the others out) and `total` of all. How many conversations
+each engine is home to is kept as they move (`per_engine`: the operators' engine report asks
+every 2 s, and counting a million homes took 60 ms of the event loop at 200,000).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class HomeTable:
         self.per_tenant = per_tenant
         self._tenants: dict[str, OrderedDict[str, str]] = {}
         self._order: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._counts: dict[str, int] = {}  # engine → conversations it is home to
 
     def __len__(self) -> int:
         return len(self._order)
@@ -41,22 +44,35 @@ class HomeTable:
 
     def set(self, tenant: str, key: str, engine_id: str) -> None:
         homes = self._tenants.setdefault(tenant, OrderedDict())
+        previous = homes.get(key)
+        if previous != engine_id:
+            if previous is not None:
+                self._uncount(previous)
+            self._counts[engine_id] = self._counts.get(engine_id, 0) + 1
         homes[key] = engine_id
         homes.move_to_end(key)
         self._order[(tenant, key)] = None
         self._order.move_to_end((tenant, key))
         if len(homes) > self.per_tenant:
-            oldest, _ = homes.popitem(last=False)
+            oldest, engine = homes.popitem(last=False)
             del self._order[(tenant, oldest)]
+            self._uncount(engine)
         while len(self._order) > self.total:
             (old_tenant, old_key), _ = self._order.popitem(last=False)
             self._drop(old_tenant, old_key)
 
     def _drop(self, tenant: str, key: str) -> None:
         homes = self._tenants[tenant]
-        del homes[key]
+        self._uncount(homes.pop(key))
         if not homes:
             del self._tenants[tenant]
+
+    def _uncount(self, engine_id: str) -> None:
+        left = self._counts[engine_id] - 1
+        if left:
+            self._counts[engine_id] = left
+        else:
+            del self._counts[engine_id]
 
     def tenants_of(self, key: str) -> Iterator[tuple[str, str]]:
         """(tenant, engine) of every conversation with this id: for operators and tests."""
@@ -65,9 +81,5 @@ class HomeTable:
                 yield tenant, homes[key]
 
     def per_engine(self) -> dict[str, int]:
-        """How many conversations each engine is home to."""
-        counts: dict[str, int] = {}
-        for homes in self._tenants.values():
-            for engine_id in homes.values():
-                counts[engine_id] = counts.get(engine_id, 0) + 1
-        return counts
+        """How many conversations each engine is home to (engines home to none are absent)."""
+        return dict(self._counts)

@@ -10,6 +10,8 @@ import asyncio
 import collections
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.membership import EngineState
 from warmroute.gateway.metrics import FIRST_TOKEN_BUCKETS
@@ -33,22 +35,31 @@ def share(part: float, whole: float) -> float | None:
 async def engine_report(gw: Gateway) -> list[dict[str, Any]]:
     """Every engine, in configuration order. `cache` is the engine's own `GET /cache` (a
     warmroute engine; None for others or when it does not answer); the hit rate is the share
-    of prompt tokens its answers reported cached, as the gateway counted them."""
+    of prompt tokens its answers reported cached, as the gateway counted them. The rows are
+    made on a worker thread: reading the registry takes ~4 µs a series (at 512 engines, 20 ms)."""
     states = list(gw.membership.engines.values())
     caches = await asyncio.gather(*(gw.engine_json(s.engine_id, "/cache") for s in states))
-    totals = counter_totals(gw.metrics.registry)
     homes = gw.placer.homes.per_engine()
-    return [engine_row(s, cache, totals, homes.get(s.engine_id, 0))
+    return await asyncio.to_thread(engine_rows, states, caches, gw.metrics.registry, homes)
+
+
+def engine_rows(states: list[EngineState], caches: list[dict[str, Any] | None],
+                registry: CollectorRegistry, homes: dict[str, int]) -> list[dict[str, Any]]:
+    totals = counter_totals(registry)
+    answered: dict[str, float] = collections.defaultdict(float)
+    for (name, labels), value in totals.items():
+        if name == ANSWERS:
+            answered[labels[0]] += value
+    return [engine_row(s, cache, totals, answered.get(s.engine_id, 0.0),
+                       homes.get(s.engine_id, 0))
             for s, cache in zip(states, caches, strict=True)]
 
 
 def engine_row(state: EngineState, cache: dict[str, Any] | None, totals: dict[Key, float],
-               conversations: int) -> dict[str, Any]:
+               requests: float, conversations: int) -> dict[str, Any]:
     engine = state.engine_id
     prompt = totals.get((PROMPT, (engine,)), 0.0)
     cached = totals.get((CACHED, (engine,)), 0.0)
-    requests = sum(v for (name, labels), v in totals.items()
-                   if name == ANSWERS and labels[0] == engine)
     return {
         "id": engine,
         "url": state.endpoint.shown_url,
