@@ -141,6 +141,19 @@ def test_timeline_steps_hold_exact_increases() -> None:
     assert ttft_quantile_ms(timeline.steps(10, 10)[0], 0.5) == 37.5
 
 
+def threads_calling(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    """The threads each later call of `owner.name` runs on, in order (the call goes through)."""
+    seen: list[threading.Thread] = []
+    real = getattr(owner, name)
+
+    def recording(*args: Any) -> Any:
+        seen.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, recording)
+    return seen
+
+
 async def test_a_running_timeline_reads_the_registry_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -148,14 +161,7 @@ async def test_a_running_timeline_reads_the_registry_off_the_event_loop(
     clock = Clock()
     metrics = GatewayMetrics(Membership([EngineEndpoint.of("http://h:1", "e1")]))
     timeline = Timeline(metrics.registry, clock)
-    read_on: list[threading.Thread] = []
-    real = timeline_module.counter_totals
-
-    def recording(registry: Any) -> dict[Any, float]:
-        read_on.append(threading.current_thread())
-        return real(registry)
-
-    monkeypatch.setattr(timeline_module, "counter_totals", recording)
+    read_on = threads_calling(monkeypatch, timeline_module, "counter_totals")
     await timeline.running_sample()
     metrics.decisions.labels("sticky").inc()
     clock.now += 1
@@ -170,14 +176,7 @@ async def test_the_metrics_exposition_is_written_off_the_event_loop(
 ) -> None:
     """At 512 engines writing the exposition takes 47 ms: on the loop, every scrape held up
     every request in flight."""
-    written_on: list[threading.Thread] = []
-    real = GatewayMetrics.exposition
-
-    def recording(self: GatewayMetrics) -> bytes:
-        written_on.append(threading.current_thread())
-        return real(self)
-
-    monkeypatch.setattr(GatewayMetrics, "exposition", recording)
+    written_on = threads_calling(monkeypatch, GatewayMetrics, "exposition")
     async with in_process_gateway(ScriptedFleet("m1"), tmp_path, public_metrics=True) as gw:
         answer = await gw.http.get("/metrics")
     assert answer.status_code == 200
@@ -190,14 +189,7 @@ async def test_the_dashboard_reads_its_activity_off_the_event_loop(
 ) -> None:
     """Five minutes in 5 s steps take 73 ms at 512 engines; the page asks every 2 s."""
     keys = await make_keys(tmp_path, ops={"team": "ops", "admin": True})
-    read_on: list[threading.Thread] = []
-    real = Timeline.steps
-
-    def recording(self: Timeline, window_s: float, step_s: float) -> Any:
-        read_on.append(threading.current_thread())
-        return real(self, window_s, step_s)
-
-    monkeypatch.setattr(Timeline, "steps", recording)
+    read_on = threads_calling(monkeypatch, Timeline, "steps")
     async with in_process_gateway(ScriptedFleet("d1"), tmp_path) as gw:
         answer = await gw.http.get("/v1/admin/dashboard?window=10&step=5",
                                    headers=bearer(keys["ops"][0]))
@@ -212,14 +204,7 @@ async def test_the_engine_report_is_made_off_the_event_loop_and_counts_exactly(
     """Reading the registry takes 20 ms at 512 engines, and summing each engine's answers over
     every series took 63 ms more; the page asks every 2 s."""
     keys = await make_keys(tmp_path, ops={"team": "ops", "admin": True})
-    made_on: list[threading.Thread] = []
-    real = operations.engine_rows
-
-    def recording(*args: Any) -> Any:
-        made_on.append(threading.current_thread())
-        return real(*args)
-
-    monkeypatch.setattr(operations, "engine_rows", recording)
+    made_on = threads_calling(monkeypatch, operations, "engine_rows")
     body = {"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}]}
     async with in_process_gateway(ScriptedFleet("r1", "r2"), tmp_path,
                                   policy="cache-aware") as gw:

@@ -75,11 +75,13 @@ class Timeline:
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
-        self.samples.append((self.clock(), self._encode(counter_totals(self.registry))))
+        self._keep(counter_totals(self.registry))
 
     async def running_sample(self) -> None:
         """`sample`, the registry read on a worker thread."""
-        totals = await asyncio.to_thread(counter_totals, self.registry)
+        self._keep(await asyncio.to_thread(counter_totals, self.registry))
+
+    def _keep(self, totals: Totals) -> None:
         self.samples.append((self.clock(), self._encode(totals)))
 
     def _encode(self, totals: Totals) -> array[float]:
