@@ -158,7 +158,7 @@ def test_modules_and_functions_stay_small() -> None:
 @pytest.mark.parametrize(
     ("importer", "source", "expected"),
     [
-        ("warmroute.gateway.proxy", "from warmroute.api.sse import ClosingStream",
+        ("warmroute.gateway.proxy", "from warmroute.api.sse import SSE_HEADERS",
          "up: gateway -> api"),
         ("warmroute.engine.engine", "import warmroute.store", "sideways: engine -> store"),
         ("warmroute.config", "def f():\n    from warmroute.gateway import x\n",

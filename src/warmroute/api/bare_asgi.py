@@ -1,4 +1,4 @@
-"""Bare ASGI for the relay's hot route: answered before FastAPI's middleware and router.
+"""Bare ASGI for the relay's hot routes: answered before FastAPI's middleware and router.
 
 Every relayed request pays for each layer it crosses, and FastAPI's stack (error middleware,
 exception middleware, an exit stack, body limits, route matching, dependency solving, the
@@ -9,9 +9,10 @@ wraps itself in), everything else to FastAPI as before. The routes stay register
 too, so the OpenAPI document is unchanged.
 
 A bare handler owns what the stack did for it: `answer_error` (xAI's envelope, the one mapping
-in `wire_errors`), `client_watch` (work cancelled when its client goes away: one listening task,
-no polling), `send_stream` (a stream sent chunk by chunk, one await per chunk, always finished;
-its last chunk goes out with the body's end, in one write).
+in `wire_errors`; `BareHandler` wraps a route that answers with a Response), `client_watch`
+(work cancelled when its client goes away: one listening task, no polling), `send_stream` (a
+stream sent chunk by chunk, one await per chunk, always finished; its last chunk goes out with
+the body's end, in one write). The bare routes: Chat Completions, creating a response, Messages.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.wire_errors import error_response
 from warmroute.errors import WarmrouteError
 
@@ -45,6 +49,30 @@ class BareRoutesApp(FastAPI):
                 await bare(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def serve_bare(app: FastAPI, method: str, path: str, handler: ASGIApp,
+               body_timeout_s: float) -> None:
+    """Serve `handler` bare where `app` allows it, under the body deadline that FastAPI's
+    middleware gives its routes (the route stays registered with FastAPI as well)."""
+    if isinstance(app, BareRoutesApp):
+        app.bare_routes[(method, path)] = BodyDeadline(handler, timeout_s=body_timeout_s)
+
+
+class BareHandler:
+    """A route that answers a `Request` with a `Response`, as a bare ASGI handler: a failure
+    before the answer is xAI's envelope, as FastAPI's handlers would answer it."""
+
+    def __init__(self, answer: Callable[[Request], Awaitable[Response]]) -> None:
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.answer(Request(scope, receive))
+        except Exception as exc:
+            await answer_error(exc, scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
 async def answer_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from warmroute.api.bare_asgi import BareRoutesApp, answer_error, client_watch, send_stream
-from warmroute.api.body_deadline import BodyDeadline
+from warmroute.api.bare_asgi import answer_error, client_watch, send_stream, serve_bare
 from warmroute.api.disconnect import CLIENT_CLOSED_REQUEST
 from warmroute.api.json_body import read_json_object
 from warmroute.api.wire_errors import sse_error_event
@@ -50,9 +49,7 @@ def add_chat_routes(app: FastAPI, gw: Gateway, auth: Authenticator, meter: Meter
     async def chat_completions(request: Request) -> Response:
         return BareAnswer(handler)
 
-    if isinstance(app, BareRoutesApp):  # FastAPI's middleware gives the route its deadline
-        app.bare_routes[("POST", "/v1/chat/completions")] = BodyDeadline(
-            handler, timeout_s=gw.config.body_timeout_s)
+    serve_bare(app, "POST", "/v1/chat/completions", handler, gw.config.body_timeout_s)
 
 
 class BareAnswer(Response):

@@ -13,13 +13,13 @@ no store.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from warmroute import jsoncodec
 from warmroute.api.chat_completions import describe_validation_error
 from warmroute.errors import InvalidRequest
 from warmroute.types import ChatMessage, SamplingParams, Usage
@@ -144,8 +144,8 @@ def message_object(
 
 
 def sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
 
 
 class MessageEvents:

@@ -9,23 +9,23 @@ is warm. The answer carries `x-warmroute-engine`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from warmroute.api import messages as wire
+from warmroute.api.bare_asgi import BareHandler, serve_bare
 from warmroute.api.json_body import read_json_object
-from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, ClosingStream
+from warmroute.api.surface_stream import SurfaceRelay, SurfaceStream
 from warmroute.api.wire_errors import anthropic_error_response, anthropic_sse_error
 from warmroute.errors import WarmrouteError
 from warmroute.gateway import engine_calls
-from warmroute.gateway.auth import Authenticator, Caller
-from warmroute.gateway.conversations import Conversations, Turn
+from warmroute.gateway.auth import Authenticator
+from warmroute.gateway.conversations import Conversations
+from warmroute.gateway.engine_calls import Done
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
+from warmroute.gateway.proxy import ENGINE_HEADER
 from warmroute.gateway.stream_meter import SurfaceStreamMeter
 
 SURFACE = "messages"
@@ -64,10 +64,8 @@ class MessagesService:
         gw = self.conversations.gw
         if body.stream:
             stream = await engine_calls.open_stream(gw, turn.decision, engine_body)
-            return ClosingStream(
-                self.events(turn, body.model, stream, caller), stream.aclose,
-                media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, ENGINE_HEADER: stream.engine_id},
-            )
+            metering = SurfaceStreamMeter(self.meter, caller, SURFACE, stream)
+            return SurfaceStream(SurfaceRelay(stream, MessageStreamEncoder(body.model), metering))
         answer = await engine_calls.complete(gw, turn.decision, engine_body)
         cost = await self.meter.record(caller, SURFACE, answer.model or body.model,
                                        answer.engine_id, answer.usage)
@@ -75,31 +73,33 @@ class MessagesService:
                                   answer.finish_reason, answer.usage, cost)
         return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
 
-    async def events(
-        self, turn: Turn, model: str, stream: Streaming, caller: Caller
-    ) -> AsyncIterator[bytes]:
-        events = wire.MessageEvents(wire.new_message_id(), model)
-        for event in events.opening():
-            yield wire.sse(event)
-        metering = SurfaceStreamMeter(self.meter, caller, SURFACE, stream)
-        try:
-            async for item in engine_calls.stream_events(stream):
-                if isinstance(item, engine_calls.TextDelta):
-                    yield wire.sse(events.delta(item.text))
-                    continue
-                cost = await metering.done(item.usage)
-                for event in events.closing(item.finish_reason, item.usage, cost):
-                    yield wire.sse(event)
-        except WarmrouteError as exc:
-            yield anthropic_sse_error(exc)
-        finally:
-            await metering.cut_off()
+
+class MessageStreamEncoder:
+    """A message's streamed events (`SurfaceEncoder`), in Anthropic's shapes."""
+
+    def __init__(self, model: str) -> None:
+        self.events = wire.MessageEvents(wire.new_message_id(), model)
+
+    def opening(self) -> bytes:
+        return b"".join(map(wire.sse, self.events.opening()))
+
+    def delta(self, text: str) -> bytes:
+        return wire.sse(self.events.delta(text))
+
+    async def closing(self, done: Done, cost_in_usd_ticks: int) -> bytes:
+        return b"".join(map(wire.sse, self.events.closing(done.finish_reason, done.usage,
+                                                          cost_in_usd_ticks)))
+
+    def failure(self, exc: WarmrouteError) -> bytes:
+        return anthropic_sse_error(exc)
 
 
 def add_messages_routes(
     app: FastAPI, conversations: Conversations, meter: Meter, auth: Authenticator,
     max_body_bytes: int,
 ) -> None:
+    """Served bare (`api/bare_asgi.py`) where the app allows it: every error is answered here,
+    in Anthropic's shape."""
     service = MessagesService(conversations, meter, auth, max_body_bytes)
 
     @app.post("/v1/messages")
@@ -108,3 +108,6 @@ def add_messages_routes(
             return await service.create(request)
         except Exception as exc:  # every error in Anthropic's shape (unexpected ones logged)
             return anthropic_error_response(exc)
+
+    serve_bare(app, "POST", "/v1/messages", BareHandler(create_message),
+               conversations.gw.config.body_timeout_s)

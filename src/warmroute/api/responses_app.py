@@ -8,14 +8,14 @@ to the engine that produced that response, where the conversation's KV is cached
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from warmroute import jsoncodec
+from warmroute.api.bare_asgi import BareHandler, serve_bare
 from warmroute.api.compaction_app import compaction_opener, drops_history
 from warmroute.api.json_body import read_json_object
 from warmroute.api.responses import (
@@ -25,13 +25,14 @@ from warmroute.api.responses import (
     input_messages,
     parse_responses_body,
 )
-from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, ClosingStream
+from warmroute.api.surface_stream import SurfaceRelay, SurfaceStream
 from warmroute.api.wire_errors import sse_error_event
 from warmroute.errors import NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
 from warmroute.gateway.auth import Authenticator, Caller
 from warmroute.gateway.compaction import Compactor
 from warmroute.gateway.conversations import Conversations, Turn
+from warmroute.gateway.engine_calls import Done
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
@@ -92,12 +93,10 @@ class ResponsesService:
         if body.stream:
             upstream = self.engine_body(body, turn, caller, True)
             stream = await engine_calls.open_stream(gw, turn.decision, upstream)
-            draft = ResponseDraft(body, body.model or "")
-            headers = {**SSE_HEADERS, ENGINE_HEADER: stream.engine_id}
-            return ClosingStream(
-                self.events(turn, draft, stream, caller), stream.aclose,
-                media_type=SSE_MEDIA_TYPE, headers=headers,
-            )
+            encoder = ResponseStreamEncoder(self, turn, ResponseDraft(body, body.model or ""),
+                                            stream)
+            metering = SurfaceStreamMeter(self.meter, caller, "responses", stream)
+            return SurfaceStream(SurfaceRelay(stream, encoder, metering))
         upstream = self.engine_body(body, turn, caller, False)
         answer = await engine_calls.complete(gw, turn.decision, upstream)
         draft = ResponseDraft(body, body.model or answer.model)
@@ -106,30 +105,7 @@ class ResponsesService:
                            self.meter.cost(model, answer.usage))
         await self.save(turn, draft, answer.engine_id, answer.text, obj)  # a 503 is not billed
         await self.meter.record(caller, "responses", model, answer.engine_id, answer.usage)
-        return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
-
-    async def events(
-        self, turn: Turn, draft: ResponseDraft, stream: Streaming, caller: Caller
-    ) -> AsyncIterator[bytes]:
-        events = ResponseEvents(draft)
-        for event in events.opening():
-            yield sse_event(event)
-        metering = SurfaceStreamMeter(self.meter, caller, "responses", stream)
-        try:
-            async for item in engine_calls.stream_events(stream):
-                if isinstance(item, engine_calls.TextDelta):
-                    yield sse_event(events.delta(item.text))
-                    continue
-                cost = await metering.done(item.usage)
-                closing = list(events.closing(item.finish_reason, item.usage, cost))
-                await self.save(turn, draft, stream.engine_id, "".join(events.text),
-                                closing[-1]["response"])
-                for event in closing:
-                    yield sse_event(event)
-        except WarmrouteError as exc:
-            yield sse_error_event(exc)
-        finally:
-            await metering.cut_off()
+        return json_response(obj, {ENGINE_HEADER: answer.engine_id})
 
     async def get(self, response_id: str, owner: str) -> dict[str, Any]:
         stored = await self.store().responses.get(response_id, owner, self.clock())
@@ -143,20 +119,57 @@ class ResponsesService:
         return {"id": response_id, "object": "response", "deleted": True}
 
 
+class ResponseStreamEncoder:
+    """A response's streamed events (`SurfaceEncoder`): xAI's Responses events, the
+    completed response stored when asked before its last events leave."""
+
+    def __init__(self, service: ResponsesService, turn: Turn, draft: ResponseDraft,
+                 stream: Streaming) -> None:
+        self.service, self.turn, self.draft, self.stream = service, turn, draft, stream
+        self.events = ResponseEvents(draft)
+
+    def opening(self) -> bytes:
+        return b"".join(map(sse_event, self.events.opening()))
+
+    def delta(self, text: str) -> bytes:
+        return sse_event(self.events.delta(text))
+
+    async def closing(self, done: Done, cost_in_usd_ticks: int) -> bytes:
+        closing = list(self.events.closing(done.finish_reason, done.usage, cost_in_usd_ticks))
+        await self.service.save(self.turn, self.draft, self.stream.engine_id,
+                                "".join(self.events.text), closing[-1]["response"])
+        return b"".join(map(sse_event, closing))
+
+    def failure(self, exc: WarmrouteError) -> bytes:
+        return sse_error_event(exc)
+
+
 def sse_event(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
+
+
+def json_response(obj: dict[str, Any], headers: dict[str, str]) -> Response:
+    return Response(jsoncodec.dumps(obj), headers=headers, media_type="application/json")
 
 
 def add_responses_routes(
     app: FastAPI, service: ResponsesService, auth: Authenticator, max_body_bytes: int
 ) -> None:
-    @app.post("/v1/responses")
-    async def create_response(request: Request) -> Response:
+    """Creating a response is served bare (`api/bare_asgi.py`) where the app allows it."""
+
+    async def create(request: Request) -> Response:
         caller = await auth.caller(request.headers.get("authorization"))
         await service.meter.admit(caller)
         raw = await read_json_object(request, max_body_bytes)
         return await service.create(request, raw, caller)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await create(request)
+
+    serve_bare(app, "POST", "/v1/responses", BareHandler(create),
+               service.conversations.gw.config.body_timeout_s)
 
     @app.get("/v1/responses/{response_id}")
     async def get_response(response_id: str, request: Request) -> dict[str, Any]:
@@ -167,4 +180,3 @@ def add_responses_routes(
     async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
         caller = await auth.caller(request.headers.get("authorization"))
         return await service.delete(response_id, caller.team)
-

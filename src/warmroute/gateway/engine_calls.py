@@ -22,6 +22,7 @@ from warmroute.gateway.policies import Decision
 from warmroute.gateway.proxy import Relayed, Streaming
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.usage import usage_from
+from warmroute.sse import Event
 from warmroute.types import ChatMessage, SamplingParams, Usage
 
 
@@ -97,11 +98,17 @@ async def open_stream(gw: Gateway, decision: Decision, body: dict[str, Any]) -> 
     return opened
 
 
-async def stream_events(stream: Streaming) -> AsyncIterator[TextDelta | Done]:
-    """Parse the engine's SSE into text deltas and one final `Done`; a stream that ends
-    without its usage chunk, or with an error event, raises `UpstreamBroken`."""
-    finish_reason: str | None = None
-    async for events in stream.events():
+class EventReader:
+    """An engine's events (a list per engine chunk, as the splice decoded them) read into text
+    deltas and one final `Done`: the one reading every neutral surface shares, awaited by no
+    iterator layer. An error event raises `UpstreamBroken`."""
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+
+    def read(self, events: Sequence[Event]) -> list[TextDelta | Done]:
+        """The items of one engine chunk, in order; nothing follows a `Done`."""
+        items: list[TextDelta | Done] = []
         for event in events:
             if not isinstance(event, dict):  # [DONE]
                 continue
@@ -110,10 +117,25 @@ async def stream_events(stream: Streaming) -> AsyncIterator[TextDelta | Done]:
             for choice in event.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:
-                    yield TextDelta(text)
-                finish_reason = choice.get("finish_reason") or finish_reason
+                    items.append(TextDelta(text))
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
             if event.get("usage"):
-                yield Done(finish_reason or "stop", usage_from(event["usage"]))
-                return
-    raise UpstreamBroken(f"engine {stream.engine_id} ended its stream without usage")
+                items.append(Done(self.finish_reason or "stop", usage_from(event["usage"])))
+                break
+        return items
 
+
+def ended_without_usage(stream: Streaming) -> UpstreamBroken:
+    return UpstreamBroken(f"engine {stream.engine_id} ended its stream without usage")
+
+
+async def stream_events(stream: Streaming) -> AsyncIterator[TextDelta | Done]:
+    """Parse the engine's SSE into text deltas and one final `Done`; a stream that ends
+    without its usage chunk, or with an error event, raises `UpstreamBroken`."""
+    reader = EventReader()
+    while (events := await stream.next_events()) is not None:
+        for item in reader.read(events):
+            yield item
+            if isinstance(item, Done):
+                return
+    raise ended_without_usage(stream)
