@@ -186,6 +186,19 @@ def test_in_a_large_fleet_new_conversations_still_spread_and_reach_a_newcomer() 
     assert later["newcomer"] >= 5  # it starts empty, so it is the least served of windows
 
 
+def test_in_a_large_fleet_the_window_takes_only_engines_under_the_balance_cap() -> None:
+    """The window of a large fleet is filled with engines under the balance cap, looked at
+    there alone: with 150 of 200 engines far past it (and idle now), every new conversation
+    goes to one of the other 50, spread over them."""
+    busy = {f"e{i}" for i in range(200) if i % 4}  # 150 engines, spread in the fleet's order
+    fleet = {f"e{i}": 0 if f"e{i}" in busy else 1 for i in range(200)}
+    p = placer()
+    p.served.update({e: 100.0 for e in busy})
+    homes = Counter(p.place(RequestFeatures(key=f"c{i}"), fleet).engine_id for i in range(100))
+    assert not set(homes) & busy
+    assert len(homes) >= 30 and max(homes.values()) <= 4
+
+
 def test_among_equally_warm_engines_the_shortest_prefill_queue_wins() -> None:
     p = placer()
     shared = (1, 2)

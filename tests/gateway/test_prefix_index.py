@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 
 import pytest
 
@@ -104,3 +105,42 @@ def test_capacity_must_be_positive() -> None:
     index = PrefixIndex()
     index.set_capacity("a", 0)
     assert index.capacity_of("a") == 1
+
+
+def reference_match(held: dict[str, list[int]], chunks: list[int],
+                    eligible: set[str]) -> tuple[int, set[str]]:
+    """By hand: each eligible engine's leading run, the deepest wins."""
+    runs = {}
+    for engine in eligible:
+        depth = 0
+        while depth < len(chunks) and chunks[depth] in held.get(engine, ()):
+            depth += 1
+        runs[engine] = depth
+    deepest = max(runs.values(), default=0)
+    return (deepest, {e for e, d in runs.items() if d == deepest}) if deepest else (0, set())
+
+
+def test_match_agrees_with_matching_by_hand_whoever_is_eligible() -> None:
+    """2,000 random prompts over 40 engines sharing prefixes, engines forgotten and new ones
+    taking their bits, each match asked of a random eligible subset: deep holders that are not
+    eligible must not hide a shallower eligible one."""
+    rng = random.Random(7)
+    index = PrefixIndex(default_capacity=10_000)
+    held: dict[str, list[int]] = {}
+    engines = [f"e{i}" for i in range(40)]
+    trunks = [[rng.getrandbits(62) for _ in range(12)] for _ in range(6)]
+    for step in range(2_000):
+        trunk = rng.choice(trunks)
+        tail = [rng.getrandbits(62) for _ in range(rng.randint(0, 3))]
+        chunks = trunk[: rng.randint(1, 12)] + tail
+        engine = rng.choice(engines)
+        index.insert(engine, chunks)
+        held.setdefault(engine, []).extend(chunks)
+        if step % 97 == 0:  # an engine fails; a newcomer takes its place and its bit
+            gone = rng.choice(engines)
+            index.forget(gone)
+            held.pop(gone, None)
+            engines[engines.index(gone)] = f"new{step}"
+        probe = rng.choice(trunks)[: rng.randint(1, 12)]
+        eligible = {e for e in engines if rng.random() < 0.3}
+        assert index.match(probe, eligible) == reference_match(held, probe, eligible)
