@@ -107,8 +107,11 @@ class EventReader:
         self.finish_reason: str | None = None
 
     def read(self, events: Sequence[Event]) -> list[TextDelta | Done]:
-        """The items of one engine chunk, in order; nothing follows a `Done`."""
-        items: list[TextDelta | Done] = []
+        """The items of one engine chunk, in order: its text as one delta (the tokens that
+        came together go on together: a surface's message or event each costs its encoding
+        and, on gRPC, a trip through the transport), then the `Done` if it ended."""
+        texts: list[str] = []
+        done: Done | None = None
         for event in events:
             if not isinstance(event, dict):  # [DONE]
                 continue
@@ -117,12 +120,13 @@ class EventReader:
             for choice in event.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
                 if text:
-                    items.append(TextDelta(text))
+                    texts.append(text)
                 self.finish_reason = choice.get("finish_reason") or self.finish_reason
             if event.get("usage"):
-                items.append(Done(self.finish_reason or "stop", usage_from(event["usage"])))
+                done = Done(self.finish_reason or "stop", usage_from(event["usage"]))
                 break
-        return items
+        items: list[TextDelta | Done] = [TextDelta("".join(texts))] if texts else []
+        return [*items, done] if done is not None else items
 
 
 def ended_without_usage(stream: Streaming) -> UpstreamBroken:
