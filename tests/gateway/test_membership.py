@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from warmroute.config import EngineEndpoint
 from warmroute.gateway.membership import Membership
@@ -124,3 +125,35 @@ def test_queued_prefill_work_is_added_on_acquire_and_taken_off_once_prefilled() 
     assert m.queued() == {"a": 2.0} and m.loads() == {"a": 1}
     m.prefilled("a", 9.0)  # never below zero
     assert m.queued() == {"a": 0.0}
+
+
+def test_the_loads_placement_reads_follow_every_request_and_health_change() -> None:
+    """`loads` and `queued` are kept as requests come, get their first token and go, and as
+    engines are ejected and admitted: after each of 3,000 random steps they are exactly what
+    the engines' states say, healthy engines only, in the engines' order."""
+    rng = random.Random(11)
+    clock = Clock()
+    m = Membership([EngineEndpoint.of(f"http://h:{i}", f"e{i}") for i in range(6)],
+                   failures_to_eject=1, clock=clock)
+    ids = list(m.engines)
+    placed: list[tuple[str, float]] = []
+    for _ in range(3_000):
+        clock.now += 1.0
+        step, engine = rng.random(), rng.choice(ids)
+        if step < 0.35:
+            work = float(rng.randint(0, 9))
+            m.acquire(engine, work, moved=rng.random() < 0.1)
+            placed.append((engine, work))
+        elif step < 0.55 and placed:
+            engine, work = placed.pop(rng.randrange(len(placed)))
+            m.release(engine, work)
+        elif step < 0.7 and placed:
+            engine, work = placed[rng.randrange(len(placed))]
+            m.prefilled(engine, work / 2)
+        elif step < 0.85:
+            m.probe_succeeded(engine, clock.now, None)
+        else:
+            m.probe_failed(engine, "probe: ConnectError")
+        healthy = [s for s in m.engines.values() if s.healthy]
+        assert list(m.loads().items()) == [(s.engine_id, s.in_flight) for s in healthy]
+        assert list(m.queued().items()) == [(s.engine_id, s.queued) for s in healthy]

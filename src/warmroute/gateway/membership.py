@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from warmroute.config import EngineEndpoint
@@ -54,6 +54,10 @@ class Membership:
         # reserved it there): shared routing state passes both on to the other replicas.
         self.prefill_listeners: list[Callable[[str, float], None]] = []
         self.move_listeners: list[Callable[[str, float], None]] = []
+        # The healthy engines' in-flight counts and queued prefill, kept as they change: every
+        # request reads them, and making them afresh cost 82 us a request at 512 engines.
+        self._loads: dict[str, int] = {}
+        self._queued: dict[str, float] = {}
 
     def snapshot(self) -> tuple[EngineLoad, ...]:
         """The healthy engines and their in-flight counts, for a policy."""
@@ -61,13 +65,15 @@ class Membership:
             EngineLoad(s.engine_id, s.in_flight) for s in self.engines.values() if s.healthy
         )
 
-    def loads(self) -> dict[str, int]:
-        """The healthy engines' in-flight counts, for the cache-aware placer."""
-        return {s.engine_id: s.in_flight for s in self.engines.values() if s.healthy}
+    def loads(self) -> Mapping[str, int]:
+        """The healthy engines' in-flight counts, for the cache-aware placer: kept up to date
+        as requests come and go, never to be changed by the reader (copy it to keep it)."""
+        return self._loads
 
-    def queued(self) -> dict[str, float]:
-        """The healthy engines' outstanding prefill work, for the cache-aware placer."""
-        return {s.engine_id: s.queued for s in self.engines.values() if s.healthy}
+    def queued(self) -> Mapping[str, float]:
+        """The healthy engines' outstanding prefill work, for the cache-aware placer (kept
+        up to date, like `loads`)."""
+        return self._queued
 
     def healthy_ids(self) -> list[str]:
         return [s.engine_id for s in self.engines.values() if s.healthy]
@@ -81,6 +87,9 @@ class Membership:
         state = self.engines[engine_id]
         state.in_flight += 1
         state.queued += work
+        if state.healthy:
+            self._loads[engine_id] = state.in_flight
+            self._queued[engine_id] = state.queued
         if moved and work:
             for listener in self.move_listeners:
                 listener(engine_id, work)
@@ -89,6 +98,8 @@ class Membership:
         """A request's first token came back (or it ended): its prefill is off the queue."""
         state = self.engines[engine_id]
         state.queued = max(0.0, state.queued - work)
+        if state.healthy:
+            self._queued[engine_id] = state.queued
         for listener in self.prefill_listeners:
             listener(engine_id, work)
 
@@ -96,6 +107,8 @@ class Membership:
         """A request ended; `work`: its prefill, if still counted (it never got a token)."""
         state = self.engines[engine_id]
         state.in_flight = max(0, state.in_flight - 1)
+        if state.healthy:
+            self._loads[engine_id] = state.in_flight
         if work:
             self.prefilled(engine_id, work)
 
@@ -126,6 +139,9 @@ class Membership:
             self.eject(engine_id, cause)
 
     def _notify(self, state: EngineState, cause: str) -> None:
+        healthy = [s for s in self.engines.values() if s.healthy]  # in the engines' order
+        self._loads = {s.engine_id: s.in_flight for s in healthy}
+        self._queued = {s.engine_id: s.queued for s in healthy}
         verb = "admitted" if state.healthy else "ejected"
         log.info("engine %s (%s) %s: %s", state.engine_id, state.endpoint.shown_url, verb, cause)
         for listener in self.listeners:
