@@ -12,7 +12,11 @@ The proxies are the floor: whatever warmroute adds above them is its own work (a
 metering, the stream's decoding). Prints figures; asserts nothing.
 
     .venv/bin/python benchmarks/overhead_floor.py --rounds 300 [--baseline-src /tmp/base/src]
-        [--prompt-kib 38]
+        [--prompt-kib 38] [--engine-ids 256 --scrape-every 0.2 --no-proxies]
+
+With `--engine-ids N` the gateways see N engines (all the one engine), and `--scrape-every S`
+reads their `/metrics` meanwhile, as Prometheus does: what a large fleet's operators read
+costs the requests (the exposition is written on a worker thread).
 """
 
 from __future__ import annotations
@@ -171,11 +175,44 @@ def started(name: str, command: Callable[[int], list[str]], log: Path,
         popen.wait()
 
 
-def gateway_command(fleet: SimFleet, data_dir: Path) -> Callable[[int], list[str]]:
+def gateway_command(fleet: SimFleet, data_dir: Path, engine_ids: int = 1
+                    ) -> Callable[[int], list[str]]:
+    """A gateway over the fleet's one engine; with `engine_ids` > 1 it sees that many engines
+    (all at the one URL, probed every 5 s), as a large fleet's gateway keeps their metrics."""
+    engines = ([f"{fleet.ids[0]}={fleet.urls[0]}"] if engine_ids == 1
+               else [f"e{i}={fleet.urls[0]}" for i in range(engine_ids)])
+    probe = "0.5" if engine_ids == 1 else "5"
     return lambda port: [
         sys.executable, "-m", "warmroute", "gateway", "--port", str(port), "--policy",
-        "cache-aware", "--probe-interval", "0.5", "--data-dir", str(data_dir), "--no-api-keys",
-        "--engine", f"{fleet.ids[0]}={fleet.urls[0]}"]
+        "cache-aware", "--probe-interval", probe, "--data-dir", str(data_dir), "--no-api-keys",
+        "--public-metrics", *(arg for engine in engines for arg in ("--engine", engine))]
+
+
+@contextlib.contextmanager
+def scraping(paths: list[RouterPath], every_s: float | None) -> Iterator[None]:
+    """A Prometheus-like reader of each gateway's `/metrics` every `every_s` seconds."""
+    if every_s is None:
+        yield
+        return
+    import threading
+
+    import httpx
+
+    stop = threading.Event()
+
+    def scrape() -> None:
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            while not stop.wait(every_s):
+                for path in paths:
+                    client.get(path.url + "/metrics").raise_for_status()
+
+    thread = threading.Thread(target=scrape, name="scraper")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def proxy_command(kind: str, upstream: str) -> Callable[[int], list[str]]:
@@ -192,6 +229,12 @@ def main() -> int:
                         help="another checkout's src folder, run as 'baseline'")
     parser.add_argument("--granian", action="store_true",
                         help="also the bare ASGI proxy under granian (pip install granian)")
+    parser.add_argument("--engine-ids", type=int, default=1,
+                        help="the gateways see this many engines (all the one engine)")
+    parser.add_argument("--scrape-every", type=float, default=None, metavar="S",
+                        help="read each gateway's /metrics every S seconds meanwhile")
+    parser.add_argument("--no-proxies", action="store_true",
+                        help="only the engine and the gateways, not the minimal proxies")
     parser.add_argument("--out", type=Path, default=Path(".warmroute/bench/overhead-floor"))
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "UPSTREAM"),
                         help=argparse.SUPPRESS)
@@ -211,18 +254,23 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             paths = [RouterPath("engine (direct)", fleet.urls[0], None, None)]
             paths.append(stack.enter_context(started(
-                "warmroute", gateway_command(fleet, args.out / "warmroute-data"),
+                "warmroute", gateway_command(fleet, args.out / "warmroute-data", args.engine_ids),
                 logs / "warmroute.log", key_header="x-grok-conv-id")))
             if args.baseline_src is not None:
                 env = {**os.environ, "PYTHONPATH": str(args.baseline_src.resolve())}
                 paths.append(stack.enter_context(started(
-                    "warmroute (baseline)", gateway_command(fleet, args.out / "baseline-data"),
+                    "warmroute (baseline)",
+                    gateway_command(fleet, args.out / "baseline-data", args.engine_ids),
                     logs / "baseline.log", env, key_header="x-grok-conv-id")))
-            for kind in ("aiohttp", "uvicorn", "lean", *(("granian",) if args.granian else ())):
+            gateways = paths[1:]
+            proxies = () if args.no_proxies else (
+                "aiohttp", "uvicorn", "lean", *(("granian",) if args.granian else ()))
+            for kind in proxies:
                 paths.append(stack.enter_context(started(
                     f"minimal proxy ({PROXY_NAMES[kind]})", proxy_command(kind, fleet.urls[0]),
                     logs / f"{kind}.log")))
-            measure(paths, args.rounds, args.tokens)
+            with scraping(gateways, args.scrape_every):
+                measure(paths, args.rounds, args.tokens)
     finally:
         fleet.stop()
     report(paths, args.rounds, args.tokens)

@@ -18,7 +18,12 @@ from warmroute.config import (
     engine_api_key_from_env,
     env_str,
 )
-from warmroute.procs import quiet_http_client_logs, run_server, server_config
+from warmroute.procs import (
+    favour_the_event_loop,
+    quiet_http_client_logs,
+    run_server,
+    server_config,
+)
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +125,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     quiet_http_client_logs()
     engines = ", ".join(f"{e.engine_id}={e.shown_url}" for e in config.engines)
     print(f"warmroute gateway on http://{config.host}:{config.port} -> {engines}", flush=True)
+    favour_the_event_loop()
     run_server(server_config(create_gateway_app(config), config.host, config.port,
                              config.header_timeout_s))
     return 0

@@ -25,6 +25,7 @@ from typing import IO
 from warmroute.config import EngineConfig, EngineEndpoint, GatewayConfig, ServeConfig, cpu_count
 from warmroute.procs import (
     LocalEngine,
+    favour_the_event_loop,
     quiet_http_client_logs,
     server_config,
     settle_startup_objects,
@@ -111,6 +112,7 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
 
     server = uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
                                           config.header_timeout_s))
+    favour_the_event_loop()
     settle_startup_objects()
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
