@@ -1,4 +1,5 @@
-"""Reading a JSON request body with xAI's answers for what is wrong with it (415, 413, 400).
+"""Reading a JSON request body with xAI's answers for what is wrong with it (415, 413, 400);
+writing a JSON answer (`json_response`: orjson, as the relayed answers are written).
 
 Valid JSON that Python could not carry on with is a 400 here too: nesting deeper than the
 interpreter recurses, integers beyond Python's 4,300-digit limit, NaN or infinite numbers, and
@@ -25,7 +26,9 @@ from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
+from warmroute import jsoncodec
 from warmroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_BODY_BYTES = 20 * 2**20
@@ -132,3 +135,9 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:20]} is out of range")
     return value
+
+
+def json_response(obj: dict[str, Any], headers: dict[str, str]) -> Response:
+    """A 200 answer of `obj` as compact JSON, non-ASCII as UTF-8 (as Starlette's JSONResponse
+    writes it, several times faster)."""
+    return Response(jsoncodec.dumps(obj), headers=headers, media_type="application/json")

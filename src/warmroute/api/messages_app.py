@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from warmroute.api import messages as wire
 from warmroute.api.bare_asgi import BareHandler, serve_bare
-from warmroute.api.json_body import read_json_object
+from warmroute.api.json_body import json_response, read_json_object
 from warmroute.api.surface_stream import SurfaceRelay, SurfaceStream
 from warmroute.api.wire_errors import anthropic_error_response, anthropic_sse_error
 from warmroute.errors import WarmrouteError
@@ -71,7 +71,7 @@ class MessagesService:
                                        answer.engine_id, answer.usage)
         obj = wire.message_object(wire.new_message_id(), body.model, answer.text,
                                   answer.finish_reason, answer.usage, cost)
-        return JSONResponse(obj, headers={ENGINE_HEADER: answer.engine_id})
+        return json_response(obj, {ENGINE_HEADER: answer.engine_id})
 
 
 class MessageStreamEncoder:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from warmroute import jsoncodec
 from warmroute.api.bare_asgi import BareHandler, serve_bare
 from warmroute.api.compaction_app import compaction_opener, drops_history
-from warmroute.api.json_body import read_json_object
+from warmroute.api.json_body import json_response, read_json_object
 from warmroute.api.responses import (
     ResponseDraft,
     ResponseEvents,
@@ -147,10 +147,6 @@ class ResponseStreamEncoder:
 def sse_event(event: dict[str, Any]) -> bytes:
     kind: str = event["type"]
     return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
-
-
-def json_response(obj: dict[str, Any], headers: dict[str, str]) -> Response:
-    return Response(jsoncodec.dumps(obj), headers=headers, media_type="application/json")
 
 
 def add_responses_routes(
