@@ -254,9 +254,10 @@ class Proxy:
     ) -> Upstream:
         """Continue a broken stream: the decision's next healthy engines (then any other
         healthy one), never one that broke it; no waiting for a health probe."""
-        healthy = self.membership.healthy_ids()
+        healthy = self.membership.loads()  # the healthy engines, in order
         ranked = [e for e in decision.ranked if e in healthy and e not in broken]
-        ranked += [e for e in healthy if e not in ranked and e not in broken]
+        tried = {*ranked, *broken}
+        ranked += [e for e in healthy if e not in tried]
         answer = await self._try_in_order(ranked, payload, stream=True, moved=True,
                                           work=decision.work)
         if isinstance(answer, Relayed):
