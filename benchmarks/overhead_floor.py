@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from warmroute.bench import overhead
-from warmroute.bench.fleet import EngineParams, Launched, SimFleet, http_ok, spawn, wait_ready
-from warmroute.bench.overhead import RouterPath, measure, report
+from warmroute.bench.fleet import Launched, SimFleet, http_ok, spawn, wait_ready
+from warmroute.bench.overhead import (
+    RouterPath,
+    add_round_arguments,
+    instant_engine,
+    measure,
+    report,
+)
 from warmroute.procs import free_port
 
 EVENT_STREAM = "text/event-stream"
@@ -221,12 +227,9 @@ def proxy_command(kind: str, upstream: str) -> Callable[[int], list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--tokens", type=int, default=16)
+    add_round_arguments(parser, baseline=True)
     parser.add_argument("--prompt-kib", type=float, default=None,
                         help="the prompt's size (default ~1 KiB): big prompts show per-byte work")
-    parser.add_argument("--baseline-src", type=Path, default=None,
-                        help="another checkout's src folder, run as 'baseline'")
     parser.add_argument("--granian", action="store_true",
                         help="also the bare ASGI proxy under granian (pip install granian)")
     parser.add_argument("--engine-ids", type=int, default=1,
@@ -247,8 +250,7 @@ def main() -> int:
         size = int(args.prompt_kib * 1024)
         overhead.PROMPT = (overhead.PROMPT * (size // len(overhead.PROMPT) + 1))[:size]
     logs = args.out / "logs"
-    fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
-                     logs)
+    fleet = instant_engine(logs)
     fleet.start("overhead-floor")
     try:
         with contextlib.ExitStack() as stack:

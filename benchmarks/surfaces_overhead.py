@@ -28,7 +28,6 @@ import httpx
 from xai_sdk.proto import chat_pb2, chat_pb2_grpc
 
 from warmroute.bench.fleet import (
-    EngineParams,
     Launched,
     SimFleet,
     http_ok,
@@ -36,7 +35,7 @@ from warmroute.bench.fleet import (
     stop_process,
     wait_ready,
 )
-from warmroute.bench.overhead import PROMPT, quantile
+from warmroute.bench.overhead import PROMPT, add_round_arguments, instant_engine, quantile
 from warmroute.procs import free_port
 
 KEY = "surfaces-overhead"
@@ -167,14 +166,10 @@ def report(seconds: dict[str, list[float]], gateways: list[str], rounds: int) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--baseline-src", type=Path, default=None,
-                        help="another checkout's src folder, run as 'baseline'")
+    add_round_arguments(parser, baseline=True)
     parser.add_argument("--out", type=Path, default=Path(".warmroute/bench/surfaces-overhead"))
     args = parser.parse_args()
-    fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
-                     args.out / "logs")
+    fleet = instant_engine(args.out / "logs")
     fleet.start("surfaces")
     try:
         with contextlib.ExitStack() as stack, httpx.Client(timeout=30, trust_env=False) as client:

@@ -205,8 +205,7 @@ def run_overhead_command(args: argparse.Namespace) -> int:
     if args.rounds < 10:
         raise SystemExit("--rounds must be at least 10")
     out = Path(args.out or Path(".warmroute") / "bench" / time.strftime("overhead-%Y%m%d-%H%M%S"))
-    fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
-                     out / "logs")
+    fleet = instant_engine(out / "logs")
     try:
         fleet.start("overhead")
         with routers(fleet, args, out / "logs") as paths:
@@ -221,9 +220,24 @@ def run_overhead_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_overhead_arguments(parser: argparse.ArgumentParser) -> None:
+def instant_engine(log_dir: Path) -> SimFleet:
+    """One simulated engine that answers at once (no prefill or decode time): what is left of
+    a call's latency is the network and the servers' own work."""
+    return SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
+                    log_dir)
+
+
+def add_round_arguments(parser: argparse.ArgumentParser, baseline: bool = False) -> None:
+    """`--rounds` and `--tokens` (and, for the scripts in `benchmarks/`, `--baseline-src`)."""
     parser.add_argument("--rounds", type=int, default=300, help="interleaved measured rounds")
     parser.add_argument("--tokens", type=int, default=16, help="output tokens per answer")
+    if baseline:
+        parser.add_argument("--baseline-src", type=Path, default=None,
+                            help="another checkout's src folder, run as 'baseline'")
+
+
+def add_overhead_arguments(parser: argparse.ArgumentParser) -> None:
+    add_round_arguments(parser)
     parser.add_argument("--peers", nargs="?", const="all", default=None, metavar="NAMES",
                         help="also the peer routers (installed under --data-dir); NAMES: only "
                              "these configurations, comma-separated")
