@@ -90,7 +90,7 @@ async def test_bare_and_fastapi_routes_answer_alike(tmp_path: Path) -> None:
     assert bare_answers[4] == bare_answers[2]  # the scripted engine answers a prompt alike
     assert bare_surfaces == fastapi_surfaces
     assert bare_surfaces[0] == 200 and bare_surfaces[4] == 200
-    assert bare_surfaces[5].startswith("text/event-stream")
+    assert bare_surfaces[5] == "text/event-stream; charset=utf-8"  # as Starlette wrote it
     assert bare_surfaces[7][0] == "response.created"
     assert bare_surfaces[7][-1] == "response.completed"
     assert bare_surfaces[8] == list(range(len(bare_surfaces[7])))

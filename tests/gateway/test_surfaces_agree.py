@@ -21,6 +21,7 @@ from tests.gateway.scripted import ScriptedFleet
 from tests.procs import free_port
 from warmroute.gateway.policies import preference
 from warmroute.pricing import ModelPrice
+from warmroute.store.ledger import SqlUsage
 
 SERVED = "scripted-model"  # what the engines say they served
 ASKED = "client-alias"  # what the clients name
@@ -195,3 +196,38 @@ async def test_an_engines_4xx_keeps_its_meaning_on_every_surface(
     assert [a.status_code for a in answers] == [status] * 4
     assert all(f"the engine says {status}" in a.text for a in answers)
     assert codes == [code, code]
+
+
+@pytest.mark.parametrize(("path", "body", "surface"), [
+    ("/v1/chat/completions", {**CHAT, "stream": True}, "chat.completions"),
+    ("/v1/responses", {**RESPONSES, "stream": True}, "responses"),
+])
+async def test_a_client_leaving_while_its_finished_answer_is_written_loses_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, body: dict[str, Any],
+    surface: str,
+) -> None:
+    """A ledger that waits to write (PostgreSQL; here the SQLite one, made to wait): the
+    client leaves while the finished answer's row is being written. The row is written, once,
+    with the whole answer's usage: the write is not cancelled halfway (nor skipped, as a cut-off
+    stream's row would be once the answer is counted as recorded)."""
+    writing, wrote = asyncio.Event(), []
+    original = SqlUsage.record
+
+    async def waiting_record(self: SqlUsage, row: Any) -> None:
+        writing.set()
+        await asyncio.sleep(0.2)  # the client leaves meanwhile
+        await original(self, row)
+        wrote.append(row.id)
+
+    monkeypatch.setattr(SqlUsage, "records_at_once", property(lambda self: False))
+    monkeypatch.setattr(SqlUsage, "record", waiting_record)
+    fleet = ScriptedFleet("e1", "e2")
+    fleet[preference(KEY, fleet.ids)[0]].pieces = ["one", " two", " three"]
+    async with in_process_gateway(fleet, tmp_path, prices={SERVED: PRICE}) as gw:
+        async with gw.call(body, KEY, path=path) as call:
+            await call.started()
+            await asyncio.wait_for(writing.wait(), 5)
+        assert len(wrote) == 1  # written before the handler ended
+        rows = rows_of(gw)
+    completion = len("one two three") + 1  # a token a character, and the stop
+    assert rows == [(surface, SERVED, 20, 16, completion, cost(20, 16, completion))]

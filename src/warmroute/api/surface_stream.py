@@ -81,7 +81,7 @@ class SurfaceStream(Response):
     def __init__(self, relay: SurfaceRelay, headers: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.relay = relay
-        self.stream_headers = {"content-type": SSE_MEDIA_TYPE, **SSE_HEADERS,
+        self.stream_headers = {"content-type": f"{SSE_MEDIA_TYPE}; charset=utf-8", **SSE_HEADERS,
                                ENGINE_HEADER: relay.stream.engine_id, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

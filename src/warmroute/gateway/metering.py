@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from warmroute.gateway.auth import Caller
 from warmroute.gateway.ratelimit import RateLimiter
+from warmroute.gateway.shielded import shielded
 from warmroute.pricing import ModelPrice, price_for
 from warmroute.store import Store, UsageRecord
 from warmroute.types import Usage
@@ -109,6 +110,18 @@ class Meter:
         await self.store().usage.record(row)
         await self.settle([charge])
         return cost
+
+    async def record_shielded(
+        self, caller: Caller, surface: str, model: str, engine_id: str | None, usage: Usage
+    ) -> int:
+        """`record`, finished however the caller is cancelled meanwhile: a stream's row,
+        written while its client may leave (a cancellation that lands inside `record` would
+        lose the row). Where nothing in it waits (the SQLite ledger's journal and local
+        limits) no cancellation can land in it, and it runs as it is; else in a task of its
+        own (`shielded`: ~12 µs)."""
+        if self.limiter.counters.at_once and self.store().usage.records_at_once:
+            return await self.record(caller, surface, model, engine_id, usage)
+        return await shielded(self.record(caller, surface, model, engine_id, usage))
 
     async def settle(self, charges: list[Charge]) -> None:
         """Count written charges' tokens against their keys' limits."""

@@ -215,17 +215,20 @@ class CacheAwarePlacer:
 
     def _balanced(self, pool: set[str], average: float, salt: int,
                   loads: Mapping[str, int]) -> Collection[str]:
-        """Those of `pool` under the balance cap (`_under_served_cap`); in a large fleet, up
-        to `SAMPLE` of them from the window `salt` says, each looked at there alone (filtering
-        all of a 512-engine pool first cost ~25 us a placement)."""
+        """`_sampled(_under_served_cap(pool, …))` without making the set of a large pool's
+        engines under the balance cap (~25 µs at 512 engines): when more than 2 x `SAMPLE` are
+        under it (counted at C speed), the window is filled with them, looked at there alone."""
+        epsilon = self.params.balance_epsilon
         if len(pool) > 2 * SAMPLE:
             served = self.served
-            cap = math.ceil((1.0 + self.params.balance_epsilon) * average - FLOAT_SLACK)
-            picked = self._window(lambda e: e in pool and served.get(e, 0.0) < cap, salt, loads)
-            if picked is not None:
-                return picked
-        return self._sampled(
-            self._under_served_cap(pool, average, self.params.balance_epsilon), salt, loads)
+            cap = math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
+            over = sum(map(float(cap).__le__, map(served.get, pool, repeat(0.0))))
+            if len(pool) - over > 2 * SAMPLE:
+                picked = self._window(lambda e: e in pool and served.get(e, 0.0) < cap,
+                                      salt, loads)
+                if picked is not None:
+                    return picked
+        return self._sampled(self._under_served_cap(pool, average, epsilon), salt, loads)
 
     def _sampled(self, pool: set[str], salt: int, loads: Mapping[str, int]) -> Collection[str]:
         """`pool`, or in a large fleet up to `SAMPLE` of it from the window `salt` says."""

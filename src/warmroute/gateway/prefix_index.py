@@ -94,6 +94,8 @@ class PrefixIndex:
         go), and only then asks which of them are eligible, deepest run first, each engine at
         most once: its cost is the depth and the holders looked at, never the fleet's size
         (taking the eligible engines' bits first cost ~50 us a request at 512 engines)."""
+        if not eligible:
+            return 0, set()
         holders = self.holders
         runs: list[int] = []  # runs[k]: the mask of the engines holding chunks 0..k
         candidates = self._every

@@ -24,6 +24,8 @@ REDIS_RETRY_S = 2.0  # after a failure, requests count locally this long before 
 
 
 class Counters(Protocol):
+    at_once: bool  # whether counting waits on nothing (no await suspends)
+
     async def incr(self, name: str, amount: int, expire_s: int) -> int: ...
     async def get(self, name: str) -> int: ...
     async def close(self) -> None: ...
@@ -31,6 +33,8 @@ class Counters(Protocol):
 
 class LocalCounters:
     """Counters in this process; old windows are dropped as new ones start."""
+
+    at_once = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.values: dict[str, tuple[float, int]] = {}
@@ -53,6 +57,8 @@ class LocalCounters:
 
 class RedisCounters:
     """Counters in Redis, falling back to `LocalCounters` while Redis fails (fail open)."""
+
+    at_once = False
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as redis

@@ -57,7 +57,7 @@ class StreamMeter:
         if counts.total_tokens == 0:
             return 0  # nothing reached an engine's output or the client: nothing to bill
         model = str((splice.template or {}).get("model", ""))
-        return await self.meter.record(
+        return await self.meter.record_shielded(
             self.caller, "chat.completions", model, self.upstream.engine_id, counts
         )
 
@@ -87,8 +87,8 @@ class SurfaceStreamMeter:
         if self.recorded:
             return 0
         self.recorded = True
-        return await self.meter.record(self.caller, self.surface, self.model,
-                                       self.upstream.engine_id, usage)
+        return await self.meter.record_shielded(self.caller, self.surface, self.model,
+                                                self.upstream.engine_id, usage)
 
     async def cut_off(self) -> None:
         """The stream ended without its usage (client gone, failure): bill what the engine

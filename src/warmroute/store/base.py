@@ -270,6 +270,12 @@ class ApiKeyStore(ABC):
 
 
 class UsageLedger(ABC):
+    @property
+    def records_at_once(self) -> bool:
+        """Whether `record` waits on nothing (no await in it suspends), so that no
+        cancellation can stop it halfway: the SQLite ledger's journal append."""
+        return False
+
     @abstractmethod
     async def record(self, row: UsageRecord) -> None:
         """Append one row; durable on return (it survives the process being killed; on SQLite

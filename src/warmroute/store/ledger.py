@@ -49,6 +49,10 @@ class SqlUsage(Tables, UsageLedger):
         self._path = Path(database) if database and database != ":memory:" else None
         self._ledger: LedgerWriter | None = None
 
+    @property
+    def records_at_once(self) -> bool:
+        return self._path is not None  # a journal line, written without waiting
+
     async def record(self, row: UsageRecord) -> None:
         if self._path is not None:
             if self._ledger is None:
