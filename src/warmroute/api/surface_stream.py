@@ -14,7 +14,6 @@ engine's slot is released however the answer ends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from starlette.responses import Response
@@ -78,11 +77,11 @@ class SurfaceStream(Response):
     """The streamed answer as a response (from a bare handler or a FastAPI route): sent chunk
     by chunk while its client listens, metered however it ends, its engine released."""
 
-    def __init__(self, relay: SurfaceRelay, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, relay: SurfaceRelay) -> None:
         super().__init__()
         self.relay = relay
         self.stream_headers = {"content-type": f"{SSE_MEDIA_TYPE}; charset=utf-8", **SSE_HEADERS,
-                               ENGINE_HEADER: relay.stream.engine_id, **(headers or {})}
+                               ENGINE_HEADER: relay.stream.engine_id}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
