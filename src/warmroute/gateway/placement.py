@@ -208,7 +208,7 @@ class CacheAwarePlacer:
         if not pool:
             return pool
         served = self.served
-        cap = math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
+        cap = served_cap(average, epsilon)
         if max(map(served.get, pool, repeat(0.0))) < cap:
             return pool
         return {e for e in pool if served.get(e, 0.0) < cap}
@@ -220,8 +220,7 @@ class CacheAwarePlacer:
         under it (counted at C speed), the window is filled with them, looked at there alone."""
         epsilon = self.params.balance_epsilon
         if len(pool) > 2 * SAMPLE:
-            served = self.served
-            cap = math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
+            served, cap = self.served, served_cap(average, epsilon)
             over = sum(map(float(cap).__le__, map(served.get, pool, repeat(0.0))))
             if len(pool) - over > 2 * SAMPLE:
                 picked = self._window(lambda e: e in pool and served.get(e, 0.0) < cap,
@@ -311,6 +310,11 @@ def prefill_work(features: RequestFeatures, cached_depth: int,
     `cached_depth` of its leading chunks, in chunks: its uncached prompt, and `request_work`
     for the scheduler step it takes."""
     return float(len(features.chunks) - cached_depth) + request_work
+
+
+def served_cap(average: float, epsilon: float) -> int:
+    """⌈(1+ε)·average⌉: an engine that has served fewer recent requests may take one more."""
+    return math.ceil((1.0 + epsilon) * average - FLOAT_SLACK)
 
 
 def rotated(items: Collection[str], start: int, count: int) -> Iterable[str]:

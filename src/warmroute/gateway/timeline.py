@@ -7,7 +7,8 @@ injected, and `sample` can be driven by hand.
 Running, the registry is read on a worker thread (`running_sample`): reading it costs ~4 µs a
 series, and a gateway has ~7 series an engine. At 512 engines that was 20 ms on the event loop
 every second, every request in flight held up meanwhile (the loop's longest gap 46 ms); on a
-thread it is cut into the interpreter's 5 ms switches (longest gap 13 ms). Only the encoding
+thread it is cut into the interpreter's switch intervals (longest gap 13 ms at CPython's 5 ms;
+a gateway runs with 0.5 ms, `procs.favour_the_event_loop`). Only the encoding
 stays on the loop. `steps` may run on a worker thread too (the dashboard's five minutes in
 5 s steps: 73 ms at 512 engines, 9 ms at 64).
 """
