@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from warmroute.config import ServeConfig, child_process_env
+from warmroute.connection_events import ConnectionEvents, give_connection_events
 
 STOP_GRACE_S = 10.0
 HEADER_TIMEOUT_S = 10.0
@@ -216,13 +217,17 @@ def run_server(config: Any) -> None:
 
 def header_timeout_protocol(timeout_s: float) -> type[Any]:
     """uvicorn's HTTP/1.1 protocol with a timer from a request's first byte to its last header
-    (a new request object appears on the protocol when its headers are complete)."""
+    (a new request object appears on the protocol when its headers are complete), and the
+    connection's `ConnectionEvents` in every request's scope (its loss told to the handlers
+    that registered for it, with no task listening)."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         header_timer: Any = None
+        events: ConnectionEvents
 
         def connection_made(self, transport: Any) -> None:
+            self.events = ConnectionEvents()
             super().connection_made(transport)
             self.arm()
 
@@ -233,10 +238,16 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
             super().data_received(data)
             if self.cycle is not before:
                 self.disarm()  # its headers are complete
+                give_connection_events(self.cycle.scope, self.events)  # before its task runs
+
+        def on_message_begin(self) -> None:  # httptools: each request's scope, pipelined too
+            super().on_message_begin()
+            give_connection_events(self.scope, self.events)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.disarm()
             super().connection_lost(exc)
+            self.events.connection_lost()
 
         def arm(self) -> None:
             self.header_timer = self.loop.call_later(timeout_s, self.too_slow)

@@ -27,7 +27,7 @@ async def test_a_disconnect_cancels_the_work_and_the_block_ends_quietly() -> Non
     steps: list[str] = []
 
     async def handler() -> bool:
-        with client_watch(client.receive) as watch:
+        with client_watch({}, client.receive) as watch:
             try:
                 await asyncio.sleep(30)
                 steps.append("finished")
@@ -49,7 +49,7 @@ async def test_work_that_ends_first_is_not_cancelled() -> None:
     client = Client()
 
     async def handler() -> tuple[bool, str]:
-        with client_watch(client.receive) as watch:
+        with client_watch({}, client.receive) as watch:
             await asyncio.sleep(0)
         await asyncio.sleep(0.01)  # no cancellation left pending for later awaits
         return watch.cancel_called, "done"
@@ -62,7 +62,7 @@ async def waiting_in_a_watch(client: Client) -> tuple[asyncio.Task[None], Client
     watches: list[ClientWatch] = []
 
     async def handler() -> None:
-        with client_watch(client.receive) as watch:
+        with client_watch({}, client.receive) as watch:
             watches.append(watch)
             await asyncio.sleep(30)
 
@@ -99,7 +99,7 @@ async def test_a_disconnect_then_another_error_leaves_no_cancellation_counted() 
 
     async def handler() -> int:
         try:
-            with client_watch(client.receive) as watch:
+            with client_watch({}, client.receive) as watch:
                 watches.append(watch)
                 try:
                     await asyncio.sleep(30)
@@ -126,7 +126,7 @@ async def test_a_swallowed_cancellation_is_raised_again_by_check() -> None:
     chunks: list[int] = []
 
     async def handler() -> bool:
-        with client_watch(client.receive) as watch:
+        with client_watch({}, client.receive) as watch:
             for index in range(1000):
                 with contextlib.suppress(asyncio.CancelledError):  # swallowed on its way,
                     await asyncio.sleep(0.001)  # as wait_for may

@@ -10,9 +10,10 @@ too, so the OpenAPI document is unchanged.
 
 A bare handler owns what the stack did for it: `answer_error` (xAI's envelope, the one mapping
 in `wire_errors`; `BareHandler` wraps a route that answers with a Response), `client_watch`
-(work cancelled when its client goes away: one listening task, no polling), `send_stream` (a
-stream sent chunk by chunk, one await per chunk, always finished; its last chunk goes out with
-the body's end, in one write). The bare routes: Chat Completions, creating a response, Messages.
+(work cancelled when its client goes away: told by the server, or one listening task; no
+polling), `send_stream` (a stream sent chunk by chunk, one await per chunk, always finished;
+its last chunk goes out with the body's end, in one write). The bare routes: Chat
+Completions, creating a response, Messages.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmroute.api.body_deadline import BodyDeadline
 from warmroute.api.wire_errors import error_response
+from warmroute.connection_events import connection_events
 from warmroute.errors import WarmrouteError
 
 log = logging.getLogger(__name__)
@@ -91,11 +93,16 @@ class ClientWatch:
         self.cancel_called = False
         self.balanced = False  # the cancellation's count taken back (`Task.uncancel`)
 
+    def client_left(self) -> None:
+        """The client went away: the handler's work is cancelled (once)."""
+        if not self.cancel_called:
+            self.cancel_called = True
+            self.task.cancel("the client went away")
+
     async def listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.cancel_called = True
-        self.task.cancel("the client went away")
+        self.client_left()
 
     def check(self) -> None:
         """Raise the cancellation again where it was swallowed on its way (asyncio.wait_for
@@ -113,24 +120,33 @@ class ClientWatch:
 
 
 @contextlib.contextmanager
-def client_watch(receive: Receive) -> Iterator[ClientWatch]:
+def client_watch(scope: Scope, receive: Receive) -> Iterator[ClientWatch]:
     """Work inside the block is cancelled when the client disconnects (enter it once the body
     is read); the block then ends quietly. Whoever needs it checks `cancel_called`
     afterwards: the work may have finished first. A native cancellation, delivered once: awaits
     after it (a cut-off stream's ledger row) are not cancelled again, as a cancelled anyio
     scope would cancel them (an anyio scope cost three `getpid` system calls per request in
-    CPython 3.11, one for each running-loop lookup)."""
+    CPython 3.11, one for each running-loop lookup). Told by the server where it can
+    (`connection_events`: a callback, no task); else a task listens to `receive`."""
     task = asyncio.current_task()
     assert task is not None
     watch = ClientWatch(task)
-    listener = task.get_loop().create_task(watch.listen(receive))
+    events = connection_events(scope)
+    listener: asyncio.Task[None] | None = None
+    if events is not None:
+        events.on_lost(watch.client_left)
+    else:
+        listener = task.get_loop().create_task(watch.listen(receive))
     try:
         yield watch
     except asyncio.CancelledError:
         if not watch.cancel_called or watch.uncancel() > 0:
             raise  # not (only) ours: the server's, or another's
     finally:
-        listener.cancel()
+        if events is not None:
+            events.discard(watch.client_left)
+        if listener is not None:
+            listener.cancel()
         if watch.cancel_called:
             watch.uncancel()  # delivered, and caught or turned into another error inside
 

@@ -97,7 +97,8 @@ class ChatCompletionsRoute:
         payload = gw.upstream_payload(upstream_stream_body(body) if view else body)
         opened: Relayed | Streaming | None = None
         try:
-            with client_watch(receive) as watch:  # one watch for the placement and the stream
+            # One watch for the placement and the stream.
+            with client_watch(request.scope, receive) as watch:
                 opened = await place_and_forward(gw, features, payload, view)
                 if isinstance(opened, Streaming):
                     relay = ChatRelay(opened, StreamMeter(meter, caller, opened))

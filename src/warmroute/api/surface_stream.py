@@ -86,7 +86,7 @@ class SurfaceStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
         try:
-            with client_watch(receive) as watch:
+            with client_watch(scope, receive) as watch:
                 await send_stream(send, 200, self.stream_headers, relay.next_body,
                                   relay.metering.cut_off, watch)
         finally:
