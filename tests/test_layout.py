@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("api",),
     ("gateway",),
     ("store", "engine"),
-    ("config", "types", "errors", "pricing", "procs", "sse", "jsoncodec", "__init__"),
+    ("config", "types", "errors", "pricing", "procs", "sse", "jsoncodec", "connection_events",
+     "__init__"),
 )
 LEAVES = LAYERS[-1]
 MAX_MODULE_LINES = 400
