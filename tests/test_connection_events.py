@@ -1,17 +1,18 @@
 """`connection_events`: the gateway's server tells a request's handler that its client left,
 with no task listening (`procs.header_timeout_protocol` puts the connection's events in every
-request's scope; `bare_asgi.client_watch` registers for them)."""
+request's scope; `bare_asgi.client_watch` registers for them: `tests/api/test_client_watch.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from warmroute.api.bare_asgi import client_watch
 from warmroute.connection_events import (
     EXTENSION,
     ConnectionEvents,
@@ -19,6 +20,34 @@ from warmroute.connection_events import (
     give_connection_events,
 )
 from warmroute.procs import BackgroundServer, free_port
+
+Handler = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+@contextmanager
+def served(handler: Handler) -> Iterator[int]:
+    """`handler` for every HTTP request, under uvicorn with the gateway's protocol; its port."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await handler(scope, receive, send)
+
+    port = free_port()
+    server = BackgroundServer(app, "127.0.0.1", port).start()
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+async def answer_ok(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
 def test_each_callback_runs_once_and_a_discarded_one_not_at_all() -> None:
@@ -54,57 +83,13 @@ def test_the_events_travel_in_the_scope_beside_other_extensions() -> None:
     assert connection_events({"extensions": {EXTENSION: "not the events"}}) is None
 
 
-async def never_receive() -> dict[str, Any]:
-    raise AssertionError("a watch told by its server does not listen to receive()")
-
-
-async def test_a_watch_told_by_its_server_cancels_its_work_without_listening() -> None:
-    events = ConnectionEvents()
-    scope: dict[str, Any] = {"type": "http"}
-    give_connection_events(scope, events)
-    steps: list[str] = []
-
-    async def handler() -> bool:
-        with client_watch(scope, never_receive) as watch:
-            try:
-                await asyncio.sleep(30)
-            finally:
-                await asyncio.sleep(0.01)  # the cut-off's ledger row: not cancelled again
-                steps.append("cleaned up")
-        steps.append("after")
-        return watch.cancel_called
-
-    task = asyncio.create_task(handler())
-    await asyncio.sleep(0.01)
-    events.connection_lost()
-    assert await asyncio.wait_for(task, 5) is True
-    assert steps == ["cleaned up", "after"]
-    assert task.cancelling() == 0
-
-
-async def test_a_finished_watch_leaves_no_callback_behind() -> None:
-    events = ConnectionEvents()
-    scope: dict[str, Any] = {"type": "http"}
-    give_connection_events(scope, events)
-    with client_watch(scope, never_receive) as watch:
-        await asyncio.sleep(0)
-    events.connection_lost()  # a keep-alive connection closed after the answer
-    await asyncio.sleep(0.01)
-    assert watch.cancel_called is False
-
-
 def test_the_server_gives_every_request_its_connections_events() -> None:
     """Through uvicorn with the gateway's protocol: two requests on one kept-alive connection
     get the same events, and closing the socket mid-request tells the handler at once."""
     seen: list[ConnectionEvents | None] = []
     told: list[float] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    async def handler(scope: dict[str, Any], receive: Any, send: Any) -> None:
         events = connection_events(scope)
         seen.append(events)
         if scope["path"] == "/hold" and events is not None:
@@ -113,13 +98,9 @@ def test_the_server_gives_every_request_its_connections_events() -> None:
             await asyncio.wait_for(gone.wait(), 10)
             told.append(time.monotonic())
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(send)
 
-    port = free_port()
-    server = BackgroundServer(app, "127.0.0.1", port).start()
-    try:
+    with served(handler) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             for _ in range(2):
                 conn.sendall(b"GET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -129,11 +110,8 @@ def test_the_server_gives_every_request_its_connections_events() -> None:
             while len(seen) < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
         closed = time.monotonic()
-        deadline = closed + 10
-        while not told and time.monotonic() < deadline:
+        while not told and time.monotonic() < closed + 10:
             time.sleep(0.01)
-    finally:
-        server.stop()
     assert len(seen) == 3 and seen[0] is not None
     assert seen[1] is seen[0] and seen[2] is seen[0]  # one connection, one set of events
     assert told and told[0] - closed < 2.0
@@ -145,27 +123,15 @@ def test_pipelined_requests_each_get_the_events(pipelined: int) -> None:
     connection's events when its turn comes."""
     seen: list[ConnectionEvents | None] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    async def handler(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append(connection_events(scope))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(send)
 
-    port = free_port()
-    server = BackgroundServer(app, "127.0.0.1", port).start()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * pipelined)
-            received = b""
-            deadline = time.monotonic() + 10
-            while received.count(b"ok") < pipelined and time.monotonic() < deadline:
-                received += conn.recv(4096)
-    finally:
-        server.stop()
+    with served(handler) as port, socket.create_connection(("127.0.0.1", port), 10) as conn:
+        conn.sendall(b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * pipelined)
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"ok") < pipelined and time.monotonic() < deadline:
+            received += conn.recv(4096)
     assert len(seen) == pipelined
     assert all(isinstance(events, ConnectionEvents) for events in seen)

@@ -16,14 +16,20 @@ from tests.gateway.inprocess import ledger
 BUDGET = 3000
 
 
-def send_and_read_until(url: str, body: dict[str, object], marker: bytes) -> socket.socket:
-    """A raw client: the request sent, its answer read until `marker`; returns the socket."""
+def post(url: str, body: dict[str, object]) -> socket.socket:
+    """A raw client that can close its connection whenever the test says: the request sent."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     payload = json.dumps(body).encode()
     conn = socket.create_connection((host, int(port)), timeout=30)
     conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
                  b"content-type: application/json\r\nx-grok-conv-id: leaver\r\n"
                  b"content-length: %d\r\n\r\n%s" % (host.encode(), len(payload), payload))
+    return conn
+
+
+def send_and_read_until(url: str, body: dict[str, object], marker: bytes) -> socket.socket:
+    """The request sent, its answer read until `marker`; returns the socket."""
+    conn = post(url, body)
     received = b""
     while marker not in received:
         piece = conn.recv(65536)
@@ -65,12 +71,7 @@ def test_a_json_request_whose_client_closes_stops_its_engine(
     with gateway_over(fleet.endpoints()[:1], data_dir=tmp_path) as (url, gateway):
         generated = fleet.cache_stats(engine_id)["generated_tokens"]
         body = chat_body(opening("Tell me everything about routers."), max_tokens=BUDGET)
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        payload = json.dumps(body).encode()
-        with socket.create_connection((host, int(port)), timeout=30) as conn:
-            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
-                         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (host.encode(), len(payload), payload))
+        with post(url, body):
             wait_for(lambda: fleet.cache_stats(engine_id)["generated_tokens"] > generated + 8,
                      20, "the engine generating the answer")
         wait_for(lambda: engine_idle(fleet, engine_id), 20, "the engine to stop the request")
