@@ -134,7 +134,9 @@ def test_on_the_mooncake_trace_the_readme_figures_come_back(
     bound; warmroute's cache-aware placement comes within 0.005 of the oracle or beats it, and
     its first tokens come sooner than both (it places a new conversation by the prefill queued
     ahead as well as the prefix cached). At 4 engines the hour saturates them (TTFT p50 ~2 s):
-    a few turns of a few conversations spill past a full home there (0.3 %)."""
+    a few turns of a few conversations spill past a full home there (0.3 %). Requests served
+    stay within 1.1x of the average: work, not request counts, is what placement balances
+    (each engine under ⌈1.25·average⌉ recent requests, as the oracle's bound)."""
     reqs = load_mooncake(trace_file("conversation"))
     params = small_params(engines=engines, cache_blocks=4000)
     ids = engine_ids(engines)
@@ -149,7 +151,7 @@ def test_on_the_mooncake_trace_the_readme_figures_come_back(
     assert sticky.hit_rate < oracle.hit_rate < ceiling_hit_rate(reqs)
     assert warm.hit_rate >= oracle.hit_rate - 0.005
     assert warm.sticky >= (0.995 if engines == 4 else 1.0)
-    assert warm.max_over_avg <= 1.05
+    assert warm.max_over_avg <= 1.10
     assert warm.ttft_p99_s < min(sticky.ttft_p99_s, oracle.ttft_p99_s)
     assert warm.ttft_p50_s < min(sticky.ttft_p50_s, oracle.ttft_p50_s)
 
