@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from warmroute.api.bare_asgi import client_watch
 from warmroute.connection_events import (
     EXTENSION,
     ConnectionEvents,
@@ -24,9 +25,8 @@ from warmroute.procs import BackgroundServer, free_port
 Handler = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-@contextmanager
-def served(handler: Handler) -> Iterator[int]:
-    """`handler` for every HTTP request, under uvicorn with the gateway's protocol; its port."""
+def lifespan_wrapped(handler: Handler) -> Handler:
+    """`handler` as an ASGI app that also answers the server's lifespan messages."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -36,8 +36,14 @@ def served(handler: Handler) -> Iterator[int]:
             return
         await handler(scope, receive, send)
 
+    return app
+
+
+@contextmanager
+def served(handler: Handler) -> Iterator[int]:
+    """`handler` for every HTTP request, under uvicorn with the gateway's protocol; its port."""
     port = free_port()
-    server = BackgroundServer(app, "127.0.0.1", port).start()
+    server = BackgroundServer(lifespan_wrapped(handler), "127.0.0.1", port).start()
     try:
         yield port
     finally:
@@ -69,6 +75,28 @@ def test_each_callback_runs_once_and_a_discarded_one_not_at_all() -> None:
     assert calls == ["kept"]
     events.on_lost(lambda: calls.append("late"))  # registered after the loss: runs at once
     assert calls == ["kept", "late"]
+
+
+def test_a_failing_callback_does_not_keep_the_others_from_running() -> None:
+    events = ConnectionEvents()
+    calls: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("a broken callback")
+
+    events.on_lost(failing)
+    events.on_lost(lambda: calls.append("told"))
+    events.connection_lost()  # logged, not raised into the server's connection_lost
+    assert calls == ["told"]
+
+
+def test_registering_starts_reading_the_connection_again() -> None:
+    """A loss is seen only while the connection is read: registering asks the server to read
+    (uvicorn pauses reading while a large body waits for its handler)."""
+    resumed: list[bool] = []
+    events = ConnectionEvents(resume_reading=lambda: resumed.append(True))
+    events.on_lost(lambda: None)
+    assert resumed == [True]
 
 
 def test_the_events_travel_in_the_scope_beside_other_extensions() -> None:
@@ -135,3 +163,71 @@ def test_pipelined_requests_each_get_the_events(pipelined: int) -> None:
             received += conn.recv(4096)
     assert len(seen) == pipelined
     assert all(isinstance(events, ConnectionEvents) for events in seen)
+
+
+@pytest.mark.parametrize("size", [300_000, 600_000])
+def test_a_handler_that_read_a_large_body_is_told_its_client_left(size: int) -> None:
+    """uvicorn stops reading a connection while more than 64 KiB of body waits for its
+    handler, and only `receive()` starts it again; a connection that is not read is never seen
+    to close. A watch registering for the loss starts reading again (these sizes leave it
+    paused after the last body message)."""
+    outcome: dict[str, Any] = {}
+
+    async def handler(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        read = 0
+        while True:
+            message = await receive()
+            read += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        outcome["read"] = read
+        with client_watch(scope, never_receive) as watch:
+            outcome["watching"] = time.monotonic()
+            await asyncio.sleep(10)
+        outcome["told_after_s"] = time.monotonic() - outcome["watching"]
+        outcome["cancelled"] = watch.cancel_called
+
+    with served(handler) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: %d\r\n\r\n"
+                         % size + b"x" * size)
+            deadline = time.monotonic() + 10
+            while "watching" not in outcome and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+        deadline = time.monotonic() + 12
+        while "cancelled" not in outcome and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert outcome["read"] == size
+    assert outcome["cancelled"] is True
+    assert outcome["told_after_s"] < 2.0
+
+
+async def never_receive() -> dict[str, Any]:
+    raise AssertionError("a watch told by its server does not listen to receive()")
+
+
+def test_a_websocket_outlives_the_header_timeout() -> None:
+    """The head timer is for a request's head: a connection upgraded to a WebSocket leaves it
+    behind (it closed every WebSocket `header_timeout_s` after it opened)."""
+    from websockets.sync.client import connect
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+    port = free_port()
+    server = BackgroundServer(lifespan_wrapped(echo), "127.0.0.1", port,
+                              header_timeout_s=0.5).start()
+    try:
+        with connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
+            ws.send("one")
+            assert ws.recv(timeout=5) == "one"
+            time.sleep(1.5)  # three header timeouts
+            ws.send("two")
+            assert ws.recv(timeout=5) == "two"
+    finally:
+        server.stop()

@@ -217,9 +217,11 @@ def run_server(config: Any) -> None:
 
 def header_timeout_protocol(timeout_s: float) -> type[Any]:
     """uvicorn's HTTP/1.1 protocol with a timer from a request's first byte to its last header
-    (a new request object appears on the protocol when its headers are complete), and the
-    connection's `ConnectionEvents` in every request's scope (its loss told to the handlers
-    that registered for it, with no task listening)."""
+    (a new request object appears on the protocol when its headers are complete; a connection
+    upgraded to a WebSocket has left the protocol, and the timer with it), and the connection's
+    `ConnectionEvents` in its requests' scopes (its loss told to the handlers that registered
+    for it, with no task listening: with httptools every request; else those whose head
+    arrives in `data_received`, and the others' handlers listen)."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
@@ -229,6 +231,7 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
         def connection_made(self, transport: Any) -> None:
             self.events = ConnectionEvents()
             super().connection_made(transport)
+            self.events.resume_reading = self.flow.resume_reading
             self.arm()
 
         def data_received(self, data: bytes) -> None:
@@ -239,6 +242,8 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
             if self.cycle is not before:
                 self.disarm()  # its headers are complete
                 give_connection_events(self.cycle.scope, self.events)  # before its task runs
+            elif self.transport.get_protocol() is not self:
+                self.disarm()  # upgraded to a WebSocket: its head was whole
 
         def on_message_begin(self) -> None:  # httptools: each request's scope, pipelined too
             super().on_message_begin()
@@ -246,8 +251,10 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.disarm()
-            super().connection_lost(exc)
-            self.events.connection_lost()
+            try:
+                super().connection_lost(exc)
+            finally:
+                self.events.connection_lost()
 
         def arm(self) -> None:
             self.header_timer = self.loop.call_later(timeout_s, self.too_slow)

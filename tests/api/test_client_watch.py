@@ -103,7 +103,7 @@ async def test_a_cancellation_from_elsewhere_goes_through(client: Client) -> Non
 async def test_a_disconnect_and_another_cancellation_together_go_through(client: Client) -> None:
     task, watch = await waiting_in_a_watch(client)
     client.leave()
-    for _ in range(100):  # the listener runs and cancels
+    for _ in range(100):  # the listener (or the server's callback) cancels
         if watch.cancel_called:
             break
         await asyncio.sleep(0)
@@ -159,4 +159,30 @@ async def test_a_swallowed_cancellation_is_raised_again_by_check(client: Client)
     client.leave()
     assert await asyncio.wait_for(task, 5) is True
     assert 0 < len(chunks) < 1000
+    assert task.cancelling() == 0
+
+
+@pytest.mark.parametrize("suspends", [False, True], ids=["ends-at-once", "waits"])
+async def test_a_client_gone_before_the_watch_cancels_only_at_the_first_await(
+    client: Client, suspends: bool,
+) -> None:
+    """The connection was lost before the block began: the work is cancelled at its first
+    await, from outside, as a listener cancels it; work that ends without awaiting is not
+    cancelled, and nothing is left pending for the awaits after the block (a stream's
+    `aclose`)."""
+    client.leave()
+    steps: list[str] = []
+
+    async def handler() -> bool:
+        with client_watch(client.scope, client.receive) as watch:
+            if suspends:
+                await asyncio.sleep(30)
+                steps.append("finished")
+        await asyncio.sleep(0.01)  # the engine released: not cancelled
+        steps.append("after")
+        return watch.cancel_called
+
+    task = asyncio.create_task(handler())
+    assert await asyncio.wait_for(task, 5) is suspends
+    assert steps == ["after"]
     assert task.cancelling() == 0

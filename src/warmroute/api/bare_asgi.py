@@ -133,10 +133,13 @@ def client_watch(scope: Scope, receive: Receive) -> Iterator[ClientWatch]:
     watch = ClientWatch(task)
     events = connection_events(scope)
     listener: asyncio.Task[None] | None = None
-    if events is not None:
-        events.on_lost(watch.client_left)
-    else:
+    late: asyncio.Handle | None = None
+    if events is None:
         listener = task.get_loop().create_task(watch.listen(receive))
+    elif events.lost:  # gone already: cancelled from outside, at the block's first await
+        late = task.get_loop().call_soon(watch.client_left)
+    else:
+        events.on_lost(watch.client_left)
     try:
         yield watch
     except asyncio.CancelledError:
@@ -147,6 +150,8 @@ def client_watch(scope: Scope, receive: Receive) -> Iterator[ClientWatch]:
             events.discard(watch.client_left)
         if listener is not None:
             listener.cancel()
+        if late is not None:
+            late.cancel()
         if watch.cancel_called:
             watch.uncancel()  # delivered, and caught or turned into another error inside
 

@@ -170,7 +170,7 @@ class CacheAwarePlacer:
         cap: int, exclude: str | None = None,
     ) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
         """The engines under the in-flight cap and the balance cap (or, where most of the
-        prompt is cached, those holding it, under the looser hot-spot cap), cheapest first
+        prompt is cached, those holding it, under the hot-spot cap), cheapest first
         (the prefill queued there plus `cache_weight` times what this request would prefill
         there; then fewer in flight, fewer served, a stable hash), with each one's prefill
         work and bias (its cost less its queue)."""
@@ -187,8 +187,9 @@ class CacheAwarePlacer:
         pool: set[str] = set()
         if 2 * depth >= len(chunks) > 0:
             # Where most of the prompt is cached already, it goes there up to the hot-spot
-            # bound ⌈(1+ε)·average served⌉, past the balance bound: a keyless conversation's
-            # own history, a document shared by many conversations.
+            # bound ⌈(1+ε)·average served⌉, whatever the queues elsewhere (and past a tighter
+            # balance bound, where one is set): a keyless conversation's own history, a
+            # document shared by many conversations.
             pool = self._under_served_cap(warm, average, self.params.epsilon)
         candidates: Collection[str] = (
             self._sampled(pool, salt, loads) if pool
