@@ -2,12 +2,14 @@
 real engines, with the `websockets` client: a `generate: false` pre-warm fills the engine's
 cache for the turn that follows (exact cached tokens), a `store: false` chain lives on its
 socket, closing the socket mid-generation frees the engine, bad input gets an error event on a
-socket that stays open, and a socket without a valid key is refused at the upgrade."""
+socket that stays open, a socket without a valid key is refused at the upgrade, and a socket
+open longer than the head timeout still answers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +171,16 @@ def test_upgrade_needs_a_valid_key(fleet: Fleet, tmp_path: Path) -> None:
         with socket(url, authorization=f"Bearer {secret}") as ws:
             assert completed(create(ws, input="hi", max_output_tokens=2))["status"] in (
                 "completed", "incomplete")
+
+
+
+def test_a_socket_is_used_long_after_the_header_timeout(fleet: Fleet, tmp_path: Path) -> None:
+    """The gateway's head timer is for a request's head: a socket that stays open past it
+    still answers (the timer closed every socket `header_timeout_s` after it opened)."""
+    with (gateway_over(fleet.endpoints(), data_dir=tmp_path, header_timeout_s=1.0) as (url, _),
+          socket(url, conv="a-long-session") as ws):
+        first = completed(create(ws, input="Say hello.", max_output_tokens=4))
+        time.sleep(2.5)  # past the head timeout, twice
+        second = completed(create(ws, input="Say hello again.", max_output_tokens=4))
+    assert first["usage"]["output_tokens"] > 0
+    assert second["usage"]["output_tokens"] > 0
