@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from warmroute import jsoncodec
+
 Event = dict[str, Any] | bytes  # a decoded JSON event, or a framed one kept as bytes (`[DONE]`)
 
 DATA_PREFIX = b"data:"
@@ -24,6 +26,14 @@ def sse_data(payload: dict[str, Any]) -> bytes:
 
 
 encode_event = sse_data
+
+
+def typed_event(event: dict[str, Any]) -> bytes:
+    """One event named by its `type` (`event: <type>` then its data), as the Responses and
+    Messages streams send them (`jsoncodec`: fields a client sent, echoed, may hold integers
+    wider than 64 bits)."""
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
 
 
 def data_payload(block: bytes) -> bytes | None:

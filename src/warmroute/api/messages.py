@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from warmroute import jsoncodec
 from warmroute.api.chat_completions import describe_validation_error
 from warmroute.errors import InvalidRequest
 from warmroute.types import ChatMessage, SamplingParams, Usage
@@ -141,11 +140,6 @@ def message_object(
         "stop_sequence": None,
         "usage": usage_json(usage, cost_in_usd_ticks),
     }
-
-
-def sse(event: dict[str, Any]) -> bytes:
-    kind: str = event["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
 
 
 class MessageEvents:

@@ -27,6 +27,7 @@ from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER
 from warmroute.gateway.stream_meter import SurfaceStreamMeter
+from warmroute.sse import typed_event
 
 SURFACE = "messages"
 
@@ -81,13 +82,13 @@ class MessageStreamEncoder:
         self.events = wire.MessageEvents(wire.new_message_id(), model)
 
     def opening(self) -> bytes:
-        return b"".join(map(wire.sse, self.events.opening()))
+        return b"".join(map(typed_event, self.events.opening()))
 
     def delta(self, text: str) -> bytes:
-        return wire.sse(self.events.delta(text))
+        return typed_event(self.events.delta(text))
 
     async def closing(self, done: Done, cost_in_usd_ticks: int) -> bytes:
-        return b"".join(map(wire.sse, self.events.closing(done.finish_reason, done.usage,
+        return b"".join(map(typed_event, self.events.closing(done.finish_reason, done.usage,
                                                           cost_in_usd_ticks)))
 
     def failure(self, exc: WarmrouteError) -> bytes:

@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from warmroute import jsoncodec
 from warmroute.api.bare_asgi import BareHandler, serve_bare
 from warmroute.api.compaction_app import compaction_opener, drops_history
 from warmroute.api.json_body import json_response, read_json_object
@@ -37,6 +36,7 @@ from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
 from warmroute.gateway.stream_meter import SurfaceStreamMeter
+from warmroute.sse import typed_event
 from warmroute.types import ChatMessage, SamplingParams
 
 
@@ -129,24 +129,19 @@ class ResponseStreamEncoder:
         self.events = ResponseEvents(draft)
 
     def opening(self) -> bytes:
-        return b"".join(map(sse_event, self.events.opening()))
+        return b"".join(map(typed_event, self.events.opening()))
 
     def delta(self, text: str) -> bytes:
-        return sse_event(self.events.delta(text))
+        return typed_event(self.events.delta(text))
 
     async def closing(self, done: Done, cost_in_usd_ticks: int) -> bytes:
         closing = list(self.events.closing(done.finish_reason, done.usage, cost_in_usd_ticks))
         await self.service.save(self.turn, self.draft, self.stream.engine_id,
                                 "".join(self.events.text), closing[-1]["response"])
-        return b"".join(map(sse_event, closing))
+        return b"".join(map(typed_event, closing))
 
     def failure(self, exc: WarmrouteError) -> bytes:
         return sse_error_event(exc)
-
-
-def sse_event(event: dict[str, Any]) -> bytes:
-    kind: str = event["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + jsoncodec.dumps(event) + b"\n\n"
 
 
 def add_responses_routes(

@@ -29,6 +29,7 @@ from warmroute.errors import (
     UnsupportedMediaType,
     WarmrouteError,
 )
+from warmroute.sse import typed_event
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def anthropic_error_response(exc: BaseException) -> JSONResponse:
 
 def anthropic_sse_error(exc: BaseException) -> bytes:
     """An error inside a Messages stream that has already started."""
-    return b"event: error\ndata: " + json.dumps(anthropic_error_body(exc)).encode() + b"\n\n"
+    return typed_event(anthropic_error_body(exc))
 
 
 def socket_error_event(exc: BaseException) -> dict[str, object]:
