@@ -197,6 +197,14 @@ class GatewayConfig:
     body_timeout_s: float = 60.0
     # Deferred completions pending at once: in all, and per team (beyond: 429).
     max_deferred: int = 1000
+    # A streamed request placed on an engine that has `admission_work` chunks of prefill
+    # (~50-64 tokens each) sent from this gateway and not yet answered waits its turn here,
+    # least work first (`gateway/admission.py`; 0: never held); a long prompt is overtaken
+    # only by what comes within `admission_ms_per_chunk` x its extra work after it, and none
+    # waits more than `admission_max_hold_s`.
+    admission_work: float = 64.0
+    admission_ms_per_chunk: float = 10.0
+    admission_max_hold_s: float = 5.0
     max_deferred_per_team: int = 100
 
     @property
@@ -230,6 +238,8 @@ class GatewayConfig:
             raise ValueError(f"policy must be one of {list(ROUTING_POLICIES)}, got {self.policy!r}")
         if self.max_resumes < 0:
             raise ValueError("max_resumes must be >= 0")
+        if min(self.admission_work, self.admission_ms_per_chunk, self.admission_max_hold_s) < 0:
+            raise ValueError("the admission settings must not be negative")
         if min(self.request_failures_to_eject, self.max_in_flight, self.max_deferred,
                self.max_deferred_per_team) < 1:
             raise ValueError("request_failures_to_eject, max_in_flight and the deferred "

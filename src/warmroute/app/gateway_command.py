@@ -52,6 +52,10 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-resumes", type=int, default=None,
                         help="times a stream whose engine breaks mid-answer is continued on "
                              "another engine (default 2; 0 turns resuming off)")
+    parser.add_argument("--admission-work", type=float, default=None,
+                        help="chunks of prefill (~50-64 tokens each) this gateway keeps sent to "
+                             "an engine before a streamed request waits here, least work first "
+                             "(default 64; 0: never held)")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
     add_operator_arguments(parser)
@@ -95,7 +99,8 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
         for name in ("host", "port", "grpc_port", "epsilon", "load_slack", "max_body_bytes",
                      "policy",
                      "cache_salt", "probe_interval_s", "data_dir", "database_url",
-                     "cache_isolation", "redis_url", "max_resumes", "share_routing")
+                     "cache_isolation", "redis_url", "max_resumes", "share_routing",
+                     "admission_work")
         if getattr(args, name) is not None
     }
     if args.no_api_keys:

@@ -22,6 +22,7 @@ import httpx
 from warmroute import jsoncodec
 from warmroute.config import GatewayConfig
 from warmroute.gateway import policies
+from warmroute.gateway.admission import AdmissionGate, AdmissionParams
 from warmroute.gateway.engine_http import LeanUpstream
 from warmroute.gateway.faults import FaultJudge
 from warmroute.gateway.features import CHUNK_BYTES
@@ -98,8 +99,14 @@ class Gateway:
             probes = self._probe_client
         self._prober = HealthProber(self.membership, probes, cfg.probe_interval_s)
         judge = FaultJudge(self.membership, self._prober.check, cfg.request_failures_to_eject)
+        gate = AdmissionGate(
+            self.membership,
+            AdmissionParams(cfg.admission_work, cfg.admission_ms_per_chunk,
+                            cfg.admission_max_hold_s),
+            self.metrics.admission_wait.observe,
+        ) if cfg.admission_work > 0 else None
         self._proxy = Proxy(self._client, self.membership, self.metrics, judge,
-                            cfg.max_in_flight)
+                            cfg.max_in_flight, gate)
         await self._prober.probe_all()
         self._prober.start()
         self.timeline.start()

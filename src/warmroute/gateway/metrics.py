@@ -5,7 +5,8 @@ failovers and ejections per engine, prompt and cached tokens per engine as the e
 reported them in `usage`, answers per engine and status, streams whose engine broke mid-answer
 by outcome (resumed on another engine, or failed when none could continue). Gauges, read from
 the membership at scrape time: in-flight requests and health per engine; whether the routing
-state shared with other replicas is reachable. A histogram: seconds to an answer's first token.
+state shared with other replicas is reachable. Histograms: seconds to an answer's first token,
+and seconds a request waited in the admission gate.
 Admin keys only read them (`/metrics`), unless the gateway runs with `--public-metrics`.
 """
 
@@ -87,6 +88,13 @@ class GatewayMetrics:
             "warmroute_gateway_shared_state_up",
             "1 while the routing state shared with other gateway replicas (Redis) is "
             "reachable; 0 while this replica routes from its local state alone",
+            registry=self.registry,
+        )
+        self.admission_wait = Histogram(
+            "warmroute_gateway_admission_wait_seconds",
+            "Seconds a request placed on a saturated engine waited in the gateway's admission "
+            "gate before it was sent (only those that waited)",
+            buckets=FIRST_TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.first_token = Histogram(

@@ -15,7 +15,8 @@ continued on the next healthy engine of the decision and spliced into the same c
 (`resume.py`), at most `max_resumes` times (the engine ejected as above); failing that, the
 client gets an error event, never a silently truncated stream. Waits are bounded: at most
 `max_in_flight` requests at once (beyond: 503 with `retry-after` at once), and a request that
-finds every upstream connection busy is refused the same way, not queued.
+finds every upstream connection busy is refused the same way, not queued. A placement on a
+saturated engine may wait its turn in the admission gate first (`admission.py`).
 
 In-flight counts are held from the moment an engine is tried until its answer is done (for a
 stream: until `Streaming.aclose`). This module is the only one that talks to engines about
@@ -35,6 +36,7 @@ import httpx
 
 from warmroute import jsoncodec
 from warmroute.errors import EngineOverloaded, EngineUnavailable
+from warmroute.gateway.admission import AdmissionGate
 from warmroute.gateway.engine_stream import Upstream, UpstreamBroken
 from warmroute.gateway.faults import (
     FaultJudge,
@@ -217,15 +219,18 @@ class Proxy:
         metrics: GatewayMetrics,
         judge: FaultJudge | None = None,
         max_in_flight: int | None = None,
+        gate: AdmissionGate | None = None,
     ) -> None:
         """`judge` decides whether an engine that answered a 5xx is at fault (default: only
         after several different requests failed there); `max_in_flight` bounds the requests
-        this gateway has at engines at once."""
+        this gateway has at engines at once; `gate` holds a placement on a saturated engine
+        (`admission.py`)."""
         self.client = as_upstream(client)
         self.membership = membership
         self.metrics = metrics
         self.judge = judge or FaultJudge(membership, None)
         self.max_in_flight = max_in_flight
+        self.gate = gate
 
     async def complete(self, decision: Decision, payload: bytes) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered."""
@@ -300,9 +305,16 @@ class Proxy:
                 if engine_id not in self.membership.healthy_ids():
                     continue
                 self.metrics.decisions.labels(FAILOVER).inc()
-            self.membership.acquire(engine_id, work, moved=moved or bool(failures))
+            placed = not (moved or failures)
+            self.membership.acquire(engine_id, work, moved=not placed)
             try:
-                answer = await self._attempt(engine_id, payload, stream, work)
+                if placed and self.gate is not None:
+                    await self.gate.admit(engine_id, work, stream)
+                try:
+                    answer = await self._attempt(engine_id, payload, stream, work)
+                finally:
+                    if placed and not stream and self.gate is not None:
+                        self.gate.sent_json(engine_id, work)
             except EngineFailed as failure:
                 self.membership.release(engine_id, work)
                 self.membership.eject(engine_id, failure.cause)
