@@ -204,6 +204,7 @@ async def test_through_the_gateway_a_short_turn_overtakes_a_long_prompt(tmp_path
         await calls[2].__aenter__()
         await until(lambda: gate.waiting(ENGINE) == 2, "the short turn held")
         assert len(engine.received) == 1
+        held = await gw.metrics()
         engine.hold.set()
         bodies = [await call.rest() for call in calls]
         for call in calls:
@@ -214,3 +215,5 @@ async def test_through_the_gateway_a_short_turn_overtakes_a_long_prompt(tmp_path
     assert [call.status for call in calls] == [200, 200, 200]
     assert [streamed_text(sse_payloads(b)) for b in bodies] == ["Hello world"] * 3
     assert metric(metrics, "warmroute_gateway_admission_wait_seconds_count") == 2
+    assert metric(held, "warmroute_gateway_admission_waiting", engine=ENGINE) == 2
+    assert metric(metrics, "warmroute_gateway_admission_waiting", engine=ENGINE) == 0

@@ -80,9 +80,9 @@ class AdmissionGate:
         membership.listeners.append(self._membership_changed)
 
     def waiting(self, engine_id: str) -> int:
-        """Requests placed on the engine and held here."""
-        lane = self._lanes.get(engine_id)
-        return sum(not w.future.done() for w in lane.heap) if lane is not None else 0
+        """Requests placed on the engine and held here (`EngineState.waiting`)."""
+        state = self.membership.engines.get(engine_id)
+        return state.waiting if state is not None else 0
 
     async def admit(self, engine_id: str, work: float, stream: bool) -> None:
         """Return when the request (placed on `engine_id`, its `work` acquired there) may go.
@@ -124,12 +124,15 @@ class AdmissionGate:
                          work, loop.create_future())
         heapq.heappush(lane.heap, waiter)
         lane.held += work
+        state = self.membership.engines[engine_id]
+        state.waiting += 1
         try:
             async with asyncio.timeout(self.params.max_hold_s):
                 await waiter.future
         except TimeoutError:
             pass  # held long enough: it goes now
         finally:
+            state.waiting -= 1
             lane.held = max(0.0, lane.held - waiter.work)  # 0 once let go
             waiter.work = 0.0
             if not waiter.future.done():

@@ -28,6 +28,7 @@ class EngineState:
     healthy: bool = False
     in_flight: int = 0
     queued: float = 0.0  # prefill work placed here whose first token has not come back yet
+    waiting: int = 0  # of those, held in the gateway's admission gate (`admission.py`)
     probe_failures: int = 0
     ejected_at: float = float("-inf")
     model: str | None = None

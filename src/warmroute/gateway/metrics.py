@@ -4,7 +4,8 @@ Counters: routing decisions by reason (each failover move counts once as "failov
 failovers and ejections per engine, prompt and cached tokens per engine as the engines
 reported them in `usage`, answers per engine and status, streams whose engine broke mid-answer
 by outcome (resumed on another engine, or failed when none could continue). Gauges, read from
-the membership at scrape time: in-flight requests and health per engine; whether the routing
+the membership at scrape time: in-flight requests, health and requests waiting in the
+admission gate per engine; whether the routing
 state shared with other replicas is reachable. Histograms: seconds to an answer's first token,
 and seconds a request waited in the admission gate.
 Admin keys only read them (`/metrics`), unless the gateway runs with `--public-metrics`.
@@ -148,8 +149,14 @@ class MembershipCollector:
         healthy = GaugeMetricFamily(
             "warmroute_gateway_engine_healthy", "1 if the engine is in rotation", labels=["engine"]
         )
+        waiting = GaugeMetricFamily(
+            "warmroute_gateway_admission_waiting",
+            "Requests placed on this engine and waiting in the admission gate", labels=["engine"]
+        )
         for state in list(self.membership.engines.values()):  # read on a worker thread too
             in_flight.add_metric([state.engine_id], state.in_flight)
             healthy.add_metric([state.engine_id], 1.0 if state.healthy else 0.0)
+            waiting.add_metric([state.engine_id], state.waiting)
         yield in_flight
         yield healthy
+        yield waiting

@@ -200,6 +200,7 @@
     const stats = el("div", "stats");
     stats.append(stat("in flight", int(e.in_flight), "in_flight"),
       stat("queued prefill", e.queued_prefill ? e.queued_prefill.toFixed(1) : "0", "queued"),
+      stat("waiting", int(e.waiting), "waiting"),
       stat("requests", int(e.requests), "requests"),
       stat("conversations", int(e.conversations), "conversations"));
     card.append(stats);
