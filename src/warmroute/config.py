@@ -202,7 +202,7 @@ class GatewayConfig:
     # least work first (`gateway/admission.py`; 0: never held); a long prompt is overtaken
     # only by what comes within `admission_ms_per_chunk` x its extra work after it, and none
     # waits more than `admission_max_hold_s`.
-    admission_work: float = 64.0
+    admission_work: float = 128.0
     admission_ms_per_chunk: float = 10.0
     admission_max_hold_s: float = 5.0
     max_deferred_per_team: int = 100

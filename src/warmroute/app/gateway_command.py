@@ -55,7 +55,7 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admission-work", type=float, default=None,
                         help="chunks of prefill (~50-64 tokens each) this gateway keeps sent to "
                              "an engine before a streamed request waits here, least work first "
-                             "(default 64; 0: never held)")
+                             "(default 128; 0: never held)")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
     add_operator_arguments(parser)

@@ -17,10 +17,14 @@ what it holds and what was sent without a stream (a JSON answer's first token is
 its prompt counts until its end, which would hold streams behind a long JSON decode; it goes
 in its turn and then counts for placement only). Only a request's placement passes here;
 failovers and resumes go at once. The membership tells the gate of every prefill done
-(`prefill_listeners`) and of every engine lost (its waiters go on, to fail over). Measured
-(`warmroute bench fleet`, conversation trace, README "Admission"): with the engines
-saturated, TTFT p50 falls by a third; below saturation nothing is held. Several replicas each
-keep their own `max_work` at an engine.
+(`prefill_listeners`) and of every engine lost (its waiters go on, to fail over). Several
+replicas each keep their own `max_work` at an engine.
+
+Holding costs something: a request let go after its engine's first token still has to reach
+the engine and be tokenized there, which it would have done while queued. With a budget of
+64 chunks that cost the conversation trace's moderate load (8 engines, 3× speed) about 3 % of
+TTFT p50; at 128 it is within noise, and most of the gain under saturation stays (README,
+"Admission", for the figures).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 
 from warmroute.gateway.membership import Membership
 
-DEFAULT_MAX_WORK = 64.0  # chunks: ~4k tokens sent and not yet prefilled, per engine
+DEFAULT_MAX_WORK = 128.0  # chunks: ~8k tokens sent and not yet prefilled, per engine
 DEFAULT_MS_PER_CHUNK = 10.0
 DEFAULT_MAX_HOLD_S = 5.0
 
