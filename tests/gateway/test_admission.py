@@ -217,3 +217,35 @@ async def test_through_the_gateway_a_short_turn_overtakes_a_long_prompt(tmp_path
     assert metric(metrics, "warmroute_gateway_admission_wait_seconds_count") == 2
     assert metric(held, "warmroute_gateway_admission_waiting", engine=ENGINE) == 2
     assert metric(metrics, "warmroute_gateway_admission_waiting", engine=ENGINE) == 0
+
+
+async def test_a_request_waiting_for_an_engine_that_dies_fails_over(tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    for script in fleet.scripts.values():
+        script.hold, script.hold_after = asyncio.Event(), 0
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware", admission_work=1.0,
+                                  admission_max_hold_s=60.0) as gw:
+        gate = gw.gateway.proxy.gate
+        assert gate is not None
+        first = gw.call(chat("first " * 2000), key="conversation")
+        await first.__aenter__()
+        await until(lambda: sum(len(s.received) for s in fleet.scripts.values()) == 1,
+                    "the first turn at its engine")
+        home = next(s for s in fleet.scripts.values() if s.received)
+        other = next(s for s in fleet.scripts.values() if s is not home)
+        second = gw.call(chat("second turn"), key="conversation")  # sticky: the same home
+        await second.__aenter__()
+        await until(lambda: gate.waiting(home.engine_id) == 1, "the second turn held")
+        first_held, home.hold = home.hold, None
+        home.failure = "connect"  # the home dies: the next call to it is refused at once
+        gw.gateway.membership.eject(home.engine_id, "probe failed")
+        other.hold.set()
+        answer = await second.rest()
+        await second.leave()
+        assert first_held is not None
+        first_held.set()
+        await first.leave()
+    assert second.status == 200
+    assert second.headers["x-warmroute-engine"] == other.engine_id
+    assert streamed_text(sse_payloads(answer)) == "Hello world"
+    assert [b["messages"][0]["content"] for b in other.received] == ["second turn"]

@@ -29,7 +29,7 @@ from warmroute.errors import (
     UnsupportedMediaType,
     WarmrouteError,
 )
-from warmroute.sse import typed_event
+from warmroute.sse import sse_data, typed_event
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def grpc_trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
 
 def sse_error_event(exc: BaseException) -> bytes:
     """An error inside an SSE stream that has already started (status can no longer change)."""
-    return b"data: " + json.dumps(error_body(exc)).encode() + b"\n\n"
+    return sse_data(error_body(exc))
 
 
 async def handle_warmroute_error(request: Request, exc: Exception) -> Response:
