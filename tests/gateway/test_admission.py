@@ -219,7 +219,7 @@ async def test_through_the_gateway_a_short_turn_overtakes_a_long_prompt(tmp_path
     assert metric(metrics, "warmroute_gateway_admission_waiting", engine=ENGINE) == 0
 
 
-async def test_a_request_waiting_for_an_engine_that_dies_fails_over(tmp_path: Path) -> None:
+async def test_a_request_waiting_for_an_engine_that_is_lost_fails_over(tmp_path: Path) -> None:
     fleet = ScriptedFleet("e1", "e2")
     for script in fleet.scripts.values():
         script.hold, script.hold_after = asyncio.Event(), 0
@@ -236,16 +236,99 @@ async def test_a_request_waiting_for_an_engine_that_dies_fails_over(tmp_path: Pa
         second = gw.call(chat("second turn"), key="conversation")  # sticky: the same home
         await second.__aenter__()
         await until(lambda: gate.waiting(home.engine_id) == 1, "the second turn held")
-        first_held, home.hold = home.hold, None
-        home.failure = "connect"  # the home dies: the next call to it is refused at once
-        gw.gateway.membership.eject(home.engine_id, "probe failed")
+        # wedged (its probes time out) but still taking connections: nothing more goes there
+        gw.gateway.membership.eject(home.engine_id, "probe timed out")
         other.hold.set()
         answer = await second.rest()
         await second.leave()
-        assert first_held is not None
-        first_held.set()
+        assert home.hold is not None
+        home.hold.set()
         await first.leave()
     assert second.status == 200
     assert second.headers["x-warmroute-engine"] == other.engine_id
     assert streamed_text(sse_payloads(answer)) == "Hello world"
     assert [b["messages"][0]["content"] for b in other.received] == ["second turn"]
+    assert len(home.received) == 1
+
+
+async def test_a_json_answer_let_go_holds_no_stream_behind_it(tmp_path: Path) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    engine = fleet[ENGINE]
+    first_token = asyncio.Event()
+    engine.hold, engine.hold_after = first_token, 0
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware", admission_work=1.0,
+                                  admission_ms_per_chunk=0.0, admission_max_hold_s=30.0) as gw:
+        gate = gw.gateway.proxy.gate
+        assert gate is not None
+        calls = [gw.call(chat("first " * 2000), key="a"),
+                 gw.call({**chat("json " * 2000), "stream": False}, key="b"),
+                 gw.call(chat("short turn"), key="c")]
+        await calls[0].__aenter__()
+        await until(lambda: len(engine.received) == 1, "the first request at the engine")
+        for waiting, call in enumerate(calls[1:], start=1):
+            await call.__aenter__()
+            await until(lambda: gate.waiting(ENGINE) == waiting, "held")  # noqa: B023
+        decoding = engine.hold = asyncio.Event()  # the JSON answer takes long to decode
+        first_token.set()
+        # the JSON answer went first and its first token is never seen: the stream goes too
+        await until(lambda: len(engine.received) == 3, "the stream at the engine", timeout=2.0)
+        decoding.set()
+        for call in calls:
+            await call.rest()
+            await call.leave()
+    assert [call.status for call in calls] == [200, 200, 200]
+
+
+async def test_a_json_answer_that_failed_over_holds_no_stream(tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    fleet["e1"].failure = "connect"
+    decoding = fleet["e2"].hold = asyncio.Event()
+    fleet["e2"].hold_after = 3  # a JSON answer waits for it; a stream's first tokens do not
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  admission_max_hold_s=30.0) as gw:
+        answer = None
+        for key in (f"k{i}" for i in range(20)):  # a key the JSON answer is placed on e1 for
+            answer = gw.call({**chat("json " * 12000), "stream": False}, key=key)
+            await answer.__aenter__()
+            await until(lambda: len(fleet["e2"].received) == 1, "the JSON answer at e2")
+            if fleet["e1"].received:
+                break
+            await answer.leave()
+            fleet["e2"].received.clear()
+        assert answer is not None and fleet["e1"].received
+        assert gw.gateway.membership.engines["e2"].queued > 128  # counted for placement
+        stream = gw.call(chat("short turn"), key="s")
+        await stream.__aenter__()
+        await until(lambda: len(fleet["e2"].received) == 2, "the stream at e2", timeout=2.0)
+        decoding.set()
+        for call in (answer, stream):
+            await call.rest()
+            await call.leave()
+    assert (answer.status, stream.status) == (200, 200)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_while_held_gives_its_place_back(
+        tmp_path: Path, stream: bool) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    engine = fleet[ENGINE]
+    engine.hold, engine.hold_after = asyncio.Event(), 0
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware", admission_work=1.0,
+                                  admission_max_hold_s=0.5) as gw:
+        gate, state = gw.gateway.proxy.gate, gw.gateway.membership.engines[ENGINE]
+        assert gate is not None
+        first = gw.call(chat("first " * 2000), key="a")
+        await first.__aenter__()
+        await until(lambda: len(engine.received) == 1, "the first request at the engine")
+        queued, in_flight = state.queued, state.in_flight
+        held = gw.call({**chat("held " * 300), "stream": stream}, key="b")
+        await held.__aenter__()
+        await until(lambda: gate.waiting(ENGINE) == 1, "held")
+        await held.leave(timeout=1.0)
+        assert (gate.waiting(ENGINE), state.queued, state.in_flight) == (0, queued, in_flight)
+        await asyncio.sleep(0.7)  # past the longest hold: it never reaches the engine
+        assert len(engine.received) == 1
+        engine.hold.set()
+        await first.rest()
+        await first.leave()
+    assert held.status == 499

@@ -101,7 +101,7 @@ async def test_a_request_level_error_event_fails_a_responses_stream_and_a_grpc_c
                                    headers={"x-grok-conv-id": KEY})
         assert sorted(gw.gateway.membership.healthy_ids()) == ["e1", "e2", "e3"]
     last = [line for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
-    assert last == f'data: {{"code": "{FAILED}", "error": "engine step failed"}}'
+    assert last == f'data: {{"code":"{FAILED}","error":"engine step failed"}}'
     assert (whole.status_code, whole.json()) == (422, {"code": FAILED,
                                                        "error": "the forward pass failed"})
     assert engines[second].received == []

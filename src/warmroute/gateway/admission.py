@@ -88,19 +88,33 @@ class AdmissionGate:
         state = self.membership.engines.get(engine_id)
         return state.waiting if state is not None else 0
 
-    async def admit(self, engine_id: str, work: float, stream: bool) -> None:
-        """Return when the request (placed on `engine_id`, its `work` acquired there) may go.
-        At once unless its engine has `max_work` sent already or others wait for it."""
+    async def admit(self, engine_id: str, work: float, stream: bool) -> bool:
+        """Return when the request (placed on `engine_id`, its `work` acquired there) may go:
+        at once (False) unless its engine has `max_work` sent already or others wait for it;
+        True once it waited (its engine may have been lost meanwhile)."""
         if self.params.max_work <= 0:
-            return
+            return False
         lane = self._lanes.get(engine_id)
         if lane is None:
             lane = self._lanes[engine_id] = _Lane()
         if not lane.heap and self._open(engine_id, lane, work):
             self._sent(lane, work, stream)
-            return
+            return False
         await self._wait(engine_id, lane, work)
         self._sent(lane, work, stream)
+        self._release(engine_id, lane)  # a JSON one is unseen now; one timed out is sent
+        return True
+
+    def moved_json(self, engine_id: str, work: float) -> None:
+        """A JSON answer's prompt taken to an engine past the gate (failover): unseen too."""
+        if self.params.max_work <= 0 or not work:
+            return
+        lane = self._lanes.get(engine_id)
+        if lane is None:
+            lane = self._lanes[engine_id] = _Lane()
+        lane.unseen += work
+        if lane.heap:
+            self._release(engine_id, lane)
 
     def sent_json(self, engine_id: str, work: float) -> None:
         """A JSON answer's engine is done with it (its `work` leaves the membership too)."""
@@ -143,7 +157,6 @@ class AdmissionGate:
                 waiter.future.cancel()  # lazily dropped from the heap
             if self.observe_wait is not None:
                 self.observe_wait(loop.time() - started)
-        self._release(engine_id, lane)  # a timed-out request held no place: room for the next
 
     def _release(self, engine_id: str, lane: _Lane) -> None:
         """Let the waiting go, least work first, while the engine has room (each one let go

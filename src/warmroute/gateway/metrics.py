@@ -91,19 +91,15 @@ class GatewayMetrics:
             "reachable; 0 while this replica routes from its local state alone",
             registry=self.registry,
         )
-        self.admission_wait = Histogram(
+        self.admission_wait = self._seconds(
             "warmroute_gateway_admission_wait_seconds",
             "Seconds a request placed on a saturated engine waited in the gateway's admission "
             "gate before it was sent (only those that waited)",
-            buckets=FIRST_TOKEN_BUCKETS,
-            registry=self.registry,
         )
-        self.first_token = Histogram(
+        self.first_token = self._seconds(
             "warmroute_gateway_first_token_seconds",
             "Seconds from sending a request to an engine until its first token came back "
             "(a JSON answer: the whole answer, which is when its caller sees a token)",
-            buckets=FIRST_TOKEN_BUCKETS,
-            registry=self.registry,
         )
         self.registry.register(MembershipCollector(membership))
         membership.listeners.append(self.on_membership_change)
@@ -119,6 +115,10 @@ class GatewayMetrics:
             for counter in (self.failovers, self.ejections, self.prompt_tokens,
                             self.cached_tokens):
                 counter.labels(engine_id)
+
+    def _seconds(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, buckets=FIRST_TOKEN_BUCKETS,
+                         registry=self.registry)
 
     def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
         return CachedCounter(name, documentation, labels, registry=self.registry)

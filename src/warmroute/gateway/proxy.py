@@ -308,12 +308,14 @@ class Proxy:
             placed = not (moved or failures)
             self.membership.acquire(engine_id, work, moved=not placed)
             try:
-                if placed and self.gate is not None:
-                    await self.gate.admit(engine_id, work, stream)
+                if not await self._through_gate(engine_id, work, stream, placed):
+                    self.membership.release(engine_id, work)
+                    failures.append(f"{engine_id}: lost while the request waited for it")
+                    continue
                 try:
                     answer = await self._attempt(engine_id, payload, stream, work)
                 finally:
-                    if placed and not stream and self.gate is not None:
+                    if not stream and self.gate is not None:
                         self.gate.sent_json(engine_id, work)
             except EngineFailed as failure:
                 self.membership.release(engine_id, work)
@@ -339,6 +341,25 @@ class Proxy:
         if busy and len(busy) == len(failures):
             raise EngineOverloaded(reason, retry_after=min(busy))
         raise EngineUnavailable(reason)
+
+    async def _through_gate(self, engine_id: str, work: float, stream: bool,
+                            placed: bool) -> bool:
+        """Whether the request may go to `engine_id` now: a placement waits its turn at a
+        saturated engine (`admission.py`), and moves on if the engine was lost meanwhile; a
+        JSON answer's prompt counts as one whose first token is never seen."""
+        gate = self.gate
+        if gate is None:
+            return True
+        if not placed:
+            if not stream:
+                gate.moved_json(engine_id, work)
+            return True
+        if (await gate.admit(engine_id, work, stream)
+                and engine_id not in self.membership.healthy_ids()):
+            if not stream:
+                gate.sent_json(engine_id, work)
+            return False
+        return True
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
                        work: float = 0.0) -> Relayed | Upstream:
