@@ -332,3 +332,18 @@ async def test_a_client_that_leaves_while_held_gives_its_place_back(
         await first.rest()
         await first.leave()
     assert held.status == 499
+
+
+def test_a_turn_moved_to_the_engine_holding_its_history_keeps_its_prefill(
+        tmp_path: Path) -> None:
+    from warmroute.gateway.conversations import prefer
+    from warmroute.gateway.gateway import Gateway
+    from warmroute.gateway.policies import Decision
+
+    endpoints = tuple(EngineEndpoint.of(f"http://127.0.0.1:{port}", f"e{port}")
+                      for port in (1, 2))
+    gateway = Gateway(GatewayConfig(engines=endpoints, data_dir=tmp_path))
+    for endpoint in endpoints:
+        gateway.membership.probe_succeeded(endpoint.engine_id, 0.0, "m")
+    moved = prefer(Decision(("e1", "e2"), "prefix", 37.0), "e2", gateway)
+    assert (moved.ranked, moved.reason, moved.work) == (("e2", "e1"), "prefix", 37.0)

@@ -119,11 +119,12 @@ class Conversations:
 
 
 def prefer(decision: Decision, engine_id: str | None, gw: Gateway) -> Decision:
-    """Put the engine that holds the conversation's KV first while it is healthy."""
+    """Put the engine that holds the conversation's KV first while it is healthy (the
+    prefill the placement expects stays counted: its queue and admission read it)."""
     if engine_id is None or engine_id not in gw.membership.healthy_ids():
         return decision
     rest = tuple(e for e in decision.ranked if e != engine_id)
-    return Decision((engine_id, *rest), decision.reason)
+    return Decision((engine_id, *rest), decision.reason, decision.work)
 
 
 def stored_message(item: Any) -> ChatMessage:
