@@ -5,8 +5,8 @@ scheduler, SGLang's and ours alike). When it is saturated, a conversation's next
 hundred new tokens over a cached history — waits behind every new conversation's long prompt
 that came a moment before it. So this gateway keeps at most `max_work` chunks of prefill
 (`policies.RequestFeatures` chunks, ~50–64 tokens each, as placement counts them) sent to an
-engine and not yet answered with a first token; a streamed request placed on an engine past
-that waits here, and the waiting ones go in order of `arrival + ms_per_chunk·work`: the
+engine and not yet answered with a first token; a request placed on an engine past that
+waits here, and the waiting ones go in order of `arrival + ms_per_chunk·work`: the
 shortest prefill first, and a long one overtaken only by what came within `ms_per_chunk`
 times its extra work after it (a 40k-token prompt: by what came within ~7 s at the default).
 Nobody waits more than `max_hold_s`: past that a request goes to its engine as before.
@@ -17,8 +17,9 @@ what it holds and what was sent without a stream (a JSON answer's first token is
 its prompt counts until its end, which would hold streams behind a long JSON decode; it goes
 in its turn and then counts for placement only). Only a request's placement passes here;
 failovers and resumes go at once. The membership tells the gate of every prefill done
-(`prefill_listeners`) and of every engine lost (its waiters go on, to fail over). Several
-replicas each keep their own `max_work` at an engine.
+(`prefill_listeners`) and of every engine lost (its waiters go on: `admit` says they waited,
+and the proxy moves one whose engine is gone to the next). Several replicas each keep their
+own `max_work` at an engine.
 
 Holding costs something: a request let go after its engine's first token still has to reach
 the engine and be tokenized there, which it would have done while queued. With a budget of
