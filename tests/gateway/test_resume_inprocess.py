@@ -207,6 +207,9 @@ async def test_a_grpc_stream_is_resumed_too(tmp_path: Path) -> None:
                           timeout=30)
         chat = sdk.chat.create(model="scripted-model", max_tokens=50)
         chat.append(user("hi"))
-        pieces = [chunk.content async for _, chunk in chat.stream()]
-    assert "".join(pieces) == "Hello there"
+        chunks = [chunk async for _, chunk in chat.stream()]
+    pieces = [(c.content, c.proto.debug_output.sampler_tag) for c in chunks if c.content]
+    assert "".join(text for text, _ in pieces) == "Hello there"
+    # each delta names the engine that sampled it: the first one, then the one that resumed
+    assert pieces == [("Hel", first), ("lo", first), (" there", second)]
     assert engines[second].received[0]["continue_token_ids"] == [ord(c) for c in "Hello"]

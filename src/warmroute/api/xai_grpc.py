@@ -181,13 +181,16 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         response_id, model, created = str(uuid.uuid4()), request.model, time.time()
         text: list[str] = []
         metering = SurfaceStreamMeter(self.meter, caller, "grpc", stream)
+        template, sampled_by = None, ""
         try:
             async for item in engine_calls.stream_events(stream):
                 if isinstance(item, engine_calls.TextDelta):
                     text.append(item.text)
-                    yield wire.completion_chunk(
-                        response_id, model, created, item.text, engine_id=stream.engine_id
-                    )
+                    if template is None or sampled_by != stream.engine_id:  # resumed
+                        sampled_by = stream.engine_id
+                        template = wire.completion_chunk(response_id, model, created,
+                                                         engine_id=sampled_by)
+                    yield wire.delta_chunk(template, item.text)
                     continue
                 cost = await metering.done(item.usage)
                 last = wire.completion_chunk(
