@@ -197,7 +197,8 @@ class GatewayConfig:
     body_timeout_s: float = 60.0
     # Deferred completions pending at once: in all, and per team (beyond: 429).
     max_deferred: int = 1000
-    # A streamed request placed on an engine that has `admission_work` chunks of prefill
+    max_deferred_per_team: int = 100
+    # A request placed on an engine that has `admission_work` chunks of prefill
     # (~50-64 tokens each) sent from this gateway and not yet answered waits its turn here,
     # least work first (`gateway/admission.py`; 0: never held); a long prompt is overtaken
     # only by what comes within `admission_ms_per_chunk` x its extra work after it, and none
@@ -205,7 +206,6 @@ class GatewayConfig:
     admission_work: float = 128.0
     admission_ms_per_chunk: float = 10.0
     admission_max_hold_s: float = 5.0
-    max_deferred_per_team: int = 100
 
     @property
     def store_url(self) -> str:

@@ -48,10 +48,12 @@ class Requests:
 
         async def run() -> None:
             try:
-                await self.gate.admit(ENGINE, work, stream)
+                await self.gate.admit(ENGINE, work)
             except BaseException:
                 self.membership.release(ENGINE, work)
                 raise
+            if not stream:
+                self.gate.json_sent(ENGINE, work)
             self.gone.append(name)
 
         self.tasks[name] = asyncio.create_task(run())
@@ -70,11 +72,11 @@ class Requests:
 async def test_under_its_work_a_request_goes_without_waiting() -> None:
     requests = Requests(AdmissionParams(max_work=64))
     requests.membership.acquire(ENGINE, 30)
-    admitted = requests.gate.admit(ENGINE, 30, True)
+    admitted = requests.gate.admit(ENGINE, 30)
     with pytest.raises(StopIteration):  # never suspended: no task, no await on the fast path
         admitted.send(None)
     requests.membership.acquire(ENGINE, 200)  # 30 sent, under 64: a large one goes too
-    admitted = requests.gate.admit(ENGINE, 200, True)
+    admitted = requests.gate.admit(ENGINE, 200)
     with pytest.raises(StopIteration):
         admitted.send(None)
     assert requests.gate.waiting(ENGINE) == 0
@@ -160,7 +162,7 @@ async def test_a_json_answers_prompt_holds_no_stream() -> None:
     assert requests.gone == ["json", "stream"]  # the JSON one counts for placement only
     await requests.place("next", 10)
     assert requests.gone == ["json", "stream"]  # the stream's prefill holds the next
-    requests.gate.sent_json(ENGINE, 100)
+    requests.gate.json_done(ENGINE, 100)
     requests.membership.release(ENGINE, 100)  # the JSON answer ended
     assert requests.gone == ["json", "stream"]
     await requests.first_token("stream")

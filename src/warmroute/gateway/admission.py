@@ -89,7 +89,7 @@ class AdmissionGate:
         state = self.membership.engines.get(engine_id)
         return state.waiting if state is not None else 0
 
-    async def admit(self, engine_id: str, work: float, stream: bool) -> bool:
+    async def admit(self, engine_id: str, work: float) -> bool:
         """Return when the request (placed on `engine_id`, its `work` acquired there) may go:
         at once (False) unless its engine has `max_work` sent already or others wait for it;
         True once it waited (its engine may have been lost meanwhile)."""
@@ -99,15 +99,13 @@ class AdmissionGate:
         if lane is None:
             lane = self._lanes[engine_id] = _Lane()
         if not lane.heap and self._open(engine_id, lane, work):
-            self._sent(lane, work, stream)
             return False
         await self._wait(engine_id, lane, work)
-        self._sent(lane, work, stream)
-        self._release(engine_id, lane)  # a JSON one is unseen now; one timed out is sent
         return True
 
-    def moved_json(self, engine_id: str, work: float) -> None:
-        """A JSON answer's prompt taken to an engine past the gate (failover): unseen too."""
+    def json_sent(self, engine_id: str, work: float) -> None:
+        """A JSON answer's prompt goes to the engine (placed, or moved there past the gate): its
+        first token is never seen, so it counts as sent no longer, and the next may go."""
         if self.params.max_work <= 0 or not work:
             return
         lane = self._lanes.get(engine_id)
@@ -117,15 +115,11 @@ class AdmissionGate:
         if lane.heap:
             self._release(engine_id, lane)
 
-    def sent_json(self, engine_id: str, work: float) -> None:
+    def json_done(self, engine_id: str, work: float) -> None:
         """A JSON answer's engine is done with it (its `work` leaves the membership too)."""
         lane = self._lanes.get(engine_id)
         if lane is not None and work:
             lane.unseen = max(0.0, lane.unseen - work)
-
-    def _sent(self, lane: _Lane, work: float, stream: bool) -> None:
-        if not stream:
-            lane.unseen += work
 
     def _open(self, engine_id: str, lane: _Lane, work: float = 0.0) -> bool:
         """Whether one more may go: the work sent there (less `work`, this request's own,

@@ -316,7 +316,7 @@ class Proxy:
                     answer = await self._attempt(engine_id, payload, stream, work)
                 finally:
                     if not stream and self.gate is not None:
-                        self.gate.sent_json(engine_id, work)
+                        self.gate.json_done(engine_id, work)
             except EngineFailed as failure:
                 self.membership.release(engine_id, work)
                 self.membership.eject(engine_id, failure.cause)
@@ -350,15 +350,11 @@ class Proxy:
         gate = self.gate
         if gate is None:
             return True
-        if not placed:
-            if not stream:
-                gate.moved_json(engine_id, work)
-            return True
-        if (await gate.admit(engine_id, work, stream)
-                and engine_id not in self.membership.healthy_ids()):
-            if not stream:
-                gate.sent_json(engine_id, work)
+        if placed and (await gate.admit(engine_id, work)
+                       and engine_id not in self.membership.healthy_ids()):
             return False
+        if not stream:
+            gate.json_sent(engine_id, work)
         return True
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
