@@ -43,6 +43,11 @@ def env_int(name: str) -> int | None:
     return int(raw) if raw else None
 
 
+DEFAULT_PREFILL_CHUNK = 2048  # prompt tokens per scheduler step (vLLM: max_num_batched_tokens)
+SchedulingPolicy = Literal["fcfs", "priority"]
+SCHEDULING_POLICIES: tuple[SchedulingPolicy, ...] = ("fcfs", "priority")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything one inference server needs to start."""
@@ -56,6 +61,9 @@ class EngineConfig:
     dtype: DType = "auto"
     max_running: int = 16
     max_waiting: int = 256  # requests queued for admission; beyond: 503 with retry-after
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    # "priority": a request's `priority` (lower first) orders prefill, as vLLM's policy does.
+    scheduling_policy: SchedulingPolicy = "fcfs"
     max_model_len: int | None = None
     engine_id: str = ""
     served_model_name: str | None = None
@@ -206,6 +214,11 @@ class GatewayConfig:
     admission_work: float = 128.0
     admission_ms_per_chunk: float = 10.0
     admission_max_hold_s: float = 5.0
+    # Send each request's `priority` (vLLM's field; lower is prefilled sooner): the time its
+    # first token is due, in ms, its arrival plus `admission_ms_per_chunk` x its prefill work.
+    # Every engine must schedule by priority (`--scheduling-policy priority`: warmroute's and
+    # vLLM's engines); an engine without it refuses the field. A client's own is never sent.
+    engine_priority: bool = False
 
     @property
     def store_url(self) -> str:

@@ -35,6 +35,7 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cache_salt: str = ""
     continue_final_message: bool = False
+    priority: int = 0  # lower goes first on an engine scheduling by priority
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int]] = [
     ("stop string too long", {"stop": ["x" * 257]}, 400),
     ("seed beyond 64 bits", {"seed": 2**64}, 400),
     ("top_p zero", {"top_p": 0}, 400),
+    ("priority on a first-come engine", {"priority": 5}, 400),
+    ("priority not an integer", {"priority": "5"}, 400),
     ("unknown model", {"model": "grok-9"}, 404),
 ]
 

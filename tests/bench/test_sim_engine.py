@@ -55,9 +55,14 @@ def test_prefill_costs_only_uncached_tokens_and_decode_is_batched() -> None:
     sleeps = Sleeps()
     runner = SimRunner(CPU, 1000, block_size=16, sleep=sleeps)
     seq = Sequence("r1", list(range(3, 203)), 4, SamplingParams())
-    runner.prefill(seq, [Block(i) for i in range(10)])  # 160 of 200 tokens cached
+    runner.prefill(seq, [Block(i) for i in range(10)], 200)  # 160 of 200 tokens cached
     assert sleeps.seconds[-1] == pytest.approx(40 * CPU.prefill_ms_per_token / 1000)
     assert seq.num_computed == 200
+    chunked = Sequence("r2", list(range(3, 203)), 4, SamplingParams())
+    runner.prefill(chunked, [Block(i) for i in range(10)], 180)  # a chunk: 20 tokens computed
+    runner.prefill(chunked, [Block(i) for i in range(10)], 200)  # the next: 20 more
+    assert sleeps.seconds[-2:] == [pytest.approx(20 * CPU.prefill_ms_per_token / 1000)] * 2
+    assert chunked.num_computed == 200
     runner.decode([seq])
     one = sleeps.seconds[-1]
     runner.decode([replace(seq, request_id=f"r{i}") for i in range(16)])

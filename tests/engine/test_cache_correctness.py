@@ -63,7 +63,7 @@ def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
     cold = new_seq(loaded, messages)
     cold.hashes = block_hashes(cold.prompt_ids, BS, "", seed)
     assert cache.lookup(cold.hashes, cold.num_prompt_tokens) == []
-    cold_first = runner.prefill(cold, [])
+    cold_first = runner.prefill(cold, [], cold.num_prompt_tokens)
     runner.write_blocks(cold, cache.insert(cold.blocks, cold.hashes))
     cold_steps = teacher_forced(runner, cold, forced)
     cache.release(cold.blocks)
@@ -72,7 +72,7 @@ def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
     warm.hashes = block_hashes(warm.prompt_ids, BS, "", seed)
     hits = cache.lookup(warm.hashes, warm.num_prompt_tokens)
     assert len(hits) == (warm.num_prompt_tokens - 1) // BS > 5
-    warm_first = runner.prefill(warm, hits)
+    warm_first = runner.prefill(warm, hits, warm.num_prompt_tokens)
     warm_steps = teacher_forced(runner, warm, forced)
 
     assert torch.allclose(warm_first, cold_first, atol=ATOL)
@@ -83,12 +83,47 @@ def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
     pool.check_integrity()
 
 
+def test_chunked_prefill_matches_whole(loaded: LoadedModel) -> None:
+    """A prompt prefilled in chunks (after a cached prefix) ends with the same logits and
+    decodes the same as one prefilled whole."""
+    pool = BlockPool(64)
+    cache = PrefixCache(pool, BS)
+    runner = Runner(loaded, pool.num_blocks, BS)
+    seed = hash_seed("builtin:tiny", "float32")
+    messages = conversation(150, seed=4)
+    forced = random.Random(8).sample(range(100, 4000), 8)
+    whole = new_seq(loaded, messages)
+    whole.hashes = block_hashes(whole.prompt_ids, BS, "", seed)
+    whole_first = runner.prefill(whole, [], whole.num_prompt_tokens)
+    whole_steps = teacher_forced(runner, whole, forced)
+    runner.write_blocks(whole, cache.insert(whole.blocks, whole.hashes[:3]))  # 3 blocks cached
+
+    chunked = new_seq(loaded, messages)
+    chunked.hashes = block_hashes(chunked.prompt_ids, BS, "", seed)
+    hits = cache.lookup(chunked.hashes, chunked.num_prompt_tokens)
+    assert len(hits) == 3
+    ends = [*range(3 * BS + 37, chunked.num_prompt_tokens, 37), chunked.num_prompt_tokens]
+    assert len(ends) > 3
+    for end in ends:
+        last = runner.prefill(chunked, hits, end)
+        assert chunked.num_computed == end
+    chunked_steps = teacher_forced(runner, chunked, forced)
+
+    assert torch.allclose(last, whole_first, atol=ATOL)
+    assert int(last.argmax()) == int(whole_first.argmax())
+    for chunked_step, whole_step in zip(chunked_steps, whole_steps, strict=True):
+        assert torch.allclose(chunked_step, whole_step, atol=ATOL)
+    cache.release(whole.blocks)
+    cache.release(hits)
+    pool.check_integrity()
+
+
 def test_batched_decode_matches_single(loaded: LoadedModel) -> None:
     runner = Runner(loaded, 8, BS)
     short, long_ = new_seq(loaded, conversation(20, 2)), new_seq(loaded, conversation(90, 3))
     singles = []
     for seq in (short, long_):
-        runner.prefill(seq, [])
+        runner.prefill(seq, [], seq.num_prompt_tokens)
         seq.output_ids.append(42)
     snapshot = [(s.kv.clone(), s.num_computed) for s in (short, long_)]
     for seq in (short, long_):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from warmroute.errors import InvalidRequest
 from warmroute.types import ROLES, ChatMessage, ChatRequest, SamplingParams, Usage
@@ -57,6 +57,8 @@ class ChatCompletionBody(BaseModel):
     # can name the ids it was generated as, so it resumes exactly (see `Engine.prepare`).
     return_token_ids: bool = False
     continue_token_ids: list[int] | None = None
+    # vLLM's: lower is scheduled sooner, on an engine run with `--scheduling-policy priority`.
+    priority: StrictInt = 0
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -129,6 +131,7 @@ def to_chat_request(parsed: ChatCompletionBody) -> ChatRequest:
         ),
         cache_salt=parsed.cache_salt or "",
         continue_final_message=parsed.continue_final_message,
+        priority=parsed.priority,
     )
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 
 from warmroute.config import (
+    DEFAULT_PREFILL_CHUNK,
     ENGINE_API_KEY_ENV,
+    SCHEDULING_POLICIES,
     EngineConfig,
     engine_api_key_from_env,
     warmroute_home,
@@ -40,6 +42,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-running", type=int, default=16, help="requests decoded together")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="requests queued for admission; more get 503 with retry-after")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                        help="prompt tokens prefilled per scheduler step (chunked prefill)")
+    parser.add_argument("--scheduling-policy", choices=SCHEDULING_POLICIES, default="fcfs",
+                        help="fcfs: prefill in arrival order; priority: by each request's "
+                             "`priority` (lower first), then arrival, as vLLM's policy")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="context length to serve (default: the model's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -66,6 +73,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         max_running=args.max_running,
         max_waiting=args.max_waiting,
+        prefill_chunk=args.prefill_chunk,
+        scheduling_policy=args.scheduling_policy,
         max_model_len=args.max_model_len,
         engine_id=getattr(args, "engine_id", None) or "",
         served_model_name=args.served_model_name,

@@ -56,6 +56,10 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chunks of prefill (~50-64 tokens each) this gateway keeps sent to "
                              "an engine before a streamed request waits here, least work first "
                              "(default 128; 0: never held)")
+    parser.add_argument("--engine-priority", action="store_true",
+                        help="send each request's `priority` (when its first token is due, "
+                             "least prefill work first), for engines started with "
+                             "--scheduling-policy priority")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
     add_operator_arguments(parser)
@@ -107,6 +111,8 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
         overrides["require_api_keys"] = False
     if args.public_metrics:
         overrides["public_metrics"] = True
+    if args.engine_priority:
+        overrides["engine_priority"] = True
     engine_key = args.engine_api_key or engine_api_key_from_env()
     if engine_key:
         overrides["engine_api_key"] = engine_key

@@ -45,10 +45,14 @@ class EngineParams:
     max_running: int = 16
     cache_blocks: int | None = None
     block_size: int = 16
+    # As a vLLM fleet run for a router that ranks requests (`--engine-priority`); a request
+    # without a `priority` ranks 0, so routers that send none get arrival order.
+    scheduling_policy: str = "priority"
 
     def flags(self) -> list[str]:
         out = ["--sim-profile", self.profile, "--max-running", str(self.max_running),
-               "--block-size", str(self.block_size)]
+               "--block-size", str(self.block_size),
+               "--scheduling-policy", self.scheduling_policy]
         if self.prefill_ms_per_token is not None:
             out += ["--prefill-ms-per-token", str(self.prefill_ms_per_token)]
         if self.decode_ms_per_token is not None:
@@ -195,6 +199,8 @@ def start_gateway(fleet: SimFleet, policy: str, log: Path, epsilon: float,
     command = [sys.executable, "-m", "warmroute", "gateway", "--port", str(port),
                "--policy", policy, "--epsilon", str(epsilon), "--probe-interval", "0.5",
                "--data-dir", str(log.parent / f"{log.stem}-data"), "--no-api-keys", *extra]
+    if fleet.params.scheduling_policy == "priority":
+        command.append("--engine-priority")
     for engine_id, url in zip(fleet.ids, fleet.urls, strict=True):
         command += ["--engine", f"{engine_id}={url}"]
     launched = Launched(f"http://127.0.0.1:{port}", spawn(command, log), log)

@@ -19,7 +19,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from warmroute.config import EngineConfig
+from warmroute.config import DEFAULT_PREFILL_CHUNK, EngineConfig, SchedulingPolicy
 from warmroute.engine.block_pool import BlockPool
 from warmroute.engine.limits import checked_sampling, shown
 from warmroute.engine.prefix_cache import PrefixCache, hash_seed
@@ -90,6 +90,8 @@ class Engine:
         context_len: int,
         max_running: int,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        scheduling_policy: SchedulingPolicy = "fcfs",
     ) -> None:
         self.model_name = model_name
         self.dtype = dtype
@@ -106,6 +108,8 @@ class Engine:
             self.cache,
             max_running=max_running,
             max_waiting=max_waiting,
+            prefill_chunk=prefill_chunk,
+            policy=scheduling_policy,
             context_len=context_len,
             eos_ids=tokenizer.eos_ids,
             seed=hash_seed(model_name, dtype),
@@ -135,6 +139,8 @@ class Engine:
             context_len=min(loaded.context_len, config.max_model_len or loaded.context_len),
             max_running=config.max_running,
             max_waiting=config.max_waiting,
+            prefill_chunk=config.prefill_chunk,
+            scheduling_policy=config.scheduling_policy,
         )
 
     def start(self) -> None:
@@ -161,6 +167,9 @@ class Engine:
             raise InvalidRequest("messages must not be empty")
         if request.continue_final_message and request.messages[-1].role != "assistant":
             raise InvalidRequest("continue_final_message needs a final assistant message")
+        if request.priority and self.scheduler.policy != "priority":
+            raise InvalidRequest("priority needs an engine started with --scheduling-policy "
+                                 "priority; this one schedules first come, first served")
         request = dataclasses.replace(request, sampling=checked_sampling(request.sampling))
         continued = self._continued_ids(request, continue_token_ids)
         prompt = None
@@ -234,6 +243,7 @@ class Engine:
             sampling=request.sampling,
             salt=request.cache_salt,
             emit=emit,
+            priority=request.priority,
         )
 
         def delta(text: str) -> Delta:

@@ -63,27 +63,31 @@ class Runner:
     # -- forward passes -----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, hits: Seq[Block]) -> torch.Tensor:
-        """Restore the hit blocks' KV, compute the rest of the prompt; return last logits [V]."""
+    def prefill(self, seq: Sequence, hits: Seq[Block], end: int) -> torch.Tensor:
+        """Compute the prompt up to `end` (a chunk): the first chunk restores the hit blocks'
+        KV and starts after them, a later one where the last stopped. Returns the logits [V]
+        of the chunk's last token."""
         prompt = seq.prompt_ids
-        self._ensure_room(seq, len(prompt) + 1)
-        hit_len = len(hits) * self.block_size
-        if hits:
-            ids = torch.tensor([b.block_id for b in hits])
-            gathered = self.store.index_select(0, ids)  # [n, L, 2, H, bs, D]
-            layers, two, heads, dim = self.kv_shape
-            seq.kv[:, :, :, :hit_len] = gathered.permute(1, 2, 3, 0, 4, 5).reshape(
-                layers, two, heads, hit_len, dim
-            )
-        cache = self._views(seq.kv, hit_len) if hit_len else DynamicCache()
+        start = seq.num_computed
+        if not start:
+            self._ensure_room(seq, len(prompt) + 1)
+            start = len(hits) * self.block_size
+            if hits:
+                ids = torch.tensor([b.block_id for b in hits])
+                gathered = self.store.index_select(0, ids)  # [n, L, 2, H, bs, D]
+                layers, two, heads, dim = self.kv_shape
+                seq.kv[:, :, :, :start] = gathered.permute(1, 2, 3, 0, 4, 5).reshape(
+                    layers, two, heads, start, dim
+                )
+        cache = self._views(seq.kv, start) if start else DynamicCache()
         out = self.model(
-            input_ids=torch.tensor([prompt[hit_len:]]),
+            input_ids=torch.tensor([prompt[start:end]]),
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        self._copy_back(seq, out.cache, hit_len, len(prompt))
-        seq.num_computed = len(prompt)
+        self._copy_back(seq, out.cache, start, end)
+        seq.num_computed = end
         last: torch.Tensor = out.logits[0, -1].float()
         return last
 

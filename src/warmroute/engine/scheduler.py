@@ -1,10 +1,17 @@
 """Continuous batching on one worker thread that owns the model.
 
-Each step admits at most one waiting sequence (FIFO, up to `max_running`) and prefills it, then
-runs one batched decode step over every running sequence. Prompt blocks are published to the
-prefix cache right after the first token is emitted (off the TTFT path); the generated tokens'
-blocks when the sequence finishes. A finished or aborted sequence releases its references, its
-last block first in eviction order. Events go back to the caller through `Sequence.emit`,
+Each step prefills one chunk of at most `prefill_chunk` prompt tokens (chunked prefill, as vLLM
+and SGLang do), then runs one batched decode step over every sequence past its prefill, so a
+long prompt does not stall the answers being decoded. The chunk goes to the first in order of
+the sequences being prefilled and the best waiting one (admitted while fewer than
+`max_running` run): arrival order under the `fcfs` policy, so a prefill, once begun, runs to its
+end; under `priority` (vLLM's `--scheduling-policy priority`), the lowest `priority` value
+first, then arrival, so a request that ranks first overtakes a long prefill at its next chunk
+(the gateway ranks by how soon each request's first token is due: `engine_priority`). Prompt
+blocks are published to the prefix cache right after the first token is emitted (off the TTFT
+path); the generated tokens' blocks when the sequence finishes. A finished or aborted sequence
+releases its references, its last block first in eviction order (one aborted mid-prefill
+publishes the full blocks it computed). Events go back to the caller through `Sequence.emit`,
 which must be thread-safe.
 
 Faults stay with their sequence: when a prefill, a decode step or its sampling raises, only the
@@ -16,13 +23,15 @@ At most `max_waiting` sequences wait; `add` beyond that raises `EngineOverloaded
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from warmroute.config import DEFAULT_PREFILL_CHUNK, SchedulingPolicy
 from warmroute.engine.block_pool import Block
 from warmroute.engine.prefix_cache import PrefixCache, extend_block_hashes
 from warmroute.engine.sequence import SeqEvent, SeqStatus, Sequence
@@ -37,7 +46,7 @@ FAULT_MESSAGE_CHARS = 300
 class ModelRunner(Protocol):
     """What the scheduler needs of a runner; the simulated engine provides the same."""
 
-    def prefill(self, seq: Sequence, hits: list[Block]) -> Any: ...
+    def prefill(self, seq: Sequence, hits: list[Block], end: int) -> Any: ...
     def decode(self, seqs: list[Sequence]) -> Any: ...
     def write_blocks(self, seq: Sequence, to_write: list[tuple[int, Block]]) -> None: ...
     def release(self, seq: Sequence) -> None: ...
@@ -67,6 +76,8 @@ class Scheduler:
         eos_ids: frozenset[int],
         seed: bytes,
         max_waiting: int = DEFAULT_MAX_WAITING,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        policy: SchedulingPolicy = "fcfs",
         on_decode_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.runner = runner
@@ -76,13 +87,17 @@ class Scheduler:
         self.eos_ids = eos_ids
         self.seed = seed
         self.max_waiting = max_waiting
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.policy = policy
         self.on_decode_batch = on_decode_batch
         # For tests only (nothing outside this process can set it): called with the phase
         # ("prefill" or "decode") and the sequences of each forward pass before it runs; what
         # it raises is that pass's failure.
         self.fault: Callable[[str, list[Sequence]], None] | None = None
-        self.waiting: deque[Sequence] = deque()
+        # (rank, sequence) by `_rank`; `running` holds those being prefilled too.
+        self.waiting: list[tuple[tuple[int, int], Sequence]] = []
         self.running: list[Sequence] = []
+        self._arrivals = itertools.count()
         self.stats = SchedulerStats()
         self._wake = threading.Condition()
         self._stopped = False
@@ -93,8 +108,13 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         with self._wake:
             self.check_room()
-            self.waiting.append(seq)
+            seq.arrival = next(self._arrivals)
+            heapq.heappush(self.waiting, (self._rank(seq), seq))
             self._wake.notify()
+
+    def _rank(self, seq: Sequence) -> tuple[int, int]:
+        """Lower goes first: arrival order, after `priority` under that policy."""
+        return (seq.priority if self.policy == "priority" else 0, seq.arrival)
 
     def check_room(self) -> None:
         """Raise `EngineOverloaded` when `max_waiting` sequences already wait."""
@@ -139,28 +159,37 @@ class Scheduler:
         self._fail_all("engine stopped")
 
     def step(self) -> None:
-        """One scheduling step: admit and prefill at most one sequence, then decode all."""
+        """One scheduling step: one prefill chunk, then a decode step for all past theirs."""
         for stopped in [s for s in self.running if s.stop_requested]:
             self._finish(stopped, "abort")
-        admitted = self._next_waiting()
-        if admitted is not None:
-            self._prefill(admitted)
-        if self.running:
-            self._decode(list(self.running))
+        prefilling = self._next_prefill()
+        if prefilling is not None:
+            self._prefill(prefilling)
+        decoding = [s for s in self.running if s.output_ids]
+        if decoding:
+            self._decode(decoding)
         if not self.running and not self.waiting:
             self.cache.pool.check_integrity()
 
-    def _next_waiting(self) -> Sequence | None:
+    def _next_prefill(self) -> Sequence | None:
+        """The sequence whose prompt gets the next chunk: the first by `_rank` of those begun
+        and the best waiting one, if another may run (that one begins now)."""
+        begun = min((s for s in self.running if not s.output_ids), key=self._rank, default=None)
         with self._wake:
             while self.waiting and len(self.running) < self.max_running:
-                seq = self.waiting.popleft()
+                rank, seq = self.waiting[0]
+                if begun is not None and self._rank(begun) < rank:
+                    break
+                heapq.heappop(self.waiting)
                 if not seq.stop_requested:
+                    self._begin(seq)
                     return seq
                 seq.status = SeqStatus.FINISHED
                 seq.emit(SeqEvent(finish_reason="abort"))
-        return None
+        return begun
 
-    def _prefill(self, seq: Sequence) -> None:
+    def _begin(self, seq: Sequence) -> None:
+        """Take the cached prefix of `seq`'s prompt and count it running."""
         bs = self.cache.block_size
         extend_block_hashes(seq.hashes, seq.prompt_ids, bs, seq.salt, self.seed)
         hits = self.cache.lookup(seq.hashes, seq.num_prompt_tokens)
@@ -170,9 +199,18 @@ class Scheduler:
         self.stats.prompt_tokens += seq.num_prompt_tokens
         self.stats.cached_tokens += seq.num_cached_tokens
         self.running.append(seq)
+
+    def _prefill(self, seq: Sequence) -> None:
+        """Compute the next chunk of `seq`'s prompt; after the last, sample its first token and
+        publish its prompt blocks."""
+        start = max(seq.num_computed, seq.num_cached_tokens)
+        end = min(seq.num_prompt_tokens, start + self.prefill_chunk)
         try:
             self._inject_fault("prefill", [seq])
-            token = self.runner.sample_one(self.runner.prefill(seq, hits), seq)
+            logits = self.runner.prefill(seq, seq.blocks, end)  # its blocks: the cache hits
+            if end < seq.num_prompt_tokens:
+                return
+            token = self.runner.sample_one(logits, seq)
         except Exception as exc:
             self._fail(seq, "prefill", exc)
             return
@@ -267,7 +305,7 @@ class Scheduler:
 
     def _fail_all(self, message: str) -> None:
         with self._wake:
-            doomed = list(self.running) + list(self.waiting)
+            doomed = list(self.running) + [seq for _, seq in self.waiting]
             self.waiting.clear()
         for seq in doomed:
             if seq in self.running:

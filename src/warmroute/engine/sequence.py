@@ -46,6 +46,8 @@ class Sequence:
     stop_requested: bool = False
     kv: Any = None
     generator: Any = None
+    priority: int = 0  # lower goes first, under the scheduler's `priority` policy
+    arrival: int = 0  # set by the scheduler: the order sequences came in
 
     @property
     def num_prompt_tokens(self) -> int:

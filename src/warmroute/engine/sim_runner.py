@@ -52,12 +52,13 @@ class SimRunner:
         self.prefilled_tokens = 0
         self.decode_steps = 0
 
-    def prefill(self, seq: Sequence, hits: list[Block]) -> Any:
-        """Sleep for the uncached prompt tokens only; `hits` are full blocks from the cache."""
-        uncached = seq.num_prompt_tokens - len(hits) * self.block_size
-        self.prefilled_tokens += uncached
-        self.sleep(self.profile.prefill_s(uncached))
-        seq.num_computed = seq.num_prompt_tokens
+    def prefill(self, seq: Sequence, hits: list[Block], end: int) -> Any:
+        """Sleep for the prompt tokens of this chunk (up to `end`) the cache did not cover;
+        `hits` are full blocks from the cache."""
+        computed = seq.num_computed or len(hits) * self.block_size
+        self.prefilled_tokens += end - computed
+        self.sleep(self.profile.prefill_s(end - computed))
+        seq.num_computed = end
         return None
 
     def decode(self, seqs: list[Sequence]) -> Any:
@@ -112,4 +113,6 @@ def sim_engine_kwargs(config: EngineConfig, profile: SimProfile | None = None) -
         "context_len": SIM_CONTEXT_LEN,
         "max_running": config.max_running,
         "max_waiting": config.max_waiting,
+        "prefill_chunk": config.prefill_chunk,
+        "scheduling_policy": config.scheduling_policy,
     }

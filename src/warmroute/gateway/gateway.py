@@ -104,9 +104,10 @@ class Gateway:
             AdmissionParams(cfg.admission_work, cfg.admission_ms_per_chunk,
                             cfg.admission_max_hold_s),
             self.metrics.admission_wait.observe,
-        ) if cfg.admission_work > 0 else None
+        ) if cfg.admission_work > 0 and not cfg.engine_priority else None
         self._proxy = Proxy(self._client, self.membership, self.metrics, judge,
-                            cfg.max_in_flight, gate)
+                            cfg.max_in_flight, gate,
+                            cfg.admission_ms_per_chunk if cfg.engine_priority else None)
         await self._prober.probe_all()
         self._prober.start()
         self.timeline.start()
@@ -182,8 +183,10 @@ class Gateway:
     def upstream_payload(self, body: dict[str, Any]) -> bytes:
         """The body engines get. Surfaces put the caller's tenant salt in `cache_salt` (a
         client's own salt never gets this far: `tenant_body` replaces it); without one, the
-        configured default applies."""
+        configured default applies. A client's `priority` is dropped: how engines order their
+        work is the gateway's to say (`engine_priority`)."""
         forwarded = dict(body)
+        forwarded.pop("priority", None)
         if not forwarded.get("cache_salt"):
             forwarded.pop("cache_salt", None)
             if self.config.cache_salt:

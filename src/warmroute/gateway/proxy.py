@@ -220,17 +220,20 @@ class Proxy:
         judge: FaultJudge | None = None,
         max_in_flight: int | None = None,
         gate: AdmissionGate | None = None,
+        priority_ms_per_chunk: float | None = None,
     ) -> None:
         """`judge` decides whether an engine that answered a 5xx is at fault (default: only
         after several different requests failed there); `max_in_flight` bounds the requests
         this gateway has at engines at once; `gate` holds a placement on a saturated engine
-        (`admission.py`)."""
+        (`admission.py`); with `priority_ms_per_chunk`, each request tells its engine when its
+        first token is due (`due_ms`), for an engine that prefills by priority."""
         self.client = as_upstream(client)
         self.membership = membership
         self.metrics = metrics
         self.judge = judge or FaultJudge(membership, None)
         self.max_in_flight = max_in_flight
         self.gate = gate
+        self.priority_ms_per_chunk = priority_ms_per_chunk
 
     async def complete(self, decision: Decision, payload: bytes) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered."""
@@ -361,6 +364,8 @@ class Proxy:
                        work: float = 0.0) -> Relayed | Upstream:
         endpoint = self.membership.engines[engine_id].endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
+        if self.priority_ms_per_chunk is not None:
+            payload = with_priority(payload, due_ms(work, self.priority_ms_per_chunk))
         started = time.monotonic()
         try:
             response = await self.client.post(endpoint.url + CHAT_PATH, payload, headers)
@@ -387,6 +392,22 @@ class Proxy:
         except BaseException:
             await response.aclose()  # runs to its end under cancellation (or shields itself)
             raise
+
+
+def due_ms(work: float, ms_per_chunk: float) -> int:
+    """When a request's first token is due, for ordering an engine's prefill: now (Unix ms,
+    comparable across gateway replicas) plus `ms_per_chunk` for each chunk of its work, so a
+    short prefill overtakes a long one that came less than their difference before it."""
+    return int(time.time() * 1000.0 + ms_per_chunk * work)
+
+
+def with_priority(payload: bytes, priority: int) -> bytes:
+    """The JSON object `payload` with vLLM's `priority` field first (the gateway's bodies
+    never carry one of their own: `Gateway.upstream_payload`)."""
+    if payload[:1] != b"{":
+        return payload
+    rest = payload[1:].lstrip()
+    return b'{"priority":%d%s%s' % (priority, b"" if rest[:1] == b"}" else b",", rest)
 
 
 def relayed_headers(headers: Mapping[str, str], engine_id: str) -> dict[str, str]:

@@ -1,0 +1,73 @@
+"""`engine_priority`: each request tells its engine when its first token is due (vLLM's
+`priority`, lower first), so a short prefill is ranked before a long one that came a moment
+earlier; a client's own `priority` never reaches an engine. Units, then the real gateway app
+over scripted engines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.gateway.inprocess import in_process_gateway
+from tests.gateway.scripted import ScriptedFleet
+from warmroute.gateway.proxy import due_ms, with_priority
+
+ENGINE = "e1"
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b'{"model":"m","stream":true}', {"priority": 7, "model": "m", "stream": True}),
+    (b"{}", {"priority": 7}),
+    (b'{ "model": "m" }', {"priority": 7, "model": "m"}),
+])
+def test_with_priority_puts_the_field_first(payload: bytes, expected: dict[str, Any]) -> None:
+    sent = with_priority(payload, 7)
+    assert sent.startswith(b'{"priority":7')
+    assert orjson.loads(sent) == expected
+
+
+def test_with_priority_leaves_what_is_not_an_object() -> None:
+    assert with_priority(b"[1]", 7) == b"[1]"
+
+
+def test_due_ms_is_now_plus_the_work() -> None:
+    before = int(time.time() * 1000)
+    due = due_ms(40.0, 10.0)
+    after = int(time.time() * 1000)
+    assert before + 400 <= due <= after + 400
+    assert due_ms(0.0, 10.0) < due_ms(50.0, 10.0)
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "scripted-model", "max_tokens": 8,
+            "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def test_a_short_prompt_is_due_before_a_long_one_sent_just_before(tmp_path: Path) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    before = int(time.time() * 1000)
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        assert gw.gateway.proxy.gate is None  # the engine orders the work: nothing is held
+        long_ = await gw.chat(chat("long " * 4000, stream=True, priority=-(10**9)))
+        short = await gw.chat(chat("short turn", priority=-(10**9)))
+    after = int(time.time() * 1000)
+    assert long_.status_code == 200 and short.status_code == 200
+    [long_sent, short_sent] = [body["priority"] for body in fleet[ENGINE].received]
+    assert before <= short_sent < long_sent  # the client's own value never got through
+    # ~20,000 bytes of prompt: ~80 chunks at 10 ms each, beyond its arrival
+    assert 400 < long_sent - after < 2_000
+    assert short_sent - before < 200
+
+
+async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: Path) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware") as gw:
+        assert gw.gateway.proxy.gate is not None
+        for body in (chat("hello", priority=-5), chat("hello", stream=True, priority=3)):
+            assert (await gw.chat(body)).status_code == 200
+    assert [("priority" in body) for body in fleet[ENGINE].received] == [False, False]
