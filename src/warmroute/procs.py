@@ -78,12 +78,14 @@ def spawn(args: Sequence[str], log: Path, threads: int = 1,
 def start_engine(config: ServeConfig, index: int, extra: Sequence[str] = (),
                  api_key: str | None = None) -> LocalEngine:
     """The `index`-th local engine of `serve`: `engine-<n>` on a free port, requiring
-    `api_key` when given (passed in its environment, never on its command line)."""
+    `api_key` when given (passed in its environment, never on its command line), prefilling by
+    the priority its gateway sends (`engine_priority`)."""
     engine_id, port = f"engine-{index + 1}", free_port()
     log = config.data_dir / f"{engine_id}.log"
     threads = config.threads_per_engine
     args = ["engine", "--host", "127.0.0.1", "--port", str(port), "--engine-id", engine_id,
-            "--model", config.model, "--threads", str(threads), "--dtype", config.dtype, *extra]
+            "--model", config.model, "--threads", str(threads), "--dtype", config.dtype,
+            "--scheduling-policy", "priority", *extra]
     env = child_process_env(threads, api_key)
     return LocalEngine(engine_id, port, spawn(args, log, threads, env=env), log)
 

@@ -82,6 +82,7 @@ def run_serve(config: ServeConfig, out: IO[str] = sys.stdout) -> int:
         gateway = GatewayConfig(
             engines=tuple(EngineEndpoint.of(e.url, e.engine_id) for e in engines),
             engine_api_key=engine_key,
+            engine_priority=True,  # its engines schedule by priority (`procs.start_engine`)
             port=config.port,
             grpc_port=config.grpc_port or None,
             data_dir=config.data_dir,
