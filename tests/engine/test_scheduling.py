@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from warmroute.app.cli import build_parser
+from warmroute.app.engine_command import engine_config
 from warmroute.config import SchedulingPolicy
 from warmroute.engine.block_pool import BlockPool
 from warmroute.engine.prefix_cache import PrefixCache, block_hashes
@@ -184,3 +186,25 @@ def test_a_chunk_that_raises_fails_its_request_alone() -> None:
     assert log.ending("other").finish_reason == "length"
     assert chunks == ["long", "long", "other"]
     sched.cache.pool.check_integrity()
+
+
+def test_a_request_that_left_while_waiting_is_let_go_behind_a_begun_prefill() -> None:
+    sched, log, _ = scheduler("priority")
+    long_ = seq(log, "long", 4 * CHUNK, priority=1)
+    sched.add(long_)
+    sched.step()
+    gone = seq(log, "gone", 20, priority=50)
+    sched.add(gone)
+    gone.stop_requested = True
+    sched.step()  # the begun prefill outranks it, but its place is given back at once
+    assert log.ending("gone").finish_reason == "abort"
+    assert not sched.waiting and long_.num_computed == 2 * CHUNK
+    run_until_idle(sched)
+    assert log.first_tokens() == ["long"]
+
+
+@pytest.mark.parametrize("chunk", ["0", "-5"])
+def test_a_prefill_chunk_below_one_token_is_refused(chunk: str) -> None:
+    args = build_parser().parse_args(["engine", "--model", "sim", "--prefill-chunk", chunk])
+    with pytest.raises(SystemExit, match="--prefill-chunk"):
+        engine_config(args)

@@ -5,6 +5,7 @@ over scripted engines."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.gateway.inprocess import in_process_gateway
-from tests.gateway.scripted import ScriptedFleet
+from tests.gateway.inprocess import in_process_gateway, until
+from tests.gateway.scripted import ScriptedFleet, sse_payloads, streamed_text
 from warmroute.gateway.proxy import due_ms, with_priority
 
 ENGINE = "e1"
@@ -71,3 +72,47 @@ async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: P
         for body in (chat("hello", priority=-5), chat("hello", stream=True, priority=3)):
             assert (await gw.chat(body)).status_code == 200
     assert [("priority" in body) for body in fleet[ENGINE].received] == [False, False]
+
+
+async def test_a_failover_keeps_the_priority_set_at_placement(tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    release = asyncio.Event()
+    for engine_id in ("e1", "e2"):
+        fleet[engine_id].failure, fleet[engine_id].hold = "disconnect", release
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        call = asyncio.create_task(gw.chat(chat("hello", stream=True)))
+        await until(lambda: bool(fleet["e1"].received or fleet["e2"].received),
+                    "the first attempt")
+        first, then = ("e1", "e2") if fleet["e1"].received else ("e2", "e1")
+        fleet[then].failure, fleet[then].hold = None, None
+        await asyncio.sleep(0.05)  # the second attempt starts later than the first
+        release.set()
+        answer = await call
+    assert answer.status_code == 200
+    [tried], [answered] = fleet[first].received, fleet[then].received
+    assert tried["priority"] == answered["priority"]
+
+
+async def test_a_resumed_stream_keeps_the_priority_set_at_placement(tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    release = asyncio.Event()
+    for engine_id in ("e1", "e2"):
+        fleet[engine_id].pieces = ["Hel", "lo ", "world"]
+        fleet[engine_id].ending, fleet[engine_id].hold = "reset", release
+        fleet[engine_id].hold_after = 1
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        call = asyncio.create_task(gw.chat(chat("hello", stream=True)))
+        await until(lambda: bool(fleet["e1"].received or fleet["e2"].received),
+                    "the first engine streaming")
+        first, then = ("e1", "e2") if fleet["e1"].received else ("e2", "e1")
+        fleet[then].ending, fleet[then].hold = "done", None
+        await asyncio.sleep(0.05)  # the continuation is sent later than the placement
+        release.set()
+        answer = await call
+    assert answer.status_code == 200
+    assert streamed_text(sse_payloads(answer.content)) == "Hello world"
+    [placed], [continued] = fleet[first].received, fleet[then].received
+    assert continued["messages"][-1] == {"role": "assistant", "content": "Hello world"}
+    assert placed["priority"] == continued["priority"]

@@ -29,9 +29,10 @@ from warmroute.gateway.features import request_features, tenant_id
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.metering import Meter
 from warmroute.gateway.policies import RequestFeatures
-from warmroute.gateway.proxy import Relayed, Streaming
+from warmroute.gateway.proxy import Relayed
 from warmroute.gateway.resume import ClientView, upstream_stream_body
 from warmroute.gateway.stream_meter import StreamMeter
+from warmroute.gateway.streaming import Streaming
 from warmroute.gateway.usage import usage_from
 from warmroute.sse import encode_events
 

@@ -34,8 +34,9 @@ from warmroute.gateway.conversations import Conversations, Turn
 from warmroute.gateway.engine_calls import Done
 from warmroute.gateway.features import routing_key
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
+from warmroute.gateway.proxy import ENGINE_HEADER
 from warmroute.gateway.stream_meter import SurfaceStreamMeter
+from warmroute.gateway.streaming import Streaming
 from warmroute.sse import typed_event
 from warmroute.types import ChatMessage, SamplingParams
 

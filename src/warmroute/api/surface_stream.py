@@ -23,8 +23,9 @@ from warmroute.api.bare_asgi import client_watch, send_stream
 from warmroute.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 from warmroute.errors import WarmrouteError
 from warmroute.gateway.engine_calls import Done, EventReader, ended_without_usage
-from warmroute.gateway.proxy import ENGINE_HEADER, Streaming
+from warmroute.gateway.proxy import ENGINE_HEADER
 from warmroute.gateway.stream_meter import SurfaceStreamMeter
+from warmroute.gateway.streaming import Streaming
 
 
 class SurfaceEncoder(Protocol):

@@ -63,6 +63,8 @@ def add_engine_serving_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
+    if args.prefill_chunk < 1:
+        raise SystemExit("--prefill-chunk must be at least 1 token")
     return EngineConfig(
         model=args.model,
         host=getattr(args, "host", "127.0.0.1"),

@@ -242,8 +242,7 @@ class Engine:
             max_tokens=prepared.max_tokens,
             sampling=request.sampling,
             salt=request.cache_salt,
-            emit=emit,
-            priority=request.priority,
+            emit=emit, priority=request.priority,
         )
 
         def delta(text: str) -> Delta:

@@ -19,8 +19,9 @@ from warmroute.gateway.engine_stream import UpstreamBroken
 from warmroute.gateway.faults import engine_error
 from warmroute.gateway.gateway import Gateway
 from warmroute.gateway.policies import Decision
-from warmroute.gateway.proxy import Relayed, Streaming
+from warmroute.gateway.proxy import Relayed
 from warmroute.gateway.resume import ClientView, upstream_stream_body
+from warmroute.gateway.streaming import Streaming
 from warmroute.gateway.usage import usage_from
 from warmroute.sse import Event
 from warmroute.types import ChatMessage, SamplingParams, Usage

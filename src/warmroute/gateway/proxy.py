@@ -16,7 +16,8 @@ continued on the next healthy engine of the decision and spliced into the same c
 client gets an error event, never a silently truncated stream. Waits are bounded: at most
 `max_in_flight` requests at once (beyond: 503 with `retry-after` at once), and a request that
 finds every upstream connection busy is refused the same way, not queued. A placement on a
-saturated engine may wait its turn in the admission gate first (`admission.py`).
+saturated engine may wait its turn in the admission gate first (`admission.py`). A stream
+across its engines is a `Streaming` (`streaming.py`).
 
 In-flight counts are held from the moment an engine is tried until its answer is done (for a
 stream: until `Streaming.aclose`). This module is the only one that talks to engines about
@@ -29,20 +30,18 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
 from warmroute import jsoncodec
 from warmroute.errors import EngineOverloaded, EngineUnavailable
 from warmroute.gateway.admission import AdmissionGate
-from warmroute.gateway.engine_stream import Upstream, UpstreamBroken
+from warmroute.gateway.engine_stream import Upstream
 from warmroute.gateway.faults import (
     FaultJudge,
     Verdict,
-    event_error,
-    event_verdict,
     retry_after,
     status_verdict,
 )
@@ -50,6 +49,7 @@ from warmroute.gateway.membership import Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
 from warmroute.gateway.resume import ClientView, StreamSplice
+from warmroute.gateway.streaming import DEFAULT_MAX_RESUMES, Streaming
 from warmroute.gateway.upstream import (
     UpstreamClient,
     UpstreamError,
@@ -57,11 +57,9 @@ from warmroute.gateway.upstream import (
     as_upstream,
 )
 from warmroute.gateway.usage import usage_of
-from warmroute.sse import Event
 from warmroute.types import Usage
 
 log = logging.getLogger(__name__)
-DEFAULT_MAX_RESUMES = 2
 ENGINE_HEADER = "x-warmroute-engine"
 CHAT_PATH = "/v1/chat/completions"
 UPSTREAM_HEADERS = (("content-type", "application/json"), ("accept-encoding", "identity"))
@@ -96,121 +94,6 @@ class Relayed:
         return None
 
 
-@dataclass
-class Streaming:
-    """A client's stream: its engine's events, continued on the next engine whenever one
-    breaks mid-answer. Call `next_events()` until None (or iterate `events()`; either raises
-    `UpstreamBroken` when no engine can continue), then always `aclose()`. The engine's bytes
-    are decoded once, by the splice; every surface reads the same events. The relay's loop
-    awaits one call per engine chunk, through no iterator layers (each layer cost every
-    chunk of every stream)."""
-
-    proxy: Proxy
-    decision: Decision
-    payload: bytes
-    current: Upstream
-    splice: StreamSplice
-    max_resumes: int = DEFAULT_MAX_RESUMES
-    broken: list[str] = field(default_factory=list)
-
-    @property
-    def engine_id(self) -> str:
-        """The engine serving the answer now (after a resume: the one continuing it)."""
-        return self.current.engine_id
-
-    @property
-    def status(self) -> int:
-        return self.current.status
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.current.headers
-
-    async def events(self) -> AsyncIterator[list[Event]]:
-        """The client's events, a list per engine chunk (never empty)."""
-        while (events := await self.next_events()) is not None:
-            yield events
-
-    async def next_events(self) -> list[Event] | None:
-        """The client's next events (never empty; a list per engine chunk), None at the end."""
-        splice = self.splice
-        while not splice.done:
-            if splice.failed is not None:
-                cause = f"sent {splice.failed}"
-            else:
-                try:
-                    raw = await self.current.next_chunk()
-                except UpstreamBroken:
-                    raw, cause = None, "failed mid-stream"
-                else:
-                    cause = "ended its stream before [DONE]"
-                if raw is not None:
-                    out = splice.feed_events(raw)
-                    if out:
-                        return out
-                    continue
-            ending = await self._after_break(cause)
-            if ending is not None:
-                return ending
-        return None
-
-    async def _after_break(self, cause: str) -> list[Event] | None:
-        """The engine broke the stream: the answer goes on on the next engine (None), or its
-        end is written without one (the closing events), or it fails (raised)."""
-        event = self.splice.error_event
-        if event is not None and event_verdict(event) is Verdict.ANSWER:
-            await self.aclose()  # the request failed alone: not resumed elsewhere
-            raise event_error(event)
-        await self._broke(cause, event)
-        if not self.splice.needs_engine:
-            return self.splice.closing_events()
-        body = self.splice.continuation_body(jsoncodec.loads(self.payload))
-        if body is None:
-            return self.splice.closing_events()
-        await self._resume(body, cause)
-        return None
-
-    async def _broke(self, cause: str, event: dict[str, object] | None) -> None:
-        """The engine broke the stream: ejected if it is at fault (a transport failure or an
-        early end; after an error event, as `FaultJudge` says), never tried again for it."""
-        engine_id = self.current.engine_id
-        log.warning("engine %s %s; the answer goes on elsewhere", engine_id, cause)
-        self.broken.append(engine_id)
-        await self.aclose()
-        if event is None:
-            self.proxy.membership.eject(engine_id, f"mid-stream: {cause}")
-        elif event_verdict(event) is Verdict.SUSPECT:
-            await self.proxy.judge.suspect(engine_id, f"mid-stream: {cause}", self.payload)
-
-    async def _resume(self, body: dict[str, object], cause: str) -> None:
-        """Continue on the next engine, or raise `UpstreamBroken` for the client."""
-        failed = f"engine {self.current.engine_id} {cause}"
-        if not self.splice.view.resumable or len(self.broken) > self.max_resumes:
-            self.proxy.metrics.stream_resumes.labels("failed").inc()
-            raise UpstreamBroken(f"{failed}; the answer cannot be resumed")
-        payload = jsoncodec.dumps(body)
-        try:
-            self.current = await self.proxy.resume_stream(self.decision, self.broken, payload)
-        except EngineUnavailable as exc:
-            self.proxy.metrics.stream_resumes.labels("failed").inc()
-            raise UpstreamBroken(f"{failed}; no engine could continue: {exc.message}") from exc
-        self.proxy.metrics.stream_resumes.labels("resumed").inc()
-        self.splice.begin_continuation()
-
-    async def aclose(self) -> None:
-        """Close the engine stream in use (after `[DONE]`, or after the usage chunk that
-        comes just before it, where the neutral surfaces stop reading: once the engine's body
-        has ended, so that its connection is reused). Safe to call twice, and under
-        cancellation."""
-        try:
-            if not self.current.closed:
-                self.current.usage = self.splice.attempt_counts()
-                if self.splice.done or self.splice.usage_sent:
-                    await self.current.drain()
-        finally:
-            await self.current.aclose()
-
-
 class Proxy:
     def __init__(
         self,
@@ -237,7 +120,7 @@ class Proxy:
 
     async def complete(self, decision: Decision, payload: bytes) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered."""
-        answer = await self._forward(decision, payload, stream=False)
+        answer = await self._forward(decision, payload, False, self._due(decision))
         assert isinstance(answer, Relayed)
         return answer
 
@@ -251,23 +134,26 @@ class Proxy:
         """A streaming request: the first engine whose stream starts (or that answers 4xx).
         `payload` should ask for what a resume needs (`resume.upstream_stream_body`); `view`
         is what the client asked for (default: usage, as the neutral surfaces want)."""
-        answer = await self._forward(decision, payload, stream=True)
+        due = self._due(decision)
+        answer = await self._forward(decision, payload, True, due)
         if isinstance(answer, Relayed):
             return answer
         splice = StreamSplice(view or ClientView())
-        return Streaming(self, decision, payload, answer, splice, max_resumes)
+        return Streaming(self, decision, payload, answer, splice, max_resumes, due)
 
     async def resume_stream(
-        self, decision: Decision, broken: Sequence[str], payload: bytes
+        self, decision: Decision, broken: Sequence[str], payload: bytes, due: int | None = None
     ) -> Upstream:
         """Continue a broken stream: the decision's next healthy engines (then any other
-        healthy one), never one that broke it; no waiting for a health probe."""
+        healthy one), never one that broke it; no waiting for a health probe. `due`: the
+        stream's `priority` (its engines were told when its first token was due: a resumed
+        answer ranks before what came after it)."""
         healthy = self.membership.loads()  # the healthy engines, in order
         ranked = [e for e in decision.ranked if e in healthy and e not in broken]
         tried = {*ranked, *broken}
         ranked += [e for e in healthy if e not in tried]
         answer = await self._try_in_order(ranked, payload, stream=True, moved=True,
-                                          work=decision.work)
+                                          work=decision.work, due=due)
         if isinstance(answer, Relayed):
             message = answer.body.decode(errors="replace")[:200]
             raise EngineUnavailable(
@@ -282,8 +168,15 @@ class Proxy:
         self.metrics.answers.labels(engine_id, str(status)).inc()
         self.metrics.record_usage(engine_id, usage)
 
+    def _due(self, decision: Decision) -> int | None:
+        """The `priority` every engine tried for this request is sent (set once, at
+        placement, so a failover or a resume does not rank behind what came after it)."""
+        if self.priority_ms_per_chunk is None:
+            return None
+        return due_ms(decision.work, self.priority_ms_per_chunk)
+
     async def _forward(
-        self, decision: Decision, payload: bytes, stream: bool
+        self, decision: Decision, payload: bytes, stream: bool, due: int | None = None
     ) -> Relayed | Upstream:
         if self.max_in_flight is not None:
             in_flight = sum(s.in_flight for s in self.membership.engines.values())
@@ -293,11 +186,11 @@ class Proxy:
                 )
         self.metrics.decisions.labels(decision.reason).inc()
         return await self._try_in_order(decision.ranked, payload, stream, moved=False,
-                                         work=decision.work)
+                                         work=decision.work, due=due)
 
     async def _try_in_order(
         self, ranked: Sequence[str], payload: bytes, stream: bool, moved: bool,
-        work: float = 0.0,
+        work: float = 0.0, due: int | None = None,
     ) -> Relayed | Upstream:
         """The first of `ranked` that answers; each move past the placement counts as a
         failover, and an engine ejected meanwhile is skipped (never retry a dead engine)."""
@@ -316,7 +209,7 @@ class Proxy:
                     failures.append(f"{engine_id}: lost while the request waited for it")
                     continue
                 try:
-                    answer = await self._attempt(engine_id, payload, stream, work)
+                    answer = await self._attempt(engine_id, payload, stream, work, due)
                 finally:
                     if not stream and self.gate is not None:
                         self.gate.json_done(engine_id, work)
@@ -361,11 +254,11 @@ class Proxy:
         return True
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
-                       work: float = 0.0) -> Relayed | Upstream:
+                       work: float = 0.0, due: int | None = None) -> Relayed | Upstream:
         endpoint = self.membership.engines[engine_id].endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
-        if self.priority_ms_per_chunk is not None:
-            payload = with_priority(payload, due_ms(work, self.priority_ms_per_chunk))
+        if due is not None:
+            payload = with_priority(payload, due)
         started = time.monotonic()
         try:
             response = await self.client.post(endpoint.url + CHAT_PATH, payload, headers)

@@ -16,8 +16,8 @@ from typing import Any
 
 from warmroute.gateway.auth import Caller
 from warmroute.gateway.metering import Meter
-from warmroute.gateway.proxy import Streaming
 from warmroute.gateway.shielded import shielded
+from warmroute.gateway.streaming import Streaming
 from warmroute.gateway.usage import usage_from
 from warmroute.sse import Event, encode_events
 from warmroute.types import Usage
