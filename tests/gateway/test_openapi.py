@@ -61,6 +61,8 @@ def test_every_route_is_documented(gateway_url: str) -> None:
     document = httpx.get(gateway_url + "/openapi.json").json()
     documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
     assert documented >= ROUTES
+    chat = document["components"]["schemas"]["ChatCompletionBody"]["properties"]
+    assert "messages" in chat and "priority" not in chat  # engines' priority is the gateway's
 
 
 def test_no_server_error_and_schema_conformance(gateway_schema: Any) -> None:

@@ -124,6 +124,7 @@ def surface_extras(paths: dict[str, Any], components: dict[str, Any]) -> None:
             "application/json": {"schema": {"type": "object"}}}}
     chat = components.get(ChatCompletionBody.__name__)
     if chat is not None:
+        chat.get("properties", {}).pop("priority", None)  # the gateway's own to send
         chat.setdefault("properties", {})["deferred"] = {
             "type": "boolean", "default": False,
             "description": "Answer {request_id} at once; read the completion at "
