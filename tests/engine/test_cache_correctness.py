@@ -52,11 +52,15 @@ def teacher_forced(runner: Runner, seq: Sequence, forced: list[int]) -> list[tor
     return steps
 
 
-def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
+def cached_runner(loaded: LoadedModel) -> tuple[BlockPool, PrefixCache, Runner, bytes]:
+    """A 64-block pool, its prefix cache, a runner over it, and the model's hash seed."""
     pool = BlockPool(64)
-    cache = PrefixCache(pool, BS)
-    runner = Runner(loaded, pool.num_blocks, BS)
-    seed = hash_seed("builtin:tiny", "float32")
+    return pool, PrefixCache(pool, BS), Runner(loaded, pool.num_blocks, BS), hash_seed(
+        "builtin:tiny", "float32")
+
+
+def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
+    pool, cache, runner, seed = cached_runner(loaded)
     messages = conversation(150, seed=1)
     forced = random.Random(7).sample(range(100, 4000), 20)
 
@@ -86,10 +90,7 @@ def test_warm_logits_match_cold(loaded: LoadedModel) -> None:
 def test_chunked_prefill_matches_whole(loaded: LoadedModel) -> None:
     """A prompt prefilled in chunks (after a cached prefix) ends with the same logits and
     decodes the same as one prefilled whole."""
-    pool = BlockPool(64)
-    cache = PrefixCache(pool, BS)
-    runner = Runner(loaded, pool.num_blocks, BS)
-    seed = hash_seed("builtin:tiny", "float32")
+    pool, cache, runner, seed = cached_runner(loaded)
     messages = conversation(150, seed=4)
     forced = random.Random(8).sample(range(100, 4000), 8)
     whole = new_seq(loaded, messages)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from tests.gateway.inprocess import in_process_gateway, until
-from tests.gateway.scripted import ScriptedFleet, sse_payloads, streamed_text
+from tests.gateway.scripted import Script, ScriptedFleet, sse_payloads, streamed_text
 from warmroute.gateway.proxy import due_ms, with_priority
 
 ENGINE = "e1"
@@ -74,23 +76,37 @@ async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: P
     assert [("priority" in body) for body in fleet[ENGINE].received] == [False, False]
 
 
-async def test_a_failover_keeps_the_priority_set_at_placement(tmp_path: Path) -> None:
-    fleet = ScriptedFleet("e1", "e2")
-    release = asyncio.Event()
-    for engine_id in ("e1", "e2"):
-        fleet[engine_id].failure, fleet[engine_id].hold = "disconnect", release
+async def placed_then_sent_on(fleet: ScriptedFleet, tmp_path: Path, release: asyncio.Event,
+                              heal: Callable[[Script], None]
+                              ) -> tuple[httpx.Response, dict[str, Any], dict[str, Any]]:
+    """One stream over two engines that both fail it once `release` is set: the engine not
+    tried first is healed (`heal`) and the first let go 50 ms later. The answer, then the
+    bodies the placement and the engine that took over were sent."""
     async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
                                   engine_priority=True) as gw:
         call = asyncio.create_task(gw.chat(chat("hello", stream=True)))
         await until(lambda: bool(fleet["e1"].received or fleet["e2"].received),
                     "the first attempt")
         first, then = ("e1", "e2") if fleet["e1"].received else ("e2", "e1")
-        fleet[then].failure, fleet[then].hold = None, None
-        await asyncio.sleep(0.05)  # the second attempt starts later than the first
+        heal(fleet[then])
+        await asyncio.sleep(0.05)  # the engine taking over is sent the request later
         release.set()
         answer = await call
+    [placed], [taken_over] = fleet[first].received, fleet[then].received
+    return answer, placed, taken_over
+
+
+async def test_a_failover_keeps_the_priority_set_at_placement(tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    release = asyncio.Event()
+    for engine_id in ("e1", "e2"):
+        fleet[engine_id].failure, fleet[engine_id].hold = "disconnect", release
+
+    def heal(script: Script) -> None:
+        script.failure, script.hold = None, None
+
+    answer, tried, answered = await placed_then_sent_on(fleet, tmp_path, release, heal)
     assert answer.status_code == 200
-    [tried], [answered] = fleet[first].received, fleet[then].received
     assert tried["priority"] == answered["priority"]
 
 
@@ -101,18 +117,12 @@ async def test_a_resumed_stream_keeps_the_priority_set_at_placement(tmp_path: Pa
         fleet[engine_id].pieces = ["Hel", "lo ", "world"]
         fleet[engine_id].ending, fleet[engine_id].hold = "reset", release
         fleet[engine_id].hold_after = 1
-    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
-                                  engine_priority=True) as gw:
-        call = asyncio.create_task(gw.chat(chat("hello", stream=True)))
-        await until(lambda: bool(fleet["e1"].received or fleet["e2"].received),
-                    "the first engine streaming")
-        first, then = ("e1", "e2") if fleet["e1"].received else ("e2", "e1")
-        fleet[then].ending, fleet[then].hold = "done", None
-        await asyncio.sleep(0.05)  # the continuation is sent later than the placement
-        release.set()
-        answer = await call
+
+    def heal(script: Script) -> None:
+        script.ending, script.hold = "done", None
+
+    answer, placed, continued = await placed_then_sent_on(fleet, tmp_path, release, heal)
     assert answer.status_code == 200
     assert streamed_text(sse_payloads(answer.content)) == "Hello world"
-    [placed], [continued] = fleet[first].received, fleet[then].received
     assert continued["messages"][-1] == {"role": "assistant", "content": "Hello world"}
     assert placed["priority"] == continued["priority"]
