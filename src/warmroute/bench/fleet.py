@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from warmroute.config import child_process_env
+from warmroute.config import SchedulingPolicy, child_process_env
 from warmroute.procs import (
     LocalEngine,
     RedisServer,
@@ -47,7 +47,7 @@ class EngineParams:
     block_size: int = 16
     # As a vLLM fleet run for a router that ranks requests (`--engine-priority`); a request
     # without a `priority` ranks 0, so routers that send none get arrival order.
-    scheduling_policy: str = "priority"
+    scheduling_policy: SchedulingPolicy = "priority"
 
     def flags(self) -> list[str]:
         out = ["--sim-profile", self.profile, "--max-running", str(self.max_running),

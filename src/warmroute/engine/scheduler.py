@@ -175,19 +175,15 @@ class Scheduler:
         """The sequence whose prompt gets the next chunk: the first by `_rank` of those begun
         and the best waiting one, if another may run (that one begins now)."""
         begun = min((s for s in self.running if not s.output_ids), key=self._rank, default=None)
-        admitted = None
         with self._wake:
-            while self.waiting and (self.waiting[0][1].stop_requested or (
-                    admitted is None and len(self.running) < self.max_running
-                    and (begun is None or self.waiting[0][0] < self._rank(begun)))):
-                _, seq = heapq.heappop(self.waiting)
-                if seq.stop_requested:  # its client left while it waited
-                    seq.status = SeqStatus.FINISHED
-                    seq.emit(SeqEvent(finish_reason="abort"))
-                else:
-                    admitted = seq
-        if admitted is None:
-            return begun
+            while self.waiting and self.waiting[0][1].stop_requested:
+                _, gone = heapq.heappop(self.waiting)  # its client left while it waited
+                gone.status = SeqStatus.FINISHED
+                gone.emit(SeqEvent(finish_reason="abort"))
+            if not self.waiting or len(self.running) >= self.max_running or (
+                    begun is not None and self._rank(begun) < self.waiting[0][0]):
+                return begun
+            _, admitted = heapq.heappop(self.waiting)
         self._begin(admitted)  # outside the lock: `add` never waits for the hashing
         return admitted
 
