@@ -170,6 +170,31 @@ async def test_a_full_wait_queue_refuses_at_once(tiny_config: EngineConfig) -> N
     engine.pool.check_integrity()
 
 
+async def test_requests_that_leave_while_waiting_free_their_places(
+        tiny_config: EngineConfig) -> None:
+    engine = Engine.from_config(replace(tiny_config, max_running=1, max_waiting=2))
+    inside, release = threading.Event(), threading.Event()
+    engine.scheduler.fault = hold_first_prefill(inside, release)
+    engine.start()
+    try:
+        first = asyncio.ensure_future(answer(engine, PROMPTS[0], 4))
+        await wait_until(inside.is_set)  # running, its prefill held: the rest must wait
+        leaving = [asyncio.ensure_future(answer(engine, p, 4)) for p in PROMPTS[1:3]]
+        await wait_until(lambda: engine.scheduler.num_waiting == 2)
+        for job in leaving:
+            job.cancel()
+        await asyncio.gather(*leaving, return_exceptions=True)
+        assert engine.scheduler.num_waiting == 0  # while the first is still held
+        staying = asyncio.ensure_future(answer(engine, "room again", 4))
+        await wait_until(lambda: engine.scheduler.num_waiting == 1)
+        release.set()
+        assert await first and await staying
+    finally:
+        release.set()
+        engine.stop()
+    engine.pool.check_integrity()
+
+
 def hold_first_prefill(
     inside: threading.Event, release: threading.Event
 ) -> Callable[[str, list[Sequence]], None]:

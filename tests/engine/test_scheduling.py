@@ -17,6 +17,7 @@ from warmroute.engine.scheduler import Scheduler
 from warmroute.engine.sequence import SeqEvent, Sequence
 from warmroute.engine.sim_profile import sim_profile
 from warmroute.engine.sim_runner import SimRunner
+from warmroute.errors import EngineOverloaded
 from warmroute.types import SamplingParams
 
 BS = 16
@@ -201,6 +202,28 @@ def test_a_request_that_left_while_waiting_is_let_go_behind_a_begun_prefill() ->
     assert not sched.waiting and long_.num_computed == 2 * CHUNK
     run_until_idle(sched)
     assert log.first_tokens() == ["long"]
+
+
+def test_a_waiting_request_aborted_gives_its_place_back_at_once() -> None:
+    sched, log, _ = scheduler("fcfs", max_running=1)
+    sched.max_waiting = 2
+    sched.add(seq(log, "long", 4 * CHUNK))
+    sched.step()  # running; the next two wait behind it
+    left = [seq(log, name, 20, first_id=300 + 50 * i) for i, name in enumerate(("a", "b"))]
+    for one in left:
+        sched.add(one)
+    with pytest.raises(EngineOverloaded):
+        sched.check_room()
+    for one in left:
+        sched.abort(one)
+    assert sched.num_waiting == 0 and [log.ending(n).finish_reason for n in "ab"] == [
+        "abort", "abort"]
+    sched.add(seq(log, "next", 20, first_id=900))  # room again, before any step ran
+    sched.abort(left[0])  # a second abort of a finished one changes nothing
+    run_until_idle(sched)
+    assert log.first_tokens() == ["long", "next"]
+    assert [r for r, e in log.events if e.finish_reason == "abort"] == ["a", "b"]
+    sched.cache.pool.check_integrity()
 
 
 @pytest.mark.parametrize("chunk", ["0", "-5"])

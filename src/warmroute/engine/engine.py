@@ -269,7 +269,7 @@ class Engine:
                 elif event.finish_reason is not None:
                     reason = "stop" if event.finish_reason == "abort" else event.finish_reason
         finally:
-            seq.stop_requested = True  # a no-op once finished; aborts it otherwise
+            self.scheduler.abort(seq)  # a no-op once finished; frees its place otherwise
         tail = detok.flush()
         if tail:
             yield delta(tail)

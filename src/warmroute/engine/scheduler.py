@@ -18,7 +18,9 @@ Faults stay with their sequence: when a prefill, a decode step or its sampling r
 sequences of that pass are failed (a `failed` event: a request-level error), and a batched
 decode that raises is retried one sequence at a time to find the culprit, so the rest of the
 batch goes on. Only a failure elsewhere in a step (the cache's own bookkeeping) fails everyone.
-At most `max_waiting` sequences wait; `add` beyond that raises `EngineOverloaded`.
+At most `max_waiting` sequences wait; `add` beyond that raises `EngineOverloaded`. A waiting
+sequence whose client leaves (`abort`) gives its place back at once, so callers that come and
+go cannot fill the queue for the rest.
 """
 
 from __future__ import annotations
@@ -111,6 +113,22 @@ class Scheduler:
             seq.arrival = next(self._arrivals)
             heapq.heappush(self.waiting, (self._rank(seq), seq))
             self._wake.notify()
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop `seq` (its client left, or its answer is complete): a waiting one leaves the
+        queue now and ends with `abort`; one running ends at the next step; a finished one
+        stays as it is."""
+        with self._wake:
+            seq.stop_requested = True
+            if seq.status is not SeqStatus.WAITING:
+                return
+            kept = [entry for entry in self.waiting if entry[1] is not seq]
+            if len(kept) == len(self.waiting):
+                return  # being admitted right now: the step that runs it sees the stop
+            self.waiting[:] = kept
+            heapq.heapify(self.waiting)
+            seq.status = SeqStatus.FINISHED
+        seq.emit(SeqEvent(finish_reason="abort"))
 
     def _rank(self, seq: Sequence) -> tuple[int, int]:
         """Lower goes first: arrival order, after `priority` under that policy."""
