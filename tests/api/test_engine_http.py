@@ -175,6 +175,7 @@ def test_health_models_cache(live_engine: Proc) -> None:
     health = httpx.get(live_engine.url + "/health").json()
     assert health["status"] == "ok"
     assert health["cache_tokens"] > 0 and 0 < health["chars_per_token"] < 64
+    assert health["scheduling_policy"] == "fcfs"  # a gateway sends it no `priority`
     models = httpx.get(live_engine.url + "/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["builtin:tiny"]

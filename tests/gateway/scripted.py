@@ -60,6 +60,7 @@ class Script:
     hold_after: int = 0
     health_status: int = 200
     cache_tokens: int | None = None
+    scheduling_policy: str | None = None  # said in its health answer when set
     model: str = "scripted-model"
     received: list[dict[str, Any]] = field(default_factory=list)
     probes: int = 0
@@ -78,6 +79,8 @@ class Script:
         body: dict[str, Any] = {"status": "ok", "engine_id": self.engine_id, "model": self.model}
         if self.cache_tokens is not None:
             body.update(cache_tokens=self.cache_tokens, chars_per_token=4.0)
+        if self.scheduling_policy is not None:
+            body["scheduling_policy"] = self.scheduling_policy
         return httpx.Response(self.health_status, json=body)
 
     async def answer(self, request: httpx.Request) -> httpx.Response:

@@ -77,6 +77,22 @@ async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: P
     assert [("priority" in body) for body in fleet[ENGINE].received] == [False, False]
 
 
+@pytest.mark.parametrize(("policy", "ranked"), [
+    ("priority", True), (None, True), ("fcfs", False), ("some-future-policy", True)])
+async def test_an_engine_that_says_it_schedules_fcfs_is_sent_no_priority(
+        tmp_path: Path, policy: str | None, ranked: bool) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    fleet[ENGINE].scheduling_policy = policy
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        for body in (chat("hello"), chat("hello", stream=True)):
+            assert (await gw.chat(body)).status_code == 200
+        fleet[ENGINE].scheduling_policy = "priority"  # restarted with another policy
+        await gw.probe()
+        assert (await gw.chat(chat("again"))).status_code == 200
+    assert [("priority" in body) for body in fleet[ENGINE].received] == [ranked, ranked, True]
+
+
 async def placed_then_sent_on(fleet: ScriptedFleet, tmp_path: Path, release: asyncio.Event,
                               heal: Callable[[Script], None]
                               ) -> tuple[httpx.Response, dict[str, Any], dict[str, Any]]:

@@ -105,7 +105,8 @@ def add_engine_status_routes(app: FastAPI, engine: Engine, engine_id: str) -> No
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "engine_id": engine_id, "model": engine.model_name,
-                "cache_tokens": engine.cache_tokens, "chars_per_token": engine.chars_per_token}
+                "cache_tokens": engine.cache_tokens, "chars_per_token": engine.chars_per_token,
+                "scheduling_policy": engine.scheduler.policy}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

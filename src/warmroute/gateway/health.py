@@ -2,8 +2,10 @@
 
 A 200 answer admits (or keeps) the engine; `probe_failures_to_eject` failures in a row eject it.
 All it asks of an engine is `GET /health` with status 200 (vLLM and SGLang answer so too); a
-JSON body naming a `model` is remembered for `GET /v1/models`, and warmroute engines'
-`cache_tokens` and `chars_per_token` size the gateway's picture of their prefix caches.
+JSON body naming a `model` is remembered for `GET /v1/models`, warmroute engines'
+`cache_tokens` and `chars_per_token` size the gateway's picture of their prefix caches, and
+their `scheduling_policy` says whether they take a `priority` (`engine_priority`: an engine
+that says `fcfs` is sent none; one that says nothing is trusted to, as the operator set).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class HealthProber:
             return
         body = json_body(raw)
         self.membership.probe_succeeded(
-            engine_id, started_at, model_named(body), cache_chars(body)
+            engine_id, started_at, model_named(body), cache_chars(body), takes_priority(body)
         )
 
     async def check(self, engine_id: str) -> bool:
@@ -104,6 +106,12 @@ def model_named(body: dict[str, object]) -> str | None:
     """The `model` field of a JSON health answer, if there is one."""
     model = body.get("model")
     return model if isinstance(model, str) and model else None
+
+
+def takes_priority(body: dict[str, object]) -> bool | None:
+    """Whether the engine schedules by `priority` (vLLM's policy names), if it says."""
+    policy = body.get("scheduling_policy")
+    return {"priority": True, "fcfs": False}.get(policy) if isinstance(policy, str) else None
 
 
 def cache_chars(body: dict[str, object]) -> int | None:

@@ -33,6 +33,9 @@ class EngineState:
     ejected_at: float = float("-inf")
     model: str | None = None
     cache_chars: int | None = None  # about how much prompt text its prefix cache holds
+    # False once its health answer said it does not schedule by `priority` (an `fcfs` engine
+    # refuses a ranked request); engines that do not say are trusted to take one
+    takes_priority: bool = True
 
     @property
     def engine_id(self) -> str:
@@ -122,11 +125,14 @@ class Membership:
             self._notify(state, cause)
 
     def probe_succeeded(self, engine_id: str, started_at: float, model: str | None,
-                        cache_chars: int | None = None) -> None:
+                        cache_chars: int | None = None,
+                        takes_priority: bool | None = None) -> None:
         state = self.engines[engine_id]
         state.probe_failures = 0
         if cache_chars is not None:
             state.cache_chars = cache_chars
+        if takes_priority is not None:
+            state.takes_priority = takes_priority
         if model and not state.endpoint.model:
             state.model = model
         if not state.healthy and started_at > state.ejected_at:

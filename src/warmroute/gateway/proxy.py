@@ -255,9 +255,10 @@ class Proxy:
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
                        work: float = 0.0, due: int | None = None) -> Relayed | Upstream:
-        endpoint = self.membership.engines[engine_id].endpoint
+        state = self.membership.engines[engine_id]
+        endpoint = state.endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
-        if due is not None:
+        if due is not None and state.takes_priority:  # an `fcfs` engine refuses a rank
             payload = with_priority(payload, due)
         started = time.monotonic()
         try:
