@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,52 @@ def test_engine_accounting_uses_the_real_prefix_cache() -> None:
     keys = block_keys([0, 1, 2])
     first = engine.admit(keys, 1536, 11, now=0.0)
     assert first.cached_tokens == 0
+    assert engine.advance(0.0) == [first]
     assert first.first_token_at == pytest.approx(GPU.prefill_s(1536))
     assert first.done_at == pytest.approx(first.first_token_at + 10 * GPU.decode_step_s(1))
     engine.finish(first)
     again = engine.admit(block_keys([0, 1, 2, 3]), 2000, 1, now=10.0)
     assert again.cached_tokens == 3 * 512  # ids 0-2 were published; 3 is new
+    assert engine.advance(10.0) == [again]
+    assert again.first_token_at == pytest.approx(10.0 + GPU.prefill_s(2000 - 3 * 512))
     assert engine.matched_blocks(block_keys([0, 1, 9]), 2000) == 2
     engine.finish(again)
     engine.admit(block_keys([7, 8, 9, 10]), 2048, 1, now=20.0)  # evicts the LRU blocks
     assert engine.matched_blocks(block_keys([0, 1, 2]), 2000) == 0
     engine.check_integrity()
+
+
+PROFILE = replace(GPU, prefill_ms_per_token=1.0)  # a 512-token block: 0.512 s
+
+
+def ranked_engine(chunk: int | None) -> SimulatedEngine:
+    return SimulatedEngine(0, num_blocks=64, block_tokens=512, profile=PROFILE,
+                           chunk_tokens=chunk)
+
+
+def test_first_come_prefills_run_whole_in_arrival_order() -> None:
+    engine = ranked_engine(chunk=None)
+    long_ = engine.admit(block_keys(list(range(8))), 4096, 1, now=0.0, ticket=0)
+    assert engine.advance(0.1) == [long_]  # begun at 0, it runs to its end: its first token
+    short = engine.admit(block_keys([100]), 512, 1, now=0.1, ticket=1)
+    assert engine.advance(4.0) == []  # the engine is busy until 4.096
+    assert engine.advance(4.096) == [short]
+    assert (long_.first_token_at, short.first_token_at) == pytest.approx((4.096, 4.608))
+
+
+def test_a_short_prefill_ranked_first_overtakes_a_long_one_at_its_next_chunk() -> None:
+    engine = ranked_engine(chunk=1024)
+    long_ = engine.admit(block_keys(list(range(8))), 4096, 1, now=0.0, ticket=0, rank=4.0)
+    assert engine.advance(0.5) == []  # its first chunk runs 0 - 1.024
+    short = engine.admit(block_keys([100]), 512, 1, now=0.5, ticket=1, rank=0.6)
+    later = engine.admit(block_keys([200]), 512, 1, now=0.7, ticket=2, rank=4.5)
+    assert engine.advance(1.0) == []
+    assert engine.advance(1.024) == [short]  # it begins as the first chunk ends
+    assert short.first_token_at == pytest.approx(1.536)
+    assert engine.advance(10.0) == [long_, later]  # ranked after the long one, behind it
+    assert long_.first_token_at == pytest.approx(4.096 + 0.512)
+    assert later.first_token_at == pytest.approx(4.096 + 2 * 0.512)
+    assert [long_.remaining, short.remaining, later.remaining] == [0, 0, 0]
 
 
 def test_ceiling_counts_leading_blocks_seen_before() -> None:
@@ -187,13 +224,16 @@ def test_simulate_command_writes_its_figures(tmp_path: Path) -> None:
 
 
 
-def test_replicas_with_no_lag_place_as_one_gateway_does() -> None:
+@pytest.mark.parametrize("engine_priority", [False, True])
+def test_replicas_with_no_lag_place_as_one_gateway_does(engine_priority: bool) -> None:
     """Three replicas sharing homes and placements at once reach the single gateway's figures
-    exactly; with a lag, every conversation still keeps one engine (homes are claimed)."""
+    exactly; with a lag, every conversation still keeps one engine (homes are claimed). Under
+    engine priority first tokens come out of placement order, and each still frees its own
+    placement's reserved work in the replica that placed it."""
     from warmroute.sim.replicas import ReplicatedRouter
 
     reqs = load_mooncake(trace_file("conversation"), max_requests=1500)
-    params = small_params(engines=8, cache_blocks=4000)
+    params = small_params(engines=8, cache_blocks=4000, engine_priority=engine_priority)
     ids = engine_ids(8)
     one = simulate(reqs, PolicyRouter("warmroute", ids, 0.25, random.Random(0), slack=10,
                                       cache_blocks=4000), params)
@@ -205,6 +245,54 @@ def test_replicas_with_no_lag_place_as_one_gateway_does() -> None:
     assert late.sticky == 1.0
     assert late.hit_rate >= one.hit_rate - 0.01
     assert same.policy == "warmroute ×3 gw, lag 0 ms"
+
+
+def test_engine_priority_lets_a_short_prompt_overtake_a_long_one_at_its_next_chunk() -> None:
+    """One engine, 1 ms per prompt token: a 4,096-token prompt at 0, a 512-token one 0.1 s
+    later. First come: the short one waits for the whole long prefill (TTFT 4.508 s). By
+    priority (ranks 0 + 4,096 x 0.156 ms and 0.1 + 512 x 0.156 ms), it goes after the long
+    prompt's first 2,048-token chunk (2.46 s), and the long one ends a chunk later (4.608 s)."""
+    reqs = [req(0, 0, list(range(8)), 0), req(1, 100, [100], 1)]
+    ids = engine_ids(1)
+    results = {}
+    for ranked in (False, True):
+        params = small_params(engines=1, profile=PROFILE, engine_priority=ranked)
+        results[ranked] = simulate(reqs, PolicyRouter("round-robin", ids, 0.25,
+                                                      random.Random(0)), params)
+    first_come, by_priority = results[False], results[True]
+    assert (first_come.ttft_p50_s, first_come.ttft_p99_s) == pytest.approx((4.096, 4.508))
+    assert (by_priority.ttft_p50_s, by_priority.ttft_p99_s) == pytest.approx((2.46, 4.608))
+    assert by_priority.hit_rate == first_come.hit_rate == 0.0
+
+
+def test_a_first_token_frees_its_own_placements_work() -> None:
+    ids = engine_ids(2)
+    router = PolicyRouter("warmroute", ids, 0.25, random.Random(0), slack=10)
+    engines = [SimulatedEngine(i, 64, 512, GPU) for i in range(2)]
+    long_, short = req(0, 0, list(range(8)), 7), req(1, 1, [*range(8), 50], 7)
+    placed = [router.place(r, block_keys(r.hash_ids), engines) for r in (long_, short)]
+    assert placed[0] == placed[1]  # one conversation, one engine
+    home = ids[placed[0]]
+    queued = router.queued[home]
+    assert queued == pytest.approx(8 + 1 + 1 + 1)  # 8 new blocks, then 1, each a step more
+    router.first_token(placed[0], 1)  # the second placement's first token came first
+    assert router.queued[home] == pytest.approx(queued - 2)
+    router.first_token(placed[0], 0)
+    assert router.queued[home] == pytest.approx(0.0)
+
+
+def test_simulate_command_runs_engines_by_priority(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.jsonl", conversations(10, 3))
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
+                 "--churn-keys", "10", "--policies", "warmroute", "--engine-priority",
+                 "--priority-ms-per-chunk", "3", "--prefill-chunk", "512",
+                 "--json", str(out)]) == 0
+    params = json.loads(out.read_text())["params"]
+    assert (params["engine_priority"], params["prefill_chunk"]) == (True, 512)
+    assert params["priority_ms_per_token"] == pytest.approx(3 / 64)
+    with pytest.raises(SystemExit, match="--prefill-chunk"):
+        main(["simulate", "--engines", "5", "--trace", str(trace), "--prefill-chunk", "0"])
 
 
 def test_simulate_runs_replicas_per_lag(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ DEFAULT_POLICIES = ("warmroute", "warmroute-keyless", "warmroute-hash", "round-r
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    from warmroute.config import DEFAULT_PREFILL_CHUNK, GatewayConfig
     from warmroute.engine.sim_profile import PROFILES
     from warmroute.sim.traces import default_trace_dir
 
@@ -36,6 +37,16 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prefill cost per uncached prompt token (overrides the profile)")
     parser.add_argument("--decode-ms-per-token", type=float, default=None,
                         help="cost of one batched decode step (overrides the profile)")
+    parser.add_argument("--engine-priority", action="store_true",
+                        help="engines schedule by priority, in chunks of --prefill-chunk "
+                             "tokens, each request ranked by when its first token is due (the "
+                             "gateway's --engine-priority); default: first come, first served")
+    parser.add_argument("--priority-ms-per-chunk", type=float,
+                        default=GatewayConfig.admission_ms_per_chunk,
+                        help="the rank's delay per 256-byte chunk of uncached prompt (the "
+                             "gateway's admission_ms_per_chunk)")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                        help="prompt tokens per prefill chunk under --engine-priority")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help=f"comma-separated, from {', '.join(POLICIES)}")
     parser.add_argument("--slack", type=int, default=10,
@@ -57,7 +68,13 @@ def run_simulate_command(args: argparse.Namespace) -> int:
 
     from warmroute.engine.sim_profile import sim_profile
     from warmroute.sim.churn import measure_churn
-    from warmroute.sim.des import SimParams, ceiling_hit_rate, engine_ids, simulate
+    from warmroute.sim.des import (
+        SimParams,
+        ceiling_hit_rate,
+        engine_ids,
+        rank_ms_per_token,
+        simulate,
+    )
     from warmroute.sim.traces import load_mooncake, resolve_trace
 
     console = Console(width=max(150, Console().width))
@@ -66,6 +83,9 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"--policies: choose from {', '.join(POLICIES)}")
     if args.engines < 2:
         raise SystemExit("--engines must be at least 2")
+    if args.prefill_chunk < 1 or args.priority_ms_per_chunk < 0:
+        raise SystemExit("--prefill-chunk must be at least 1 and --priority-ms-per-chunk not "
+                         "negative")
     path = resolve_trace(args.trace, args.trace_dir)
     if not path.is_file():
         raise SystemExit(f"no trace at {path}: name one with --trace PATH or --trace-dir DIR")
@@ -73,11 +93,17 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     params = SimParams(engines=args.engines, cache_blocks=args.cache_blocks,
                        epsilon=args.epsilon, time_scale=args.time_scale,
                        profile=sim_profile(args.sim_profile, args.prefill_ms_per_token,
-                                           args.decode_ms_per_token), seed=args.seed)
+                                           args.decode_ms_per_token), seed=args.seed,
+                       engine_priority=args.engine_priority,
+                       priority_ms_per_token=rank_ms_per_token(args.priority_ms_per_chunk),
+                       prefill_chunk=args.prefill_chunk)
     ids = engine_ids(params.engines)
+    scheduling = (f"engines by priority ({args.priority_ms_per_chunk:g} ms per chunk, "
+                  f"{args.prefill_chunk}-token prefill chunks)" if args.engine_priority
+                  else "engines first come, first served")
     console.print(f"{len(requests)} requests from {path.name} over {params.engines} engines, "
                   f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}, "
-                  f"in-flight slack {args.slack}")
+                  f"in-flight slack {args.slack}; {scheduling}")
     results = []
     for router in routers(names, args, params, ids):
         with console.status(f"simulating {router.name} …"):

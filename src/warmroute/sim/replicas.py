@@ -48,7 +48,9 @@ class ReplicatedRouter:
         self.homes: dict[str, str] = {}  # the shared registry: conversation → home
         self.inbox: deque[Event] = deque()
         self.turns = itertools.count()
-        self.placed_by: dict[int, deque[int]] = {}  # engine → replicas, in placement order
+        # placement → (the replica that placed it, its number among that replica's placements)
+        self.placed_by: dict[int, tuple[int, int]] = {}
+        self.counted: list[int] = [0] * replicas
         self.now = 0.0
         reserved = self.replicas[0].queued  # one registry of reserved prefill for all
         for router in self.replicas:
@@ -66,7 +68,8 @@ class ReplicatedRouter:
               engines: Sequence[SimulatedEngine]) -> int:
         now = request.timestamp_ms / 1000.0 * self.time_scale
         self._deliver(now)
-        origin = next(self.turns) % len(self.replicas)
+        ticket = next(self.turns)  # this placement's number, as the simulation counts them
+        origin = ticket % len(self.replicas)
         router = self.replicas[origin]
         placer, key = router.placer, request.conv_id
         before = placer.home_of(key)
@@ -83,7 +86,8 @@ class ReplicatedRouter:
         chunks = router.features(request).chunks
         self.inbox.append((now + self.lag_s, origin, self.ids[index], chunks, key,
                            self.homes.get(key) if after != before else None))
-        self.placed_by.setdefault(index, deque()).append(origin)
+        self.placed_by[ticket] = (origin, self.counted[origin])
+        self.counted[origin] += 1
         self.now = now
         return index
 
@@ -106,9 +110,8 @@ class ReplicatedRouter:
     def placed(self, engine: int, keys: Sequence[bytes]) -> None:
         """The replica's placer recorded its choice already."""
 
-    def first_token(self, engine: int) -> None:
-        origins = self.placed_by.get(engine)
-        if origins:
-            origin = origins.popleft()
-            router = self.replicas[origin]
-            router.first_token(engine)
+    def first_token(self, engine: int, ticket: int) -> None:
+        placed = self.placed_by.pop(ticket, None)
+        if placed is not None:
+            origin, own_ticket = placed
+            self.replicas[origin].first_token(engine, own_ticket)

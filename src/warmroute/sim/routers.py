@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -46,8 +45,9 @@ class Router(Protocol):
 
     def placed(self, engine: int, keys: Sequence[bytes]) -> None: ...
 
-    def first_token(self, engine: int) -> None:
-        """The oldest request placed on `engine` produced its first token."""
+    def first_token(self, engine: int, ticket: int) -> None:
+        """The request of the `ticket`-th placement (counted from 0), on `engine`, produced its
+        first token."""
 
 
 class PolicyRouter:
@@ -75,7 +75,8 @@ class PolicyRouter:
         self.decision_s: list[float] = []
         self.snapshot_s: list[float] = []  # building the load view, as membership does
         self.queued: dict[str, float] = {}  # prefill work whose first token is still to come
-        self.works: dict[int, deque[float]] = {}
+        self.placements = itertools.count()
+        self.works: dict[int, tuple[str, float]] = {}  # placement → (engine, its work)
 
     def features(self, request: TraceRequest) -> RequestFeatures:
         full = request.hash_ids[: request.input_length // self.block_tokens]
@@ -117,18 +118,18 @@ class PolicyRouter:
         self.decision_s.append(done - decided)
         chosen = decision.engine_id
         self.queued[chosen] = self.queued.get(chosen, 0.0) + decision.work
-        self.works.setdefault(self.index[chosen], deque()).append(decision.work)
+        self.works[next(self.placements)] = (chosen, decision.work)
         return self.index[chosen]
 
     def placed(self, engine: int, keys: Sequence[bytes]) -> None:
         """The placer recorded its choice already; the other policies keep no state."""
 
-    def first_token(self, engine: int) -> None:
-        """Prefills run in arrival order on an engine: the oldest one's work is done."""
-        works = self.works.get(engine)
-        if works:
-            engine_id = self.ids[engine]
-            self.queued[engine_id] = max(0.0, self.queued[engine_id] - works.popleft())
+    def first_token(self, engine: int, ticket: int) -> None:
+        """That placement's prefill is done: its work no longer queues on its engine."""
+        placed = self.works.pop(ticket, None)
+        if placed is not None:
+            engine_id, work = placed
+            self.queued[engine_id] = max(0.0, self.queued[engine_id] - work)
 
 
 class OracleRouter:
@@ -172,7 +173,7 @@ class OracleRouter:
         self.decision_s.append(time.perf_counter() - started)
         return best
 
-    def first_token(self, engine: int) -> None:
+    def first_token(self, engine: int, ticket: int) -> None:
         """The oracle reads the engines' state directly."""
 
     def load(self, engine: SimulatedEngine) -> int:
