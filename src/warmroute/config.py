@@ -215,7 +215,9 @@ class GatewayConfig:
     admission_ms_per_chunk: float = 10.0
     admission_max_hold_s: float = 5.0
     # Send each request's `priority` (vLLM's field; lower is prefilled sooner): the time its
-    # first token is due, in ms, its arrival plus `admission_ms_per_chunk` x its prefill work.
+    # first token is due, in ms, its arrival plus `admission_ms_per_chunk` x its prefill work,
+    # at most `admission_max_hold_s` (so a long prompt is overtaken only by what comes within
+    # that long after it).
     # Every engine must schedule by priority (`--scheduling-policy priority`: warmroute's and
     # vLLM's engines); an engine without it refuses the field. A client's own is never sent.
     engine_priority: bool = False

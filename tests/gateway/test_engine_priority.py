@@ -45,6 +45,13 @@ def test_due_ms_is_now_plus_the_work() -> None:
     assert due_ms(0.0, 10.0) < due_ms(50.0, 10.0)
 
 
+def test_due_ms_adds_at_most_its_bound() -> None:
+    before = int(time.time() * 1000)
+    due = due_ms(10_000.0, 10.0, 5_000.0)  # 100 s of work, bounded to 5 s
+    after = int(time.time() * 1000)
+    assert before + 5_000 <= due <= after + 5_000
+
+
 def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "scripted-model", "max_tokens": 8,
             "messages": [{"role": "user", "content": text}], **extra}
@@ -66,6 +73,18 @@ async def test_a_short_prompt_is_due_before_a_long_one_sent_just_before(tmp_path
     # ~20,000 bytes of prompt: ~80 chunks at 10 ms each, beyond its arrival
     assert long_sent - between > 400 and long_sent - before < 2_000
     assert short_sent - after < 100  # a few chunks
+
+
+async def test_a_long_prompt_is_ranked_at_most_the_hold_bound_after_its_arrival(
+        tmp_path: Path) -> None:
+    fleet = ScriptedFleet(ENGINE)
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware", engine_priority=True,
+                                  admission_max_hold_s=0.2) as gw:
+        before = int(time.time() * 1000)
+        assert (await gw.chat(chat("long " * 4000))).status_code == 200
+        after = int(time.time() * 1000)
+    [sent] = [body["priority"] for body in fleet[ENGINE].received]
+    assert before + 200 <= sent <= after + 200  # ~80 chunks would be 800 ms beyond
 
 
 async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: Path) -> None:

@@ -251,17 +251,20 @@ def test_engine_priority_lets_a_short_prompt_overtake_a_long_one_at_its_next_chu
     """One engine, 1 ms per prompt token: a 4,096-token prompt at 0, a 512-token one 0.1 s
     later. First come: the short one waits for the whole long prefill (TTFT 4.508 s). By
     priority (ranks 0 + 4,096 x 0.156 ms and 0.1 + 512 x 0.156 ms), it goes after the long
-    prompt's first 2,048-token chunk (2.46 s), and the long one ends a chunk later (4.608 s)."""
+    prompt's first 2,048-token chunk (2.46 s), and the long one ends a chunk later (4.608 s).
+    With the rank's delay bounded to 50 ms (0.05 against 0.15), the long one keeps its lead."""
     reqs = [req(0, 0, list(range(8)), 0), req(1, 100, [100], 1)]
     ids = engine_ids(1)
     results = {}
-    for ranked in (False, True):
-        params = small_params(engines=1, profile=PROFILE, engine_priority=ranked)
-        results[ranked] = simulate(reqs, PolicyRouter("round-robin", ids, 0.25,
-                                                      random.Random(0)), params)
-    first_come, by_priority = results[False], results[True]
+    for ranked, bound in ((False, 5.0), (True, 5.0), (True, 0.05)):
+        params = small_params(engines=1, profile=PROFILE, engine_priority=ranked,
+                              priority_max_s=bound)
+        results[ranked, bound] = simulate(reqs, PolicyRouter("round-robin", ids, 0.25,
+                                                             random.Random(0)), params)
+    first_come, by_priority, bounded = results.values()
     assert (first_come.ttft_p50_s, first_come.ttft_p99_s) == pytest.approx((4.096, 4.508))
     assert (by_priority.ttft_p50_s, by_priority.ttft_p99_s) == pytest.approx((2.46, 4.608))
+    assert (bounded.ttft_p50_s, bounded.ttft_p99_s) == pytest.approx((4.096, 4.508))
     assert by_priority.hit_rate == first_come.hit_rate == 0.0
 
 
@@ -286,11 +289,13 @@ def test_simulate_command_runs_engines_by_priority(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
     assert main(["simulate", "--engines", "5", "--trace", str(trace), "--cache-blocks", "64",
                  "--churn-keys", "10", "--policies", "warmroute", "--engine-priority",
-                 "--priority-ms-per-chunk", "3", "--prefill-chunk", "512",
+                 "--priority-ms-per-chunk", "3", "--priority-max-s", "2",
+                 "--prefill-chunk", "512",
                  "--json", str(out)]) == 0
     params = json.loads(out.read_text())["params"]
     assert (params["engine_priority"], params["prefill_chunk"]) == (True, 512)
     assert params["priority_ms_per_token"] == pytest.approx(3 / 64)
+    assert params["priority_max_s"] == 2.0
     with pytest.raises(SystemExit, match="--prefill-chunk"):
         main(["simulate", "--engines", "5", "--trace", str(trace), "--prefill-chunk", "0"])
 

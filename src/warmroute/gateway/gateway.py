@@ -99,15 +99,14 @@ class Gateway:
             probes = self._probe_client
         self._prober = HealthProber(self.membership, probes, cfg.probe_interval_s)
         judge = FaultJudge(self.membership, self._prober.check, cfg.request_failures_to_eject)
+        admission = AdmissionParams(cfg.admission_work, cfg.admission_ms_per_chunk,
+                                    cfg.admission_max_hold_s)
         gate = AdmissionGate(
-            self.membership,
-            AdmissionParams(cfg.admission_work, cfg.admission_ms_per_chunk,
-                            cfg.admission_max_hold_s),
-            self.metrics.admission_wait.observe,
+            self.membership, admission, self.metrics.admission_wait.observe,
         ) if cfg.admission_work > 0 and not cfg.engine_priority else None
         self._proxy = Proxy(self._client, self.membership, self.metrics, judge,
                             cfg.max_in_flight, gate,
-                            cfg.admission_ms_per_chunk if cfg.engine_priority else None)
+                            admission if cfg.engine_priority else None)
         await self._prober.probe_all()
         self._prober.start()
         self.timeline.start()

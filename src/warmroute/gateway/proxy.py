@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import httpx
 
 from warmroute import jsoncodec
 from warmroute.errors import EngineOverloaded, EngineUnavailable
-from warmroute.gateway.admission import AdmissionGate
+from warmroute.gateway.admission import AdmissionGate, AdmissionParams
 from warmroute.gateway.engine_stream import Upstream
 from warmroute.gateway.faults import (
     FaultJudge,
@@ -103,20 +104,21 @@ class Proxy:
         judge: FaultJudge | None = None,
         max_in_flight: int | None = None,
         gate: AdmissionGate | None = None,
-        priority_ms_per_chunk: float | None = None,
+        priority: AdmissionParams | None = None,
     ) -> None:
         """`judge` decides whether an engine that answered a 5xx is at fault (default: only
         after several different requests failed there); `max_in_flight` bounds the requests
         this gateway has at engines at once; `gate` holds a placement on a saturated engine
-        (`admission.py`); with `priority_ms_per_chunk`, each request tells its engine when its
-        first token is due (`due_ms`), for an engine that prefills by priority."""
+        (`admission.py`); with `priority`, each request tells its engine when its first token
+        is due (`due_ms`, at the gate's rate and bound), for an engine that prefills by
+        priority."""
         self.client = as_upstream(client)
         self.membership = membership
         self.metrics = metrics
         self.judge = judge or FaultJudge(membership, None)
         self.max_in_flight = max_in_flight
         self.gate = gate
-        self.priority_ms_per_chunk = priority_ms_per_chunk
+        self.priority = priority
 
     async def complete(self, decision: Decision, payload: bytes) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered."""
@@ -171,9 +173,10 @@ class Proxy:
     def _due(self, decision: Decision) -> int | None:
         """The `priority` every engine tried for this request is sent (set once, at
         placement, so a failover or a resume does not rank behind what came after it)."""
-        if self.priority_ms_per_chunk is None:
+        if self.priority is None:
             return None
-        return due_ms(decision.work, self.priority_ms_per_chunk)
+        return due_ms(decision.work, self.priority.ms_per_chunk,
+                      self.priority.max_hold_s * 1000.0)
 
     async def _forward(
         self, decision: Decision, payload: bytes, stream: bool, due: int | None = None
@@ -288,11 +291,13 @@ class Proxy:
             raise
 
 
-def due_ms(work: float, ms_per_chunk: float) -> int:
+def due_ms(work: float, ms_per_chunk: float, max_ms: float = math.inf) -> int:
     """When a request's first token is due, for ordering an engine's prefill: now (Unix ms,
-    comparable across gateway replicas) plus `ms_per_chunk` for each chunk of its work, so a
-    short prefill overtakes a long one that came less than their difference before it."""
-    return int(time.time() * 1000.0 + ms_per_chunk * work)
+    comparable across gateway replicas) plus `ms_per_chunk` for each chunk of its work, at
+    most `max_ms`: a short prefill overtakes a long one that came less than their difference
+    before it, and nothing that came `max_ms` or more after it (the longest prompts, which
+    would otherwise wait for every shorter one that came for seconds after them)."""
+    return int(time.time() * 1000.0 + min(ms_per_chunk * work, max_ms))
 
 
 def with_priority(payload: bytes, priority: int) -> bytes:

@@ -45,6 +45,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         default=GatewayConfig.admission_ms_per_chunk,
                         help="the rank's delay per 256-byte chunk of uncached prompt (the "
                              "gateway's admission_ms_per_chunk)")
+    parser.add_argument("--priority-max-s", type=float,
+                        default=GatewayConfig.admission_max_hold_s,
+                        help="the rank's delay at most (the gateway's admission_max_hold_s)")
     parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
                         help="prompt tokens per prefill chunk under --engine-priority")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
@@ -83,9 +86,9 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"--policies: choose from {', '.join(POLICIES)}")
     if args.engines < 2:
         raise SystemExit("--engines must be at least 2")
-    if args.prefill_chunk < 1 or args.priority_ms_per_chunk < 0:
-        raise SystemExit("--prefill-chunk must be at least 1 and --priority-ms-per-chunk not "
-                         "negative")
+    if args.prefill_chunk < 1 or min(args.priority_ms_per_chunk, args.priority_max_s) < 0:
+        raise SystemExit("--prefill-chunk must be at least 1, --priority-ms-per-chunk and "
+                         "--priority-max-s not negative")
     path = resolve_trace(args.trace, args.trace_dir)
     if not path.is_file():
         raise SystemExit(f"no trace at {path}: name one with --trace PATH or --trace-dir DIR")
@@ -96,10 +99,12 @@ def run_simulate_command(args: argparse.Namespace) -> int:
                                            args.decode_ms_per_token), seed=args.seed,
                        engine_priority=args.engine_priority,
                        priority_ms_per_token=rank_ms_per_token(args.priority_ms_per_chunk),
+                       priority_max_s=args.priority_max_s,
                        prefill_chunk=args.prefill_chunk)
     ids = engine_ids(params.engines)
-    scheduling = (f"engines by priority ({args.priority_ms_per_chunk:g} ms per chunk, "
-                  f"{args.prefill_chunk}-token prefill chunks)" if args.engine_priority
+    scheduling = (f"engines by priority ({args.priority_ms_per_chunk:g} ms per chunk, at most "
+                  f"{args.priority_max_s:g} s; {args.prefill_chunk}-token prefill chunks)"
+                  if args.engine_priority
                   else "engines first come, first served")
     console.print(f"{len(requests)} requests from {path.name} over {params.engines} engines, "
                   f"{params.cache_blocks} blocks of 512 tokens each, ε = {params.epsilon}, "

@@ -6,9 +6,10 @@ queued wait in a heap by when their next chunk begins), and every request finish
 releases its blocks and its slot, so the in-flight counts the policies see are the ones the
 gateway would see. With `engine_priority` the engines schedule by priority, each request ranked
 by when its first token is due: its arrival plus `priority_ms_per_token` for each prompt token
-it must prefill (the gateway's `engine_priority`, whose 10 ms per 256-byte chunk is ~0.156 ms
-per token at 4 characters a token; here the tokens the engine finds uncached, which the gateway
-estimates from its picture of the caches). Results per policy: hit
+it must prefill, at most `priority_max_s` (the gateway's `engine_priority`, whose 10 ms per
+256-byte chunk is ~0.156 ms per token at 4 characters a token, at most `admission_max_hold_s`;
+here the tokens the engine finds uncached, which the gateway estimates from its picture of the
+caches). Results per policy: hit
 rate (cached / prompt tokens), requests per engine (max over average), the share of
 multi-request conversations that stayed on one engine, modelled TTFT, and the policy's cost
 (the `choose` call alone; building the gateway-style snapshot is timed apart).
@@ -54,6 +55,7 @@ class SimParams:
     seed: int = 0
     engine_priority: bool = False
     priority_ms_per_token: float = PRIORITY_MS_PER_TOKEN
+    priority_max_s: float = GatewayConfig.admission_max_hold_s
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
 
 
@@ -102,7 +104,8 @@ class Fleet:
         if self.params.engine_priority:
             uncached = request.input_length - engine.matched_blocks(keys, request.input_length) \
                 * engine.block_tokens
-            rank = now + uncached * self.params.priority_ms_per_token / 1000.0
+            rank = now + min(uncached * self.params.priority_ms_per_token / 1000.0,
+                             self.params.priority_max_s)
         admission = engine.admit(keys, request.input_length, request.output_length, now,
                                  ticket, rank)
         if idle:
