@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from xai_sdk import AsyncClient
+from xai_sdk.chat import user
 
 from tests.gateway.inprocess import in_process_gateway, until
 from tests.gateway.scripted import Script, ScriptedFleet, sse_payloads, streamed_text
-from warmroute.gateway.proxy import due_ms, with_priority
+from tests.procs import free_port
+from warmroute.gateway.proxy import BACKGROUND_DELAY_MS, due_ms, with_priority
 
 ENGINE = "e1"
 
@@ -85,6 +89,32 @@ async def test_a_long_prompt_is_ranked_at_most_the_hold_bound_after_its_arrival(
         after = int(time.time() * 1000)
     [sent] = [body["priority"] for body in fleet[ENGINE].received]
     assert before + 200 <= sent <= after + 200  # ~80 chunks would be 800 ms beyond
+
+
+async def test_deferred_completions_rank_a_minute_behind_interactive_ones(
+        tmp_path: Path) -> None:
+    """A deferred completion's client reads it back later: on REST and gRPC alike it is due
+    a minute after an interactive request that came at the same moment."""
+    port = free_port()
+    fleet = ScriptedFleet(ENGINE)
+    received = fleet[ENGINE].received
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware", engine_priority=True,
+                                  grpc_port=port) as gw:
+        before = int(time.time() * 1000)
+        started = await gw.chat({**chat("background work"), "deferred": True})
+        assert started.status_code == 200 and started.json()["request_id"]
+        await until(lambda: len(received) == 1, "the deferred completion at its engine")
+        assert (await gw.chat(chat("a client waits"))).status_code == 200
+        sdk = AsyncClient(api_key="unused", api_host=f"127.0.0.1:{port}",
+                          use_insecure_channel=True, timeout=30)
+        conversation = sdk.chat.create(model="scripted-model", max_tokens=8)
+        conversation.append(user("background work over gRPC"))
+        await conversation.defer(interval=timedelta(milliseconds=20))
+        after = int(time.time() * 1000)
+    rest, interactive, grpc_deferred = (body["priority"] for body in received)
+    assert before + BACKGROUND_DELAY_MS <= rest < after + BACKGROUND_DELAY_MS + 100
+    assert before + BACKGROUND_DELAY_MS <= grpc_deferred < after + BACKGROUND_DELAY_MS + 100
+    assert before <= interactive < after + 100 < rest
 
 
 async def test_without_engine_priority_no_priority_reaches_an_engine(tmp_path: Path) -> None:

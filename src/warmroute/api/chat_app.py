@@ -136,17 +136,19 @@ def tenant_body(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
 
 
 async def place_and_forward(
-    gw: Gateway, features: RequestFeatures, payload: bytes, view: ClientView | None
+    gw: Gateway, features: RequestFeatures, payload: bytes, view: ClientView | None,
+    background: bool = False,
 ) -> Relayed | Streaming:
     """Place and forward: the proxy takes the chosen engine's in-flight slot in the task step
     that placement ends in, so concurrent placements see each other's load (with shared
     routing state, a conversation new to this replica first costs one lookup).
     A stream (`view`: what its client asked for) is resumed on another engine if its engine
-    breaks mid-answer."""
+    breaks mid-answer. `background`: a deferred completion (ranked behind interactive work
+    at engines that schedule by priority)."""
     decision = await gw.route(features)
     if view is not None:
         return await gw.proxy.open_stream(decision, payload, view, gw.config.max_resumes)
-    return await gw.proxy.complete(decision, payload)
+    return await gw.proxy.complete(decision, payload, background)
 
 
 async def close_if_streaming(answer: Relayed | Streaming) -> None:

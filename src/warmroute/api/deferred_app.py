@@ -37,7 +37,7 @@ def deferred_chat(gw: Gateway, meter: Meter, runs: DeferredRuns) -> DeferredStar
         payload = gw.upstream_payload(body)
 
         async def work() -> dict[str, Any]:
-            answer = await place_and_forward(gw, features, payload, None)
+            answer = await place_and_forward(gw, features, payload, None, background=True)
             if not isinstance(answer, Relayed):  # not asked for: a stream is never opened here
                 raise InvalidRequest("a deferred completion cannot be streamed")
             if answer.status != 200:

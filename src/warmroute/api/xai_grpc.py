@@ -134,11 +134,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         body = engine_calls.chat_body(request.model or None, turn.messages, sampling, stream)
         return {**body, "cache_salt": caller.cache_salt}
 
-    async def complete(self, request: Any, turn: Turn, caller: Caller) -> Any:
-        """Run one turn to the end; meter it; store it when asked; return the response proto."""
+    async def complete(self, request: Any, turn: Turn, caller: Caller,
+                       background: bool = False) -> Any:
+        """Run one turn to the end; meter it; store it when asked; return the response proto
+        (`background`: a deferred completion's turn)."""
         gw = self.conversations.gw
         body = self.engine_body(request, turn, caller, False)
-        answer = await engine_calls.complete(gw, turn.decision, body)
+        answer = await engine_calls.complete(gw, turn.decision, body, background)
         response_id = str(uuid.uuid4())
         model = request.model or answer.model
         # priced and recorded as the model the engine served
@@ -214,7 +216,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         turn = await self.plan(request, context, caller)
 
         async def work() -> dict[str, Any]:
-            return dict(MessageToDict(await self.complete(request, turn, caller)))
+            return dict(MessageToDict(await self.complete(request, turn, caller,
+                                                          background=True)))
 
         request_id = await self.deferred.start(caller.team, work)
         return deferred_pb2.StartDeferredResponse(request_id=request_id)

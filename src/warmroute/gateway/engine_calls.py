@@ -74,8 +74,10 @@ def chat_body(
     return body
 
 
-async def complete(gw: Gateway, decision: Decision, body: dict[str, Any]) -> Answer:
-    answer = await gw.proxy.complete(decision, gw.upstream_payload(body))
+async def complete(gw: Gateway, decision: Decision, body: dict[str, Any],
+                   background: bool = False) -> Answer:
+    """One whole answer; `background` for a deferred completion (`Proxy.complete`)."""
+    answer = await gw.proxy.complete(decision, gw.upstream_payload(body), background)
     if answer.status != 200:
         raise engine_error(answer.status, answer.body, answer.headers)
     data = json.loads(answer.body)

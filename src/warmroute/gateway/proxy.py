@@ -120,9 +120,14 @@ class Proxy:
         self.gate = gate
         self.priority = priority
 
-    async def complete(self, decision: Decision, payload: bytes) -> Relayed:
-        """A non-streaming request: the first engine that answers, buffered."""
-        answer = await self._forward(decision, payload, False, self._due(decision))
+    async def complete(self, decision: Decision, payload: bytes,
+                       background: bool = False) -> Relayed:
+        """A non-streaming request: the first engine that answers, buffered. `background`
+        (a deferred completion, read back later): due `BACKGROUND_DELAY_MS` later."""
+        due = self._due(decision)
+        if due is not None and background:
+            due += BACKGROUND_DELAY_MS
+        answer = await self._forward(decision, payload, False, due)
         assert isinstance(answer, Relayed)
         return answer
 
@@ -289,6 +294,11 @@ class Proxy:
         except BaseException:
             await response.aclose()  # runs to its end under cancellation (or shields itself)
             raise
+
+
+# A deferred completion (its client reads the answer back later) ranks behind every request
+# whose client waits that comes within a minute after it, and before those that come later.
+BACKGROUND_DELAY_MS = 60_000
 
 
 def due_ms(work: float, ms_per_chunk: float, max_ms: float = math.inf) -> int:
