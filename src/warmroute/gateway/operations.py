@@ -68,6 +68,7 @@ def engine_row(state: EngineState, cache: dict[str, Any] | None, totals: dict[Ke
         "in_flight": state.in_flight,
         "queued_prefill": round(state.queued, 3),
         "waiting": state.waiting,
+        "takes_priority": state.takes_priority,  # sent `priority` under `engine_priority`
         "requests": int(requests),
         "failovers": int(totals.get((FAILOVERS, (engine,)), 0.0)),
         "ejections": int(totals.get((EJECTIONS, (engine,)), 0.0)),
