@@ -61,6 +61,7 @@ class Script:
     health_status: int = 200
     cache_tokens: int | None = None
     scheduling_policy: str | None = None  # said in its health answer when set
+    refuses_priority: bool = False  # a ranked request gets vLLM's 400 (fcfs, saying nothing)
     model: str = "scripted-model"
     received: list[dict[str, Any]] = field(default_factory=list)
     probes: int = 0
@@ -86,6 +87,10 @@ class Script:
     async def answer(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.received.append(body)
+        if self.refuses_priority and "priority" in body:
+            message = f"Got priority {body['priority']} but Priority scheduling is not enabled."
+            return httpx.Response(400, json={"object": "error", "message": message,
+                                             "type": "BadRequestError", "code": 400})
         if self.failure is not None:
             await self.held()
             raise FAILURES[self.failure](f"scripted {self.failure}", request=request)

@@ -21,7 +21,12 @@ from xai_sdk.chat import user
 from tests.gateway.inprocess import in_process_gateway, until
 from tests.gateway.scripted import Script, ScriptedFleet, sse_payloads, streamed_text
 from tests.procs import free_port
-from warmroute.gateway.proxy import BACKGROUND_DELAY_MS, due_ms, with_priority
+from warmroute.gateway.proxy import (
+    BACKGROUND_DELAY_MS,
+    due_ms,
+    refuses_priority,
+    with_priority,
+)
 
 ENGINE = "e1"
 
@@ -140,6 +145,33 @@ async def test_an_engine_that_says_it_schedules_fcfs_is_sent_no_priority(
         await gw.probe()
         assert (await gw.chat(chat("again"))).status_code == 200
     assert [("priority" in body) for body in fleet[ENGINE].received] == [ranked, ranked, True]
+
+
+async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then_never(
+        tmp_path: Path) -> None:
+    """vLLM without `--scheduling-policy priority` says nothing of it in its health answer and
+    refuses a ranked request with a 400: the gateway sends the request again without the rank,
+    and sends that engine no rank from then on."""
+    fleet = ScriptedFleet(ENGINE)
+    fleet[ENGINE].refuses_priority = True
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        first = await gw.chat(chat("hello", stream=True))
+        assert first.status_code == 200 and streamed_text(sse_payloads(first.content)) == "Hello world"
+        assert (await gw.chat(chat("again"))).status_code == 200
+        assert gw.gateway.membership.engines[ENGINE].takes_priority is False
+        rows = gw.ledger()
+    assert [("priority" in body) for body in fleet[ENGINE].received] == [True, False, False]
+    assert len(rows) == 2  # one answer each, the refusal unbilled
+
+
+def test_refusals_of_a_priority_are_told_from_other_errors() -> None:
+    vllm = b'{"message":"Got priority 17 but Priority scheduling is not enabled."}'
+    assert refuses_priority(400, vllm)
+    assert refuses_priority(400, b'{"error":"priority needs an engine started with '
+                                 b'--scheduling-policy priority"}')
+    assert not refuses_priority(400, b'{"error":"max_tokens must be at least 1"}')
+    assert not refuses_priority(500, vllm)
 
 
 async def placed_then_sent_on(fleet: ScriptedFleet, tmp_path: Path, release: asyncio.Event,

@@ -266,11 +266,11 @@ class Proxy:
         state = self.membership.engines[engine_id]
         endpoint = state.endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
-        if due is not None and state.takes_priority:  # an `fcfs` engine refuses a rank
-            payload = with_priority(payload, due)
+        ranked = due is not None and state.takes_priority  # an `fcfs` engine refuses a rank
+        sent = with_priority(payload, due) if due is not None and ranked else payload
         started = time.monotonic()
         try:
-            response = await self.client.post(endpoint.url + CHAT_PATH, payload, headers)
+            response = await self.client.post(endpoint.url + CHAT_PATH, sent, headers)
         except UpstreamPoolFull as exc:  # this gateway is busy, not the engine
             raise EngineOverloaded(
                 "every connection to the engines is busy; retry shortly"
@@ -284,6 +284,11 @@ class Proxy:
                 await response.aclose()
                 if response.status == 200:
                     self.metrics.first_token.observe(time.monotonic() - started)
+                elif ranked and refuses_priority(response.status, body):
+                    log.warning("engine %s does not schedule by priority (%s): no longer "
+                                "sent one", engine_id, body[:200].decode(errors="replace"))
+                    state.takes_priority = False
+                    return await self._attempt(engine_id, payload, stream, work, due)
                 return Relayed(engine_id, response.status, relayed, body)
             first = await response.next_piece()
             return Upstream(engine_id, response.status, relayed, response, first, self, work,
@@ -308,6 +313,13 @@ def due_ms(work: float, ms_per_chunk: float, max_ms: float = math.inf) -> int:
     before it, and nothing that came `max_ms` or more after it (the longest prompts, which
     would otherwise wait for every shorter one that came for seconds after them)."""
     return int(time.time() * 1000.0 + min(ms_per_chunk * work, max_ms))
+
+
+def refuses_priority(status: int, body: bytes) -> bool:
+    """An engine's answer refusing the `priority` the gateway sent (the client's own never
+    reaches it): vLLM without `--scheduling-policy priority` answers 400 "Got priority N but
+    Priority scheduling is not enabled.", warmroute's `fcfs` engine 400 naming the policy."""
+    return status == 400 and b"priority" in body.lower()
 
 
 def with_priority(payload: bytes, priority: int) -> bytes:
