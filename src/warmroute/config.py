@@ -218,8 +218,9 @@ class GatewayConfig:
     # first token is due, in ms, its arrival plus `admission_ms_per_chunk` x its prefill work,
     # at most `admission_max_hold_s` (so a long prompt is overtaken only by what comes within
     # that long after it).
-    # Every engine must schedule by priority (`--scheduling-policy priority`: warmroute's and
-    # vLLM's engines); an engine without it refuses the field. A client's own is never sent.
+    # For engines that schedule by priority (`--scheduling-policy priority`: warmroute's and
+    # vLLM's); one whose health says `fcfs`, or that refuses the field once, is sent none.
+    # A client's own is never sent.
     engine_priority: bool = False
 
     @property

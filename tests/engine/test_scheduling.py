@@ -226,6 +226,23 @@ def test_a_waiting_request_aborted_gives_its_place_back_at_once() -> None:
     sched.cache.pool.check_integrity()
 
 
+def test_a_request_that_leaves_as_it_is_admitted_gets_no_prefill() -> None:
+    sched, log, prefilled = scheduler("fcfs")
+    leaving = seq(log, "leaving", 300)
+    sched.add(leaving)
+    begin = sched._begin
+
+    def client_leaves_meanwhile(admitted: Sequence) -> None:
+        begin(admitted)
+        sched.abort(admitted)  # running by now: it ends at this step, before any chunk
+
+    sched._begin = client_leaves_meanwhile  # type: ignore[method-assign]
+    sched.step()
+    assert log.ending("leaving").finish_reason == "abort"
+    assert prefilled.tokens == [] and not sched.running and not sched.waiting
+    sched.cache.pool.check_integrity()
+
+
 @pytest.mark.parametrize("chunk", ["0", "-5"])
 def test_a_prefill_chunk_below_one_token_is_refused(chunk: str) -> None:
     args = build_parser().parse_args(["engine", "--model", "sim", "--prefill-chunk", chunk])

@@ -147,8 +147,9 @@ async def test_an_engine_that_says_it_schedules_fcfs_is_sent_no_priority(
     assert [("priority" in body) for body in fleet[ENGINE].received] == [ranked, ranked, True]
 
 
+@pytest.mark.parametrize("stream", [True, False])
 async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then_never(
-        tmp_path: Path) -> None:
+        tmp_path: Path, stream: bool) -> None:
     """vLLM without `--scheduling-policy priority` says nothing of it in its health answer and
     refuses a ranked request with a 400: the gateway sends the request again without the rank,
     and sends that engine no rank from then on."""
@@ -156,9 +157,12 @@ async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then
     fleet[ENGINE].refuses_priority = True
     async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
                                   engine_priority=True) as gw:
-        first = await gw.chat(chat("hello", stream=True))
-        assert first.status_code == 200 and streamed_text(sse_payloads(first.content)) == "Hello world"
-        assert (await gw.chat(chat("again"))).status_code == 200
+        first = await gw.chat(chat("hello", stream=stream))
+        assert first.status_code == 200
+        text = (streamed_text(sse_payloads(first.content)) if stream
+                else first.json()["choices"][0]["message"]["content"])
+        assert text == "Hello world"
+        assert (await gw.chat(chat("again", stream=not stream))).status_code == 200
         assert gw.gateway.membership.engines[ENGINE].takes_priority is False
         rows = gw.ledger()
     assert [("priority" in body) for body in fleet[ENGINE].received] == [True, False, False]
@@ -171,6 +175,8 @@ def test_refusals_of_a_priority_are_told_from_other_errors() -> None:
     assert refuses_priority(400, b'{"error":"priority needs an engine started with '
                                  b'--scheduling-policy priority"}')
     assert not refuses_priority(400, b'{"error":"max_tokens must be at least 1"}')
+    echoed = b'{"detail":[{"msg":"bad max_tokens","input":{"priority":17,"max_tokens":-1}}]}'
+    assert not refuses_priority(400, echoed)  # a validation error naming the field
     assert not refuses_priority(500, vllm)
 
 

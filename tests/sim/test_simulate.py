@@ -79,6 +79,15 @@ def test_a_short_prefill_ranked_first_overtakes_a_long_one_at_its_next_chunk() -
     assert [long_.remaining, short.remaining, later.remaining] == [0, 0, 0]
 
 
+def test_prefills_ranked_alike_go_in_arrival_order_and_a_chunk_takes_a_token() -> None:
+    engine = ranked_engine(chunk=512)
+    first = engine.admit(block_keys([1]), 512, 1, now=0.0, rank=1.0)
+    second = engine.admit(block_keys([2]), 512, 1, now=0.0, rank=1.0)
+    assert engine.advance(1.0) == [first, second]
+    with pytest.raises(ValueError, match="at least one token"):
+        ranked_engine(chunk=0)
+
+
 def test_ceiling_counts_leading_blocks_seen_before() -> None:
     reqs = [req(0, 0, [0, 1], 0), req(1, 1, [0, 1, 2], 0), req(2, 2, [0, 5], 1)]
     # 0 + 2 blocks + 1 block (0) of 1024 + 1536 + 1024 tokens

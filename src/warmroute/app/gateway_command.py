@@ -59,7 +59,8 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-priority", action="store_true",
                         help="send each request's `priority` (when its first token is due, "
                              "least prefill work first), for engines started with "
-                             "--scheduling-policy priority")
+                             "--scheduling-policy priority (an engine that says or shows it "
+                             "is not is sent none)")
     add_store_arguments(parser)
     add_tenancy_arguments(parser)
     add_operator_arguments(parser)

@@ -124,7 +124,7 @@ class Scheduler:
                 return
             kept = [entry for entry in self.waiting if entry[1] is not seq]
             if len(kept) == len(self.waiting):
-                return  # being admitted right now: the step that runs it sees the stop
+                return  # being admitted right now: that step ends it before its prefill
             self.waiting[:] = kept
             heapq.heapify(self.waiting)
             seq.status = SeqStatus.FINISHED
@@ -181,7 +181,9 @@ class Scheduler:
         for stopped in [s for s in self.running if s.stop_requested]:
             self._finish(stopped, "abort")
         prefilling = self._next_prefill()
-        if prefilling is not None:
+        if prefilling is not None and prefilling.stop_requested:
+            self._finish(prefilling, "abort")  # its client left as it was admitted
+        elif prefilling is not None:
             self._prefill(prefilling)
         decoding = [s for s in self.running if s.output_ids]
         if decoding:

@@ -33,8 +33,9 @@ class EngineState:
     ejected_at: float = float("-inf")
     model: str | None = None
     cache_chars: int | None = None  # about how much prompt text its prefix cache holds
-    # False once its health answer said it does not schedule by `priority` (an `fcfs` engine
-    # refuses a ranked request); engines that do not say are trusted to take one
+    # Whether it is sent a `priority` under `engine_priority`: False once its health answer
+    # said it schedules `fcfs` (True again if a later one says `priority`), or once it refused
+    # a ranked request (an engine that says nothing, as vLLM: until this gateway restarts)
     takes_priority: bool = True
 
     @property

@@ -315,11 +315,18 @@ def due_ms(work: float, ms_per_chunk: float, max_ms: float = math.inf) -> int:
     return int(time.time() * 1000.0 + min(ms_per_chunk * work, max_ms))
 
 
+REFUSALS = (b"priority scheduling is not enabled", b"--scheduling-policy priority")
+
+
 def refuses_priority(status: int, body: bytes) -> bool:
     """An engine's answer refusing the `priority` the gateway sent (the client's own never
     reaches it): vLLM without `--scheduling-policy priority` answers 400 "Got priority N but
-    Priority scheduling is not enabled.", warmroute's `fcfs` engine 400 naming the policy."""
-    return status == 400 and b"priority" in body.lower()
+    Priority scheduling is not enabled.", warmroute's `fcfs` engine 400 naming the flag. Only
+    those words count: a validation error that echoes the body names `priority` too."""
+    if status != 400:
+        return False
+    lowered = body.lower()
+    return any(words in lowered for words in REFUSALS)
 
 
 def with_priority(payload: bytes, priority: int) -> bytes:

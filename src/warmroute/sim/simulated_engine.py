@@ -7,14 +7,15 @@ one chunk at a time, back to back, and the answer then decodes at one step per t
 `fcfs` policy a prefill once begun runs to its end, in arrival order (the chunking changes
 nothing then); under `priority` each chunk of at most `chunk_tokens` goes to the best-ranked
 prefill waiting or begun (lowest rank, then arrival), as the engine's scheduler does, so a
-request ranked first overtakes a long prefill at its next chunk. `admit` queues a request;
-`advance` runs the chunks that begin by a given time and returns the requests whose first token
-they produced.
+request ranked first overtakes a long prefill at its next chunk (the decode step the engine
+runs between two chunks is not charged here). `admit` queues a request; `advance` runs the
+chunks that begin by a given time and returns the requests whose first token they produced.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +50,8 @@ class SimulatedEngine:
                  profile: SimProfile, chunk_tokens: int | None = None) -> None:
         """`chunk_tokens`: the most prompt tokens one prefill chunk takes (None: a prompt is
         prefilled whole, one request after the other)."""
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError("a prefill chunk takes at least one token")
         self.index = index
         self.block_tokens = block_tokens
         self.profile = profile
@@ -58,7 +61,8 @@ class SimulatedEngine:
         self.in_flight = 0
         self.served = 0
         self.free_at = 0.0  # when the chunk being prefilled ends (the next may begin)
-        self.prefills: list[tuple[float, int, Admission]] = []  # (rank, ticket, admission)
+        self.prefills: list[tuple[float, int, Admission]] = []  # (rank, arrival, admission)
+        self._arrivals = itertools.count()
 
     @property
     def cache(self) -> PrefixCache:
@@ -97,7 +101,8 @@ class SimulatedEngine:
                               max(0, input_length - cached), self.in_flight, held)
         if not self.prefills:
             self.free_at = max(self.free_at, now)
-        heapq.heappush(self.prefills, (now if rank is None else rank, ticket, admission))
+        heapq.heappush(self.prefills,
+                       (now if rank is None else rank, next(self._arrivals), admission))
         return admission
 
     def advance(self, until: float) -> list[Admission]:
