@@ -203,6 +203,9 @@ class GatewayConfig:
     # its whole body (else the connection is closed, or the answer is 408).
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    # A client that reads nothing of its answer for `send_timeout_s` while more waits to be
+    # sent is dropped (its stream stops and frees its engine), as nginx's `send_timeout`.
+    send_timeout_s: float = 60.0
     # Deferred completions pending at once: in all, and per team (beyond: 429).
     max_deferred: int = 1000
     max_deferred_per_team: int = 100
@@ -256,6 +259,9 @@ class GatewayConfig:
             raise ValueError("max_resumes must be >= 0")
         if min(self.admission_work, self.admission_ms_per_chunk, self.admission_max_hold_s) < 0:
             raise ValueError("the admission settings must not be negative")
+        if min(self.header_timeout_s, self.body_timeout_s, self.send_timeout_s) <= 0:
+            raise ValueError("header_timeout_s, body_timeout_s and send_timeout_s must be "
+                             "positive")
         if min(self.request_failures_to_eject, self.max_in_flight, self.max_deferred,
                self.max_deferred_per_team) < 1:
             raise ValueError("request_failures_to_eject, max_in_flight and the deferred "

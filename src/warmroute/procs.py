@@ -186,17 +186,18 @@ class RedisServer:
 
 
 def server_config(app: Any, host: str, port: int, header_timeout_s: float = HEADER_TIMEOUT_S,
-                  **settings: Any) -> Any:
+                  send_timeout_s: float | None = None, **settings: Any) -> Any:
     """uvicorn's `Config` for `app`, logging warnings only, closing a connection that has not
-    sent a whole request head within `header_timeout_s` of its first byte (or of connecting):
-    uvicorn alone holds a connection that sends nothing, or its headers a byte at a time,
-    for ever."""
+    sent a whole request head within `header_timeout_s` of its first byte (or of connecting),
+    and, with `send_timeout_s`, one whose client has read nothing of its answer for that long
+    while more waits to be sent: uvicorn alone holds either for ever."""
     import uvicorn
 
     settings.setdefault("log_level", "warning")
     # Below info no access line is written, but uvicorn formats each one's arguments anyway.
     settings.setdefault("access_log", settings["log_level"] in ("trace", "debug", "info"))
-    return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(header_timeout_s),
+    return uvicorn.Config(app, host=host, port=port,
+                          http=header_timeout_protocol(header_timeout_s, send_timeout_s),
                           **settings)
 
 
@@ -217,17 +218,22 @@ def run_server(config: Any) -> None:
         sniffio.thread_local.name = None
 
 
-def header_timeout_protocol(timeout_s: float) -> type[Any]:
+def header_timeout_protocol(timeout_s: float, send_timeout_s: float | None = None) -> type[Any]:
     """uvicorn's HTTP/1.1 protocol with a timer from a request's first byte to its last header
     (a new request object appears on the protocol when its headers are complete; a connection
     upgraded to a WebSocket has left the protocol, and the timer with it), and the connection's
     `ConnectionEvents` in its requests' scopes (its loss told to the handlers that registered
     for it, with no task listening: with httptools every request; else those whose head
-    arrives in `data_received`, and the others' handlers listen)."""
+    arrives in `data_received`, and the others' handlers listen). With `send_timeout_s`, a
+    second timer runs while the transport holds writing (its buffer full: the client reads
+    nothing), as nginx's `send_timeout`: when it fires the connection is dropped, and its
+    handler hears of it as of any client that left (a stream stops, is billed what was sent,
+    and frees its engine), so a client that never reads cannot hold an engine's place."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         header_timer: Any = None
+        send_timer: Any = None
         events: ConnectionEvents
 
         def connection_made(self, transport: Any) -> None:
@@ -251,8 +257,28 @@ def header_timeout_protocol(timeout_s: float) -> type[Any]:
             super().on_message_begin()
             give_connection_events(self.scope, self.events)
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if send_timeout_s is not None and self.send_timer is None:
+                self.send_timer = self.loop.call_later(send_timeout_s, self.not_reading)
+
+        def resume_writing(self) -> None:
+            self.disarm_send()
+            super().resume_writing()
+
+        def not_reading(self) -> None:
+            self.send_timer = None
+            if not self.transport.is_closing():
+                self.transport.abort()  # what waits to be sent never will be
+
+        def disarm_send(self) -> None:
+            if self.send_timer is not None:
+                self.send_timer.cancel()
+                self.send_timer = None
+
         def connection_lost(self, exc: Exception | None) -> None:
             self.disarm()
+            self.disarm_send()
             try:
                 super().connection_lost(exc)
             finally:
@@ -301,12 +327,13 @@ class BackgroundServer:
     """A uvicorn server for `app` on a thread of this process; `stop()` shuts it down."""
 
     def __init__(self, app: Any, host: str, port: int,
-                 header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+                 header_timeout_s: float = HEADER_TIMEOUT_S,
+                 send_timeout_s: float | None = None) -> None:
         import uvicorn
 
         self.url = f"http://{host}:{port}"
         self.server = uvicorn.Server(
-            server_config(app, host, port, header_timeout_s, lifespan="on")
+            server_config(app, host, port, header_timeout_s, send_timeout_s, lifespan="on")
         )
         self.thread = threading.Thread(target=self.server.run, name="warmroute-server")
 

@@ -102,7 +102,7 @@ def gateway_over(
     config = GatewayConfig(engines=endpoints, port=free_port(), **settings)
     gateway = Gateway(config)
     server = BackgroundServer(create_gateway_app(config, gateway), config.host, config.port,
-                              config.header_timeout_s)
+                              config.header_timeout_s, config.send_timeout_s)
     server.start()
     try:
         yield server.url, gateway

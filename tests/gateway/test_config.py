@@ -55,6 +55,9 @@ def test_bad_configs_are_refused(tmp_path: Path) -> None:
             EngineEndpoint("http://a", "x", api_key=key)
         with pytest.raises(ValueError, match="printable ASCII"):
             GatewayConfig(engines=(EngineEndpoint("http://a", "x"),), engine_api_key=key)
+    for timeout in ("header_timeout_s", "body_timeout_s", "send_timeout_s"):
+        with pytest.raises(ValueError, match="must be positive"):
+            GatewayConfig(engines=(EngineEndpoint("http://a", "x"),), **{timeout: 0.0})
 
 
 @pytest.mark.parametrize(("cores", "engines", "threads"), [(2, 2, 1), (16, 4, 4), (2, 4, 1),

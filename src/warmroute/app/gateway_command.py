@@ -139,5 +139,5 @@ def run_gateway(args: argparse.Namespace) -> int:
     print(f"warmroute gateway on http://{config.host}:{config.port} -> {engines}", flush=True)
     favour_the_event_loop()
     run_server(server_config(create_gateway_app(config), config.host, config.port,
-                             config.header_timeout_s))
+                             config.header_timeout_s, config.send_timeout_s))
     return 0

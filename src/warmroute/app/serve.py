@@ -112,7 +112,7 @@ async def serve_gateway(config: GatewayConfig, on_ready: Callable[[], None]) -> 
     from warmroute.app.gateway_app import create_gateway_app
 
     server = uvicorn.Server(server_config(create_gateway_app(config), config.host, config.port,
-                                          config.header_timeout_s))
+                                          config.header_timeout_s, config.send_timeout_s))
     favour_the_event_loop()
     settle_startup_objects()
     task = asyncio.create_task(server.serve())

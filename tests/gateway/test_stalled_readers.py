@@ -1,0 +1,94 @@
+"""A client that never reads its stream holds no engine place for long (`send_timeout_s`, as
+nginx's `send_timeout`): through a real gateway over a simulated engine that answers at once,
+a stream whose client reads nothing is dropped once the gateway has held its unsent bytes for
+the timeout; the engine's place and the gateway's in-flight count are freed, what was sent is
+billed, and the gateway answers the next client as before."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.harness import gateway_over
+from tests.gateway.inprocess import ledger
+from warmroute.bench.fleet import EngineParams, SimFleet
+from warmroute.config import EngineEndpoint
+
+SEND_TIMEOUT_S = 2.0
+MAX_TOKENS = 60_000  # megabytes of events: far more than the sockets' buffers hold
+
+
+@pytest.fixture
+def instant_engine(tmp_path: Path) -> Iterator[EngineEndpoint]:
+    fleet = SimFleet(EngineParams(count=1, prefill_ms_per_token=0.0, decode_ms_per_token=0.0),
+                     tmp_path / "engine-logs")
+    fleet.start("stalled-readers")
+    try:
+        yield EngineEndpoint(fleet.urls[0], fleet.ids[0])
+    finally:
+        fleet.stop()
+
+
+def stalled_stream(port: int) -> socket.socket:
+    """A client that asks for a long stream, keeps its receive buffer small, and reads nothing."""
+    body = json.dumps({"model": "sim", "stream": True, "max_tokens": MAX_TOKENS,
+                       "messages": [{"role": "user", "content": "Tell me everything."}]})
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+                   f"{body}".encode())
+    return client
+
+
+def read_to_the_end(client: socket.socket, timeout_s: float) -> bytes:
+    """What the gateway sent before it dropped the connection (a reset or the end of it)."""
+    client.settimeout(timeout_s)
+    received = bytearray()
+    try:
+        while piece := client.recv(65536):
+            received += piece
+    except ConnectionResetError:
+        pass
+    return bytes(received)
+
+
+def test_a_client_that_reads_nothing_is_dropped_and_frees_its_engine(
+        instant_engine: EngineEndpoint, tmp_path: Path) -> None:
+    with gateway_over((instant_engine,), data_dir=tmp_path,
+                      send_timeout_s=SEND_TIMEOUT_S) as (url, gateway):
+        state = gateway.membership.engines[instant_engine.engine_id]
+        client = stalled_stream(int(url.rsplit(":", 1)[1]))
+        try:
+            deadline = time.monotonic() + 30
+            while state.in_flight == 0:  # the request reached its engine
+                assert time.monotonic() < deadline, "the stream never started"
+                time.sleep(0.01)
+            opened = time.monotonic()
+            while state.in_flight:
+                assert time.monotonic() < deadline, "the stalled stream was never dropped"
+                time.sleep(0.02)
+            held = time.monotonic() - opened
+            sent = read_to_the_end(client, 10.0)
+        finally:
+            client.close()
+        assert held >= SEND_TIMEOUT_S - 0.1  # not before its client had stalled that long
+        assert sent.startswith(b"HTTP/1.1 200") and b"data: {" in sent
+        assert b"data: [DONE]" not in sent  # cut off, not finished
+        answer = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "model": "sim", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 10
+        while len(rows := ledger(Path(gateway.config.store_url))) < 2:
+            assert time.monotonic() < deadline, "the cut-off stream was never billed"
+            time.sleep(0.05)
+    cut_off, normal = rows
+    assert 0 < cut_off.completion_tokens < MAX_TOKENS  # what was made before it was dropped
+    assert (normal.completion_tokens, normal.surface) == (4, "chat.completions")
