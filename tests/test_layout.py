@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway",),
     ("store", "engine"),
     ("config", "types", "errors", "pricing", "procs", "sse", "jsoncodec", "connection_events",
-     "__init__"),
+     "server_protocol", "__init__"),
 )
 LEAVES = LAYERS[-1]
 MAX_MODULE_LINES = 400

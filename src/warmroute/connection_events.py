@@ -3,7 +3,7 @@
 An ASGI handler learns that its client went away only by awaiting `receive()` until it says
 `http.disconnect`, so a handler that must stop when its client leaves keeps a task listening for
 the whole request (three task steps and a cancellation each time, on the hottest route). The
-gateway's server protocol (`procs.header_timeout_protocol`) keeps one `ConnectionEvents` per
+gateway's server protocol (`server_protocol.TimedProtocol`) keeps one `ConnectionEvents` per
 connection instead and puts it in each request's scope (`scope["extensions"][EXTENSION]`; with
 httptools every request's, pipelined ones too); a handler registers a callback, which runs
 once, from the transport's `connection_lost`. A server sees a connection's end only while it

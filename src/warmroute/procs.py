@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 
 from warmroute.config import ServeConfig, child_process_env
-from warmroute.connection_events import ConnectionEvents, give_connection_events
 
 STOP_GRACE_S = 10.0
 HEADER_TIMEOUT_S = 10.0
@@ -219,85 +218,12 @@ def run_server(config: Any) -> None:
 
 
 def header_timeout_protocol(timeout_s: float, send_timeout_s: float | None = None) -> type[Any]:
-    """uvicorn's HTTP/1.1 protocol with a timer from a request's first byte to its last header
-    (a new request object appears on the protocol when its headers are complete; a connection
-    upgraded to a WebSocket has left the protocol, and the timer with it), and the connection's
-    `ConnectionEvents` in its requests' scopes (its loss told to the handlers that registered
-    for it, with no task listening: with httptools every request; else those whose head
-    arrives in `data_received`, and the others' handlers listen). With `send_timeout_s`, a
-    second timer runs while the transport holds writing (its buffer full: the client reads
-    nothing), as nginx's `send_timeout`: when it fires the connection is dropped, and its
-    handler hears of it as of any client that left (a stream stops, is billed what was sent,
-    and frees its engine), so a client that never reads cannot hold an engine's place."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    """uvicorn's HTTP/1.1 protocol with a request head's deadline of `timeout_s` and, with
+    `send_timeout_s`, a stalled reader's (`server_protocol.TimedProtocol`)."""
+    from warmroute.server_protocol import TimedProtocol
 
-    class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        header_timer: Any = None
-        send_timer: Any = None
-        events: ConnectionEvents
-
-        def connection_made(self, transport: Any) -> None:
-            self.events = ConnectionEvents()
-            super().connection_made(transport)
-            self.events.resume_reading = self.flow.resume_reading
-            self.arm()
-
-        def data_received(self, data: bytes) -> None:
-            before = self.cycle
-            if self.header_timer is None and (before is None or before.response_complete):
-                self.arm()  # a new request head begins
-            super().data_received(data)
-            if self.cycle is not before:
-                self.disarm()  # its headers are complete
-                give_connection_events(self.cycle.scope, self.events)  # before its task runs
-            elif self.transport.get_protocol() is not self:
-                self.disarm()  # upgraded to a WebSocket: its head was whole
-
-        def on_message_begin(self) -> None:  # httptools: each request's scope, pipelined too
-            super().on_message_begin()
-            give_connection_events(self.scope, self.events)
-
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            if send_timeout_s is not None and self.send_timer is None:
-                self.send_timer = self.loop.call_later(send_timeout_s, self.not_reading)
-
-        def resume_writing(self) -> None:
-            self.disarm_send()
-            super().resume_writing()
-
-        def not_reading(self) -> None:
-            self.send_timer = None
-            if not self.transport.is_closing():
-                self.transport.abort()  # what waits to be sent never will be
-
-        def disarm_send(self) -> None:
-            if self.send_timer is not None:
-                self.send_timer.cancel()
-                self.send_timer = None
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.disarm()
-            self.disarm_send()
-            try:
-                super().connection_lost(exc)
-            finally:
-                self.events.connection_lost()
-
-        def arm(self) -> None:
-            self.header_timer = self.loop.call_later(timeout_s, self.too_slow)
-
-        def disarm(self) -> None:
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-                self.header_timer = None
-
-        def too_slow(self) -> None:
-            self.header_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return HeaderTimeoutProtocol
+    return type("HeaderTimeoutProtocol", (TimedProtocol,),
+                {"head_timeout_s": timeout_s, "send_timeout_s": send_timeout_s})
 
 
 LOOP_SWITCH_INTERVAL_S = 0.0005
