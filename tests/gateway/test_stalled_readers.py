@@ -2,7 +2,7 @@
 nginx's `send_timeout`): through a real gateway over a simulated engine that answers at once,
 a stream whose client reads nothing is dropped once the gateway has held its unsent bytes for
 the timeout; the engine's place and the gateway's in-flight count are freed, what was sent is
-billed, and the gateway answers the next client as before."""
+billed, and the gateway answers the next client as before. The same over gRPC."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
 from tests.gateway.harness import gateway_over
-from tests.gateway.inprocess import ledger
+from tests.gateway.inprocess import in_process_gateway, ledger, until
+from tests.gateway.scripted import ScriptedFleet
+from tests.procs import free_port
 from warmroute.bench.fleet import EngineParams, SimFleet
 from warmroute.config import EngineEndpoint
 
@@ -92,3 +95,36 @@ def test_a_client_that_reads_nothing_is_dropped_and_frees_its_engine(
     cut_off, normal = rows
     assert 0 < cut_off.completion_tokens < MAX_TOKENS  # what was made before it was dropped
     assert (normal.completion_tokens, normal.surface) == (4, "chat.completions")
+
+
+async def test_a_grpc_client_that_reads_nothing_is_dropped_and_frees_its_engine(
+        tmp_path: Path) -> None:
+    """The same over the xAI gRPC API: grpc's flow control holds the stream's messages once
+    its client's window is full; `send_timeout_s` later its handler is cancelled, the engine's
+    place freed, and what was made billed."""
+    from xai_sdk.proto import chat_pb2, chat_pb2_grpc
+
+    port = free_port()
+    fleet = ScriptedFleet("e1")
+    fleet["e1"].pieces = [" word"] * 200_000  # megabytes of chunks
+    state = None
+    async with in_process_gateway(fleet, tmp_path, grpc_port=port,
+                                  send_timeout_s=SEND_TIMEOUT_S) as gw:
+        state = gw.gateway.membership.engines["e1"]
+        options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            request = chat_pb2.GetCompletionsRequest(
+                model="scripted-model", max_tokens=300_000,
+                messages=[chat_pb2.Message(role=chat_pb2.ROLE_USER,
+                                           content=[chat_pb2.Content(text="everything")])])
+            call = chat_pb2_grpc.ChatStub(channel).GetCompletionChunk(request)
+            await until(lambda: state.in_flight == 1, "the stream at its engine", 10.0)
+            opened = time.monotonic()
+            await until(lambda: state.in_flight == 0, "the stalled stream dropped", 30.0)
+            held = time.monotonic() - opened
+            await until(lambda: len(gw.ledger()) == 1, "the dropped stream's row")
+            rows = gw.ledger()
+            call.cancel()
+    assert held >= SEND_TIMEOUT_S - 0.1
+    [row] = rows
+    assert row.surface == "grpc" and 0 < row.completion_tokens < 200_000

@@ -35,6 +35,7 @@ from xai_sdk.proto import (
 from warmroute.api import xai_grpc_wire as wire
 from warmroute.api.compaction_app import compaction_opener
 from warmroute.api.grpc_guard import RequestGuard
+from warmroute.api.send_deadline import within_send_deadline
 from warmroute.api.wire_errors import grpc_trailers, wire_error_for
 from warmroute.errors import InvalidRequest, NotFound, WarmrouteError
 from warmroute.gateway import engine_calls
@@ -167,7 +168,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
         turn = await self.plan(request, context, caller)
         return await self.complete(request, turn, caller)
 
-    async def GetCompletionChunk(
+    def GetCompletionChunk(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        timeout_s = self.conversations.gw.config.send_timeout_s
+        return within_send_deadline(self.completion_chunks(request, context), timeout_s)
+
+    async def completion_chunks(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         try:
