@@ -10,8 +10,10 @@ message)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
+
+from warmroute.gateway.engine_connection import TIMER_RESOLUTION_S
 
 T = TypeVar("T")
 
@@ -44,13 +46,13 @@ class SendDeadline:
         since = self.since
         if since is None:
             return  # nothing waits: the next message arms it again
-        if self.loop.time() >= since + self.timeout_s - 0.001:  # uvloop's timers count in ms
+        if self.loop.time() >= since + self.timeout_s - TIMER_RESOLUTION_S:
             self.task.cancel("the client read nothing of its stream for its send deadline")
         else:
             self.timer = self.loop.call_at(since + self.timeout_s, self._check)
 
 
-async def within_send_deadline(messages: AsyncIterator[T], timeout_s: float
+async def within_send_deadline(messages: AsyncGenerator[T, None], timeout_s: float
                                ) -> AsyncIterator[T]:
     """`messages`, each of which its client must take within `timeout_s` of its turn."""
     deadline = SendDeadline(timeout_s)
@@ -61,6 +63,4 @@ async def within_send_deadline(messages: AsyncIterator[T], timeout_s: float
             deadline.sent()
     finally:
         deadline.close()
-        aclose = getattr(messages, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await messages.aclose()

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -174,7 +174,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):  # type: ignore[misc]
 
     async def completion_chunks(
         self, request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         try:
             caller = await self.caller(context)
             turn = await self.plan(request, context, caller)

@@ -124,10 +124,7 @@ class Proxy:
                        background: bool = False) -> Relayed:
         """A non-streaming request: the first engine that answers, buffered. `background`
         (a deferred completion, read back later): due `BACKGROUND_DELAY_MS` later."""
-        due = self._due(decision)
-        if due is not None and background:
-            due += BACKGROUND_DELAY_MS
-        answer = await self._forward(decision, payload, False, due)
+        answer = await self._forward(decision, payload, False, self._due(decision, background))
         assert isinstance(answer, Relayed)
         return answer
 
@@ -175,13 +172,14 @@ class Proxy:
         self.metrics.answers.labels(engine_id, str(status)).inc()
         self.metrics.record_usage(engine_id, usage)
 
-    def _due(self, decision: Decision) -> int | None:
+    def _due(self, decision: Decision, background: bool = False) -> int | None:
         """The `priority` every engine tried for this request is sent (set once, at
         placement, so a failover or a resume does not rank behind what came after it)."""
         if self.priority is None:
             return None
-        return due_ms(decision.work, self.priority.ms_per_chunk,
-                      self.priority.max_hold_s * 1000.0)
+        later = BACKGROUND_DELAY_MS if background else 0
+        return later + due_ms(decision.work, self.priority.ms_per_chunk,
+                              self.priority.max_hold_s * 1000.0)
 
     async def _forward(
         self, decision: Decision, payload: bytes, stream: bool, due: int | None = None
@@ -267,7 +265,7 @@ class Proxy:
         endpoint = state.endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
         ranked = due is not None and state.takes_priority  # an `fcfs` engine refuses a rank
-        sent = with_priority(payload, due) if due is not None and ranked else payload
+        sent = with_priority(payload, due) if ranked and due is not None else payload
         started = time.monotonic()
         try:
             response = await self.client.post(endpoint.url + CHAT_PATH, sent, headers)
