@@ -18,9 +18,11 @@ import pytest
 from xai_sdk import AsyncClient
 from xai_sdk.chat import user
 
-from tests.gateway.inprocess import in_process_gateway, until
+from tests.gateway.inprocess import InProcess, in_process_gateway, until
 from tests.gateway.scripted import Script, ScriptedFleet, sse_payloads, streamed_text
 from tests.procs import free_port
+from warmroute.gateway.membership import PRIORITY_RETRY_S
+from warmroute.gateway.operations import engine_report
 from warmroute.gateway.proxy import (
     BACKGROUND_DELAY_MS,
     due_ms,
@@ -163,10 +165,53 @@ async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then
                 else first.json()["choices"][0]["message"]["content"])
         assert text == "Hello world"
         assert (await gw.chat(chat("again", stream=not stream))).status_code == 200
-        assert gw.gateway.membership.engines[ENGINE].takes_priority is False
+        assert gw.gateway.membership.takes_priority(ENGINE) is False
         rows = gw.ledger()
     assert [("priority" in body) for body in fleet[ENGINE].received] == [True, False, False]
     assert len(rows) == 2  # one answer each, the refusal unbilled
+
+
+async def test_an_engine_that_refused_a_priority_is_asked_again_later_and_when_it_returns(
+        tmp_path: Path) -> None:
+    """A refusal lasts `PRIORITY_RETRY_S`: then the engine is sent a rank once more (its
+    operator may have restarted it with a priority policy), and at once when it comes back
+    after an ejection. The operators' engine list says which engines are sent one."""
+    fleet = ScriptedFleet(ENGINE)
+    fleet[ENGINE].refuses_priority = True
+    async with in_process_gateway(fleet, tmp_path, policy="cache-aware",
+                                  engine_priority=True) as gw:
+        assert (await gw.chat(chat("one"))).status_code == 200  # refused, then sent unranked
+        assert [row["takes_priority"] for row in await admin_engines(gw)] == [False]
+        gw.clock.advance(PRIORITY_RETRY_S - 1)
+        assert (await gw.chat(chat("two"))).status_code == 200  # still none
+        gw.clock.advance(1)
+        assert [row["takes_priority"] for row in await admin_engines(gw)] == [True]
+        assert (await gw.chat(chat("three"))).status_code == 200  # asked, refused again
+        gw.gateway.membership.eject(ENGINE, "test")
+        gw.clock.advance(1)
+        await gw.probe()  # back: perhaps restarted with another policy
+        fleet[ENGINE].refuses_priority = False
+        assert (await gw.chat(chat("four", stream=True))).status_code == 200
+        assert (await gw.chat(chat("five"))).status_code == 200
+        rows = gw.ledger()
+    ranked = [("priority" in body) for body in fleet[ENGINE].received]
+    assert ranked == [True, False, False, True, False, True, True]
+    assert len(rows) == 5
+
+
+async def test_the_engine_list_says_no_engine_is_ranked_with_engine_priority_off(
+        tmp_path: Path) -> None:
+    fleet = ScriptedFleet("e1", "e2")
+    fleet["e1"].scheduling_policy, fleet["e2"].scheduling_policy = "fcfs", None
+    async with in_process_gateway(fleet, tmp_path) as gw:
+        rows = await admin_engines(gw)
+    assert [(row["scheduling_policy"], row["takes_priority"]) for row in rows] == [
+        ("fcfs", None), (None, None)]
+
+
+async def admin_engines(gw: InProcess) -> list[dict[str, Any]]:
+    """The rows of `GET /v1/admin/engines` (`test_operators` reads them over HTTP)."""
+    return await engine_report(gw.gateway)
 
 
 def test_refusals_of_a_priority_are_told_from_other_errors() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from warmroute.config import EngineEndpoint
-from warmroute.gateway.membership import Membership
+from warmroute.gateway.membership import PRIORITY_RETRY_S, Membership
 
 
 class Clock:
@@ -157,3 +157,25 @@ def test_the_loads_placement_reads_follow_every_request_and_health_change() -> N
         healthy = [s for s in m.engines.values() if s.healthy]
         assert list(m.loads().items()) == [(s.engine_id, s.in_flight) for s in healthy]
         assert list(m.queued().items()) == [(s.engine_id, s.queued) for s in healthy]
+
+
+def test_a_refused_priority_is_tried_again_after_a_while_or_when_the_engine_returns() -> None:
+    clock = Clock()
+    m, _ = membership(clock)
+    m.probe_succeeded("a", clock(), None)
+    m.probe_succeeded("b", clock(), None, scheduling_policy="fcfs")
+    assert (m.takes_priority("a"), m.takes_priority("b")) == (True, False)
+    m.refused_priority("a")
+    clock.now += PRIORITY_RETRY_S - 0.5
+    assert not m.takes_priority("a")
+    clock.now += 0.5
+    assert m.takes_priority("a")
+    m.refused_priority("a")
+    m.probe_succeeded("a", clock(), None)  # healthy all along: still refused
+    assert not m.takes_priority("a")
+    m.eject("a", "crashed")
+    clock.now += 1
+    m.probe_succeeded("a", clock(), None)  # back, perhaps with another policy
+    assert m.takes_priority("a")
+    m.probe_succeeded("b", clock(), None, scheduling_policy="priority")  # restarted so
+    assert m.takes_priority("b")

@@ -74,7 +74,8 @@ def test_admin_sees_engines_metrics_and_every_team(keyed: tuple[str, dict[str, s
     assert all(e["healthy"] and e["cache"]["blocks_total"] > 0 for e in engines)
     assert set(engines[0]) >= {"in_flight", "queued_prefill", "waiting", "hit_rate",
                                "conversations"}
-    assert [e["takes_priority"] for e in engines] == [False, False]  # their health: fcfs
+    assert [(e["scheduling_policy"], e["takes_priority"]) for e in engines] == [
+        ("fcfs", None), ("fcfs", None)]  # as their health says; none ranked: engine_priority off
     every = get(url + "/v1/usage?team=*&by=team", keys["admin"]).json()
     assert [(g["group"], g["requests"]) for g in every["groups"]] == [("other", 1), ("team-a", 1)]
     one = get(url + "/v1/usage?team=other", keys["admin"]).json()

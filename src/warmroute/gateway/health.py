@@ -5,7 +5,8 @@ All it asks of an engine is `GET /health` with status 200 (vLLM and SGLang answe
 JSON body naming a `model` is remembered for `GET /v1/models`, warmroute engines'
 `cache_tokens` and `chars_per_token` size the gateway's picture of their prefix caches, and
 their `scheduling_policy` says whether they take a `priority` (`engine_priority`: an engine
-that says `fcfs` is sent none; one that says nothing is trusted to, as the operator set).
+that says `fcfs` is sent none; one that says nothing is trusted to, as the operator set, until
+it refuses one: `Membership.takes_priority`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class HealthProber:
             return
         body = json_body(raw)
         self.membership.probe_succeeded(
-            engine_id, started_at, model_named(body), cache_chars(body), takes_priority(body)
+            engine_id, started_at, model_named(body), cache_chars(body), scheduling_policy(body)
         )
 
     async def check(self, engine_id: str) -> bool:
@@ -108,10 +109,11 @@ def model_named(body: dict[str, object]) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
-def takes_priority(body: dict[str, object]) -> bool | None:
-    """Whether the engine schedules by `priority` (vLLM's policy names), if it says."""
+def scheduling_policy(body: dict[str, object]) -> str | None:
+    """How the engine orders its prefills (vLLM's policy names: `fcfs`, `priority`), if it
+    says."""
     policy = body.get("scheduling_policy")
-    return {"priority": True, "fcfs": False}.get(policy) if isinstance(policy, str) else None
+    return policy[:64] if isinstance(policy, str) and policy else None
 
 
 def cache_chars(body: dict[str, object]) -> int | None:

@@ -17,6 +17,10 @@ from warmroute.config import EngineEndpoint
 from warmroute.gateway.policies import EngineLoad
 
 log = logging.getLogger(__name__)
+# An engine that refused a `priority` is sent none for this long, then asked once more (vLLM
+# says nothing of its policy, so only a refusal tells; an operator may restart it with
+# `--scheduling-policy priority` meanwhile). One that was ejected and comes back is asked at once.
+PRIORITY_RETRY_S = 300.0
 
 Listener = Callable[[str, bool, str], None]
 """Called with (engine id, healthy now, cause) whenever an engine is ejected or admitted."""
@@ -33,10 +37,8 @@ class EngineState:
     ejected_at: float = float("-inf")
     model: str | None = None
     cache_chars: int | None = None  # about how much prompt text its prefix cache holds
-    # Whether it is sent a `priority` under `engine_priority`: False once its health answer
-    # said it schedules `fcfs` (True again if a later one says `priority`), or once it refused
-    # a ranked request (an engine that says nothing, as vLLM: until this gateway restarts)
-    takes_priority: bool = True
+    scheduling_policy: str | None = None  # as its latest health answer named it, if it did
+    priority_refused_at: float | None = None  # when it last refused a ranked request
 
     @property
     def engine_id(self) -> str:
@@ -117,6 +119,20 @@ class Membership:
         if work:
             self.prefilled(engine_id, work)
 
+    def takes_priority(self, engine_id: str) -> bool:
+        """Whether the engine is sent a `priority` (under `engine_priority`): not when its
+        health answer says it schedules `fcfs`, nor for `PRIORITY_RETRY_S` after it refused
+        one; an engine that says nothing is trusted to, as its operator set."""
+        state = self.engines[engine_id]
+        if state.scheduling_policy == "fcfs":
+            return False
+        refused = state.priority_refused_at
+        return refused is None or self.clock() - refused >= PRIORITY_RETRY_S
+
+    def refused_priority(self, engine_id: str) -> None:
+        """The engine answered a ranked request with a refusal of its `priority`."""
+        self.engines[engine_id].priority_refused_at = self.clock()
+
     def eject(self, engine_id: str, cause: str) -> None:
         """Passive ejection: the engine failed a request. It returns when a probe succeeds."""
         state = self.engines[engine_id]
@@ -127,17 +143,17 @@ class Membership:
 
     def probe_succeeded(self, engine_id: str, started_at: float, model: str | None,
                         cache_chars: int | None = None,
-                        takes_priority: bool | None = None) -> None:
+                        scheduling_policy: str | None = None) -> None:
         state = self.engines[engine_id]
         state.probe_failures = 0
         if cache_chars is not None:
             state.cache_chars = cache_chars
-        if takes_priority is not None:
-            state.takes_priority = takes_priority
+        state.scheduling_policy = scheduling_policy
         if model and not state.endpoint.model:
             state.model = model
         if not state.healthy and started_at > state.ejected_at:
             state.healthy = True
+            state.priority_refused_at = None  # it may have come back with another policy
             self._notify(state, "probe")
 
     def probe_failed(self, engine_id: str, cause: str) -> None:

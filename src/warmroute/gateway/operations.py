@@ -40,23 +40,30 @@ async def engine_report(gw: Gateway) -> list[dict[str, Any]]:
     states = list(gw.membership.engines.values())
     caches = await asyncio.gather(*(gw.engine_json(s.engine_id, "/cache") for s in states))
     homes = gw.placer.homes.per_engine()
-    return await asyncio.to_thread(engine_rows, states, caches, gw.metrics.registry, homes)
+    ranked = ({s.engine_id: gw.membership.takes_priority(s.engine_id) for s in states}
+              if gw.config.engine_priority else {})
+    return await asyncio.to_thread(engine_rows, states, caches, gw.metrics.registry, homes,
+                                   ranked)
 
 
 def engine_rows(states: list[EngineState], caches: list[dict[str, Any] | None],
-                registry: CollectorRegistry, homes: dict[str, int]) -> list[dict[str, Any]]:
+                registry: CollectorRegistry, homes: dict[str, int],
+                ranked: dict[str, bool] | None = None) -> list[dict[str, Any]]:
+    """`ranked`: whether each engine is sent a `priority` now (none: `engine_priority` off)."""
+    ranked = ranked or {}
     totals = counter_totals(registry)
     answered: dict[str, float] = collections.defaultdict(float)
     for (name, labels), value in totals.items():
         if name == ANSWERS:
             answered[labels[0]] += value
     return [engine_row(s, cache, totals, answered.get(s.engine_id, 0.0),
-                       homes.get(s.engine_id, 0))
+                       homes.get(s.engine_id, 0), ranked.get(s.engine_id))
             for s, cache in zip(states, caches, strict=True)]
 
 
 def engine_row(state: EngineState, cache: dict[str, Any] | None, totals: dict[Key, float],
-               requests: float, conversations: int) -> dict[str, Any]:
+               requests: float, conversations: int, ranked: bool | None = None
+               ) -> dict[str, Any]:
     engine = state.engine_id
     prompt = totals.get((PROMPT, (engine,)), 0.0)
     cached = totals.get((CACHED, (engine,)), 0.0)
@@ -68,7 +75,8 @@ def engine_row(state: EngineState, cache: dict[str, Any] | None, totals: dict[Ke
         "in_flight": state.in_flight,
         "queued_prefill": round(state.queued, 3),
         "waiting": state.waiting,
-        "takes_priority": state.takes_priority,  # sent `priority` under `engine_priority`
+        "scheduling_policy": state.scheduling_policy,  # as its health answer names it
+        "takes_priority": ranked,  # sent a `priority` now; None: `engine_priority` is off
         "requests": int(requests),
         "failovers": int(totals.get((FAILOVERS, (engine,)), 0.0)),
         "ejections": int(totals.get((EJECTIONS, (engine,)), 0.0)),

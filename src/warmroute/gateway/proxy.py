@@ -46,7 +46,7 @@ from warmroute.gateway.faults import (
     retry_after,
     status_verdict,
 )
-from warmroute.gateway.membership import Membership
+from warmroute.gateway.membership import PRIORITY_RETRY_S, Membership
 from warmroute.gateway.metrics import GatewayMetrics
 from warmroute.gateway.policies import FAILOVER, Decision
 from warmroute.gateway.resume import ClientView, StreamSplice
@@ -261,10 +261,9 @@ class Proxy:
 
     async def _attempt(self, engine_id: str, payload: bytes, stream: bool,
                        work: float = 0.0, due: int | None = None) -> Relayed | Upstream:
-        state = self.membership.engines[engine_id]
-        endpoint = state.endpoint
+        endpoint = self.membership.engines[engine_id].endpoint
         headers = {**dict(UPSTREAM_HEADERS), **endpoint.auth_headers()}
-        ranked = due is not None and state.takes_priority  # an `fcfs` engine refuses a rank
+        ranked = due is not None and self.membership.takes_priority(engine_id)
         sent = with_priority(payload, due) if ranked and due is not None else payload
         started = time.monotonic()
         try:
@@ -283,9 +282,10 @@ class Proxy:
                 if response.status == 200:
                     self.metrics.first_token.observe(time.monotonic() - started)
                 elif ranked and refuses_priority(response.status, body):
-                    log.warning("engine %s does not schedule by priority (%s): no longer "
-                                "sent one", engine_id, body[:200].decode(errors="replace"))
-                    state.takes_priority = False
+                    log.warning("engine %s does not schedule by priority (%s): sent none for "
+                                "%.0f s", engine_id, body[:200].decode(errors="replace"),
+                                PRIORITY_RETRY_S)
+                    self.membership.refused_priority(engine_id)
                     return await self._attempt(engine_id, payload, stream, work, due)
                 return Relayed(engine_id, response.status, relayed, body)
             first = await response.next_piece()
