@@ -189,12 +189,14 @@ def server_config(app: Any, host: str, port: int, header_timeout_s: float = HEAD
     """uvicorn's `Config` for `app`, logging warnings only, closing a connection that has not
     sent a whole request head within `header_timeout_s` of its first byte (or of connecting),
     and, with `send_timeout_s`, one whose client has read nothing of its answer for that long
-    while more waits to be sent: uvicorn alone holds either for ever."""
+    while more waits to be sent (a WebSocket's too): uvicorn alone holds either for ever."""
     import uvicorn
 
     settings.setdefault("log_level", "warning")
     # Below info no access line is written, but uvicorn formats each one's arguments anyway.
     settings.setdefault("access_log", settings["log_level"] in ("trace", "debug", "info"))
+    if send_timeout_s is not None:
+        settings.setdefault("ws", send_timeout_websocket(send_timeout_s))
     return uvicorn.Config(app, host=host, port=port,
                           http=header_timeout_protocol(header_timeout_s, send_timeout_s),
                           **settings)
@@ -224,6 +226,15 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float | None = Non
 
     return type("HeaderTimeoutProtocol", (TimedProtocol,),
                 {"head_timeout_s": timeout_s, "send_timeout_s": send_timeout_s})
+
+
+def send_timeout_websocket(send_timeout_s: float) -> type[Any]:
+    """uvicorn's WebSocket protocol dropping a client that reads nothing of what waits to be
+    sent for `send_timeout_s` (`server_protocol.TimedWebSocketProtocol`)."""
+    from warmroute.server_protocol import TimedWebSocketProtocol
+
+    return type("SendTimeoutWebSocketProtocol", (TimedWebSocketProtocol,),
+                {"send_timeout_s": send_timeout_s})
 
 
 LOOP_SWITCH_INTERVAL_S = 0.0005

@@ -9,9 +9,12 @@ With `send_timeout_s`, a second timer runs while the transport holds writing (it
 the client reads nothing), as nginx's `send_timeout`: when it fires the connection is dropped,
 and its handler hears of it as of any client that left (a stream stops, is billed what was
 sent, and frees its engine), so a client that never reads cannot hold an engine's place. It
-costs nothing per request: the transport tells the protocol only when its buffer fills.
+costs nothing per request: the transport tells the protocol only when its buffer fills. A
+WebSocket (`TimedWebSocketProtocol`, uvicorn's own) has the same timer: uvicorn's keepalive
+ping only closes a socket politely, and a polite close waits for a buffer that never drains.
 
-Imported only when a server starts (`procs.header_timeout_protocol` sets the timeouts).
+Imported only when a server starts (`procs.header_timeout_protocol` and
+`procs.send_timeout_websocket` set the timeouts).
 """
 
 from __future__ import annotations
@@ -19,17 +22,53 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from warmroute.connection_events import ConnectionEvents, give_connection_events
 
 
-class TimedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+class SendDeadline:
+    """A protocol's send deadline, mixed in before uvicorn's protocol: while its transport
+    holds writing for `send_timeout_s` (None: for ever), the connection is dropped."""
+
+    send_timeout_s: float | None = None
+    send_timer: Any = None
+    loop: Any
+    transport: Any
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self.send_timeout_s is not None and self.send_timer is None:
+            self.send_timer = self.loop.call_later(self.send_timeout_s, self.not_reading)
+
+    def resume_writing(self) -> None:
+        self.disarm_send()
+        super().resume_writing()  # type: ignore[misc]
+
+    def not_reading(self) -> None:
+        self.send_timer = None
+        if self.transport is not None:
+            self.transport.abort()  # what waits to be sent never will be (even once closing)
+
+    def disarm_send(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+
+class TimedWebSocketProtocol(SendDeadline, WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with the send deadline (`procs.send_timeout_websocket`)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm_send()
+        super().connection_lost(exc)
+
+
+class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     """Served as a subclass that sets the two timeouts (`procs.header_timeout_protocol`)."""
 
     head_timeout_s: float
-    send_timeout_s: float | None = None
     header_timer: Any = None
-    send_timer: Any = None
     events: ConnectionEvents
 
     def connection_made(self, transport: Any) -> None:
@@ -52,25 +91,6 @@ class TimedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def on_message_begin(self) -> None:  # httptools: each request's scope, pipelined too
         super().on_message_begin()
         give_connection_events(self.scope, self.events)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.send_timeout_s is not None and self.send_timer is None:
-            self.send_timer = self.loop.call_later(self.send_timeout_s, self.not_reading)
-
-    def resume_writing(self) -> None:
-        self.disarm_send()
-        super().resume_writing()
-
-    def not_reading(self) -> None:
-        self.send_timer = None
-        if not self.transport.is_closing():
-            self.transport.abort()  # what waits to be sent never will be
-
-    def disarm_send(self) -> None:
-        if self.send_timer is not None:
-            self.send_timer.cancel()
-            self.send_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()

@@ -7,6 +7,7 @@ billed, and the gateway answers the next client as before. The same over gRPC.""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -95,6 +96,66 @@ def test_a_client_that_reads_nothing_is_dropped_and_frees_its_engine(
     cut_off, normal = rows
     assert 0 < cut_off.completion_tokens < MAX_TOKENS  # what was made before it was dropped
     assert (normal.completion_tokens, normal.surface) == (4, "chat.completions")
+
+
+def stalled_socket(port: int) -> socket.socket:
+    """A WebSocket client of `/v1/responses` that asks for a long response, keeps its receive
+    buffer small, and reads nothing after the handshake (frames written by hand)."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\n\r\n")
+    client.settimeout(10.0)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += client.recv(1)  # the handshake's answer alone, nothing after it
+    assert head.startswith(b"HTTP/1.1 101"), head
+    message = json.dumps({"type": "response.create", "model": "sim",
+                          "max_output_tokens": MAX_TOKENS, "input": "Tell me everything."})
+    client.sendall(masked_text_frame(message.encode()))
+    return client
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """One WebSocket text frame as a client sends it (RFC 6455: masked), under 64 KiB."""
+    assert len(payload) < 65536
+    mask = os.urandom(4)
+    length = bytes([0x80 | len(payload)]) if len(payload) < 126 else (
+        bytes([0x80 | 126]) + len(payload).to_bytes(2, "big"))
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_websocket_client_that_reads_nothing_is_dropped_and_frees_its_engine(
+        instant_engine: EngineEndpoint, tmp_path: Path) -> None:
+    """uvicorn's keepalive ping would only close the socket politely, after the unsent bytes
+    that never leave: the send deadline drops it, its response is cancelled and billed."""
+    with gateway_over((instant_engine,), data_dir=tmp_path,
+                      send_timeout_s=SEND_TIMEOUT_S) as (url, gateway):
+        state = gateway.membership.engines[instant_engine.engine_id]
+        client = stalled_socket(int(url.rsplit(":", 1)[1]))
+        try:
+            deadline = time.monotonic() + 30
+            while state.in_flight == 0:
+                assert time.monotonic() < deadline, "the response never started"
+                time.sleep(0.01)
+            opened = time.monotonic()
+            while state.in_flight:
+                assert time.monotonic() < deadline, "the stalled socket was never dropped"
+                time.sleep(0.02)
+            held = time.monotonic() - opened
+            sent = read_to_the_end(client, 10.0)
+        finally:
+            client.close()
+        assert held >= SEND_TIMEOUT_S - 0.1
+        assert b"response.output_text.delta" in sent and b"response.completed" not in sent
+        deadline = time.monotonic() + 10
+        while not (rows := ledger(Path(gateway.config.store_url))):
+            assert time.monotonic() < deadline, "the dropped response was never billed"
+            time.sleep(0.05)
+    [row] = rows
+    assert row.surface == "responses.ws" and 0 < row.completion_tokens < MAX_TOKENS
 
 
 async def test_a_grpc_client_that_reads_nothing_is_dropped_and_frees_its_engine(
