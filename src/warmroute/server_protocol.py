@@ -13,6 +13,10 @@ costs nothing per request: the transport tells the protocol only when its buffer
 WebSocket (`TimedWebSocketProtocol`, uvicorn's own) has the same timer: uvicorn's keepalive
 ping only closes a socket politely, and a polite close waits for a buffer that never drains.
 
+Each response's head is held until its body's first bytes (`HeadCork`, for one turn of the
+event loop at most): a JSON answer, or a stream whose first event is in hand, leaves in one
+write instead of two: one system call, and one wake-up of its client, fewer.
+
 Imported only when a server starts (`procs.header_timeout_protocol` and
 `procs.send_timeout_websocket` set the timeouts).
 """
@@ -85,6 +89,7 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
         if self.cycle is not before:
             self.disarm()  # its headers are complete
             give_connection_events(self.cycle.scope, self.events)  # before its task runs
+            self.cycle.transport = HeadCork(self.transport, self.loop)
         elif self.transport.get_protocol() is not self:
             self.disarm()  # upgraded to a WebSocket: its head was whole
 
@@ -112,3 +117,46 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
         self.header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class HeadCork:
+    """One response's view of its connection: its head (the first write) is held until its
+    body's first bytes are written, or the event loop's next turn, whichever comes first, so
+    that a head and a body sent in one step (a JSON answer; a stream whose first event is in
+    hand) leave in one write: one system call, one packet, one wake-up of the client, not two."""
+
+    __slots__ = ("flushing", "head", "loop", "started", "transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.head: bytes | None = None
+        self.flushing: Any = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        if not self.started:
+            if data[9:10] == b"1":  # an interim answer (`100 Continue`): the client waits for it
+                self.transport.write(data)
+                return
+            self.started = True
+            self.head = data
+            self.flushing = self.loop.call_soon(self.flush)
+            return
+        if self.head is not None:
+            data, self.head = self.head + data, None
+            self.flushing.cancel()
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not self.transport.is_closing():  # lost meanwhile: nothing to write to
+                self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
