@@ -15,7 +15,7 @@ ping only closes a socket politely, and a polite close waits for a buffer that n
 
 Each response's head is held until its body's first bytes (`HeadCork`, for one turn of the
 event loop at most): a JSON answer, or a stream whose first event is in hand, leaves in one
-write instead of two: one system call, and one wake-up of its client, fewer.
+write instead of two: one system call and one wake-up of its client fewer.
 
 Imported only when a server starts (`procs.header_timeout_protocol` and
 `procs.send_timeout_websocket` set the timeouts).
