@@ -23,6 +23,7 @@ from tests.gateway.scripted import ScriptedFleet
 from tests.procs import free_port
 from warmroute.bench.fleet import EngineParams, SimFleet
 from warmroute.config import EngineEndpoint
+from warmroute.gateway.membership import EngineState
 
 SEND_TIMEOUT_S = 2.0
 MAX_TOKENS = 60_000  # megabytes of events: far more than the sockets' buffers hold
@@ -64,25 +65,29 @@ def read_to_the_end(client: socket.socket, timeout_s: float) -> bytes:
     return bytes(received)
 
 
+def held_until_dropped(client: socket.socket, state: EngineState) -> tuple[float, bytes]:
+    """How long the engine's place was held after the stalled `client`'s request reached it,
+    and what the gateway had sent it when it was dropped; the client is closed."""
+    try:
+        deadline = time.monotonic() + 30
+        while state.in_flight == 0:  # the request reached its engine
+            assert time.monotonic() < deadline, "the answer never started"
+            time.sleep(0.01)
+        opened = time.monotonic()
+        while state.in_flight:
+            assert time.monotonic() < deadline, "the stalled client was never dropped"
+            time.sleep(0.02)
+        return time.monotonic() - opened, read_to_the_end(client, 10.0)
+    finally:
+        client.close()
+
+
 def test_a_client_that_reads_nothing_is_dropped_and_frees_its_engine(
         instant_engine: EngineEndpoint, tmp_path: Path) -> None:
     with gateway_over((instant_engine,), data_dir=tmp_path,
                       send_timeout_s=SEND_TIMEOUT_S) as (url, gateway):
         state = gateway.membership.engines[instant_engine.engine_id]
-        client = stalled_stream(int(url.rsplit(":", 1)[1]))
-        try:
-            deadline = time.monotonic() + 30
-            while state.in_flight == 0:  # the request reached its engine
-                assert time.monotonic() < deadline, "the stream never started"
-                time.sleep(0.01)
-            opened = time.monotonic()
-            while state.in_flight:
-                assert time.monotonic() < deadline, "the stalled stream was never dropped"
-                time.sleep(0.02)
-            held = time.monotonic() - opened
-            sent = read_to_the_end(client, 10.0)
-        finally:
-            client.close()
+        held, sent = held_until_dropped(stalled_stream(int(url.rsplit(":", 1)[1])), state)
         assert held >= SEND_TIMEOUT_S - 0.1  # not before its client had stalled that long
         assert sent.startswith(b"HTTP/1.1 200") and b"data: {" in sent
         assert b"data: [DONE]" not in sent  # cut off, not finished
@@ -134,20 +139,7 @@ def test_a_websocket_client_that_reads_nothing_is_dropped_and_frees_its_engine(
     with gateway_over((instant_engine,), data_dir=tmp_path,
                       send_timeout_s=SEND_TIMEOUT_S) as (url, gateway):
         state = gateway.membership.engines[instant_engine.engine_id]
-        client = stalled_socket(int(url.rsplit(":", 1)[1]))
-        try:
-            deadline = time.monotonic() + 30
-            while state.in_flight == 0:
-                assert time.monotonic() < deadline, "the response never started"
-                time.sleep(0.01)
-            opened = time.monotonic()
-            while state.in_flight:
-                assert time.monotonic() < deadline, "the stalled socket was never dropped"
-                time.sleep(0.02)
-            held = time.monotonic() - opened
-            sent = read_to_the_end(client, 10.0)
-        finally:
-            client.close()
+        held, sent = held_until_dropped(stalled_socket(int(url.rsplit(":", 1)[1])), state)
         assert held >= SEND_TIMEOUT_S - 0.1
         assert b"response.output_text.delta" in sent and b"response.completed" not in sent
         deadline = time.monotonic() + 10
