@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from warmroute.procs import header_timeout_protocol
-from warmroute.server_protocol import HeadCork
+from warmroute.server_protocol import MAX_JOINED_BYTES, HeadCork
 
 
 class Transport:
@@ -121,3 +121,57 @@ async def test_the_servers_protocol_answers_in_one_write() -> None:
     for written in transport.writes:
         assert written.startswith(b"HTTP/1.1 200 OK\r\n")
         assert written.endswith(b'\r\n\r\n{"ok":true}')
+
+
+async def test_a_head_answer_is_written_whole_before_the_server_shuts_down() -> None:
+    """A HEAD answer writes no body after its head: nothing holds it back, and a server
+    shutting down right after it still writes it before closing the connection."""
+    config = uvicorn.Config(answer, lifespan="off", log_level="warning")
+    config.load()
+    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
+                                              app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
+    await asyncio.sleep(0)  # the answer's task runs; nothing else turns
+    protocol.shutdown()
+    assert transport.closed
+    [written] = transport.writes
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n") and written.endswith(b"\r\n\r\n")
+
+
+async def test_the_servers_protocol_writes_a_held_head_before_it_shuts_down() -> None:
+    """A stream's head waits for its first event; a shutdown meanwhile writes it first, and
+    the stream's end then closes the connection."""
+    go_on = asyncio.Event()
+
+    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await go_on.wait()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    config = uvicorn.Config(stream, lifespan="off", log_level="warning")
+    config.load()
+    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
+                                              app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    await asyncio.sleep(0)  # the answer's task sends its head; the loop turns no further
+    assert transport.writes == []  # held
+    protocol.shutdown()
+    assert [w[:17] for w in transport.writes] == [b"HTTP/1.1 200 OK\r\n"]
+    go_on.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert transport.writes[1:] == [b"3\r\nend\r\n0\r\n\r\n"] and transport.closed
+
+
+async def test_a_big_first_body_is_not_copied_to_join_its_head() -> None:
+    transport = Transport()
+    cork = HeadCork(transport, asyncio.get_running_loop())
+    body = b"x" * (MAX_JOINED_BYTES + 1)
+    cork.write(b"HEAD ")
+    cork.write(body)
+    assert transport.writes == [b"HEAD ", body]
+    assert transport.writes[1] is body

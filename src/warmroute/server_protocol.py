@@ -89,9 +89,16 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
         if self.cycle is not before:
             self.disarm()  # its headers are complete
             give_connection_events(self.cycle.scope, self.events)  # before its task runs
-            self.cycle.transport = HeadCork(self.transport, self.loop)
+            if self.cycle.scope["method"] != "HEAD":  # no body follows a HEAD answer's head
+                self.cycle.transport = HeadCork(self.transport, self.loop)
         elif self.transport.get_protocol() is not self:
             self.disarm()  # upgraded to a WebSocket: its head was whole
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, HeadCork):
+            cycle.transport.flush()  # a held head goes out before the connection closes
+        super().shutdown()
 
     def on_message_begin(self) -> None:  # httptools: each request's scope, pipelined too
         super().on_message_begin()
@@ -119,6 +126,9 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
             self.transport.close()
 
 
+MAX_JOINED_BYTES = 64 * 1024  # a first body write this big is not copied to join its head
+
+
 class HeadCork:
     """One response's view of its connection: its head (the first write) is held until its
     body's first bytes are written, or the event loop's next turn, whichever comes first, so
@@ -144,8 +154,12 @@ class HeadCork:
             self.flushing = self.loop.call_soon(self.flush)
             return
         if self.head is not None:
-            data, self.head = self.head + data, None
+            head, self.head = self.head, None
             self.flushing.cancel()
+            if len(data) > MAX_JOINED_BYTES:  # a big body: two writes, not a copy of it
+                self.transport.write(head)
+            else:
+                data = head + data
         self.transport.write(data)
 
     def flush(self) -> None:

@@ -150,11 +150,11 @@ async def test_an_engine_that_says_it_schedules_fcfs_is_sent_no_priority(
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then_never(
+async def test_an_engine_that_refuses_a_priority_is_asked_again_without_and_then_sent_none(
         tmp_path: Path, stream: bool) -> None:
     """vLLM without `--scheduling-policy priority` says nothing of it in its health answer and
     refuses a ranked request with a 400: the gateway sends the request again without the rank,
-    and sends that engine no rank from then on."""
+    and sends that engine no rank for a while (`PRIORITY_RETRY_S`, tested below)."""
     fleet = ScriptedFleet(ENGINE)
     fleet[ENGINE].refuses_priority = True
     async with in_process_gateway(fleet, tmp_path, policy="cache-aware",

@@ -115,7 +115,9 @@ def stalled_socket(port: int) -> socket.socket:
     client.settimeout(10.0)
     head = b""
     while b"\r\n\r\n" not in head:
-        head += client.recv(1)  # the handshake's answer alone, nothing after it
+        byte = client.recv(1)  # the handshake's answer alone, nothing after it
+        assert byte, f"the gateway closed the socket during its handshake: {head!r}"
+        head += byte
     assert head.startswith(b"HTTP/1.1 101"), head
     message = json.dumps({"type": "response.create", "model": "sim",
                           "max_output_tokens": MAX_TOKENS, "input": "Tell me everything."})
