@@ -112,12 +112,15 @@ async def test_the_servers_protocol_answers_in_one_write() -> None:
                                               app_state={})
     transport = Transport()
     protocol.connection_made(transport)
-    for _ in range(2):  # two requests on one connection, each answered in one write
+    for _ in range(2):  # requests on one connection, each answered in one write
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         for _ in range(5):
             await asyncio.sleep(0)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n" * 2)  # pipelined
+    for _ in range(10):
+        await asyncio.sleep(0)
     protocol.connection_lost(None)
-    assert len(transport.writes) == 2
+    assert len(transport.writes) == 4
     for written in transport.writes:
         assert written.startswith(b"HTTP/1.1 200 OK\r\n")
         assert written.endswith(b'\r\n\r\n{"ok":true}')

@@ -89,10 +89,19 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
         if self.cycle is not before:
             self.disarm()  # its headers are complete
             give_connection_events(self.cycle.scope, self.events)  # before its task runs
-            if self.cycle.scope["method"] != "HEAD":  # no body follows a HEAD answer's head
-                self.cycle.transport = HeadCork(self.transport, self.loop)
+            self.cork(self.cycle)
         elif self.transport.get_protocol() is not self:
             self.disarm()  # upgraded to a WebSocket: its head was whole
+
+    def on_headers_complete(self) -> None:  # httptools: each request's, pipelined too
+        super().on_headers_complete()
+        self.cork(self.cycle)
+
+    def cork(self, cycle: Any) -> None:
+        """Hold the answer's head for its body (once; not a HEAD answer's: no body follows)."""
+        if (cycle is not None and not isinstance(cycle.transport, HeadCork)
+                and cycle.scope["method"] != "HEAD"):
+            cycle.transport = HeadCork(self.transport, self.loop)
 
     def shutdown(self) -> None:
         cycle = self.cycle
