@@ -96,6 +96,18 @@ async def test_a_head_held_for_a_lost_connection_is_dropped() -> None:
     assert cork.is_closing()  # the rest of the transport is the connection's
 
 
+def served(app: Any) -> tuple[Any, Transport]:
+    """The servers' HTTP protocol (`procs.header_timeout_protocol`) serving `app` on a new
+    connection over a recording transport."""
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
+                                              app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A JSON answer, as Starlette's `Response` sends one: its head, then its body."""
     if scope["type"] != "http":
@@ -106,12 +118,7 @@ async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def test_the_servers_protocol_answers_in_one_write() -> None:
-    config = uvicorn.Config(answer, lifespan="off", log_level="warning")
-    config.load()
-    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
-                                              app_state={})
-    transport = Transport()
-    protocol.connection_made(transport)
+    protocol, transport = served(answer)
     for _ in range(2):  # requests on one connection, each answered in one write
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         for _ in range(5):
@@ -129,12 +136,7 @@ async def test_the_servers_protocol_answers_in_one_write() -> None:
 async def test_a_head_answer_is_written_whole_before_the_server_shuts_down() -> None:
     """A HEAD answer writes no body after its head: nothing holds it back, and a server
     shutting down right after it still writes it before closing the connection."""
-    config = uvicorn.Config(answer, lifespan="off", log_level="warning")
-    config.load()
-    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
-                                              app_state={})
-    transport = Transport()
-    protocol.connection_made(transport)
+    protocol, transport = served(answer)
     protocol.data_received(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
     await asyncio.sleep(0)  # the answer's task runs; nothing else turns
     protocol.shutdown()
@@ -153,12 +155,7 @@ async def test_the_servers_protocol_writes_a_held_head_before_it_shuts_down() ->
         await go_on.wait()
         await send({"type": "http.response.body", "body": b"end"})
 
-    config = uvicorn.Config(stream, lifespan="off", log_level="warning")
-    config.load()
-    protocol = header_timeout_protocol(10.0)(config=config, server_state=ServerState(),
-                                              app_state={})
-    transport = Transport()
-    protocol.connection_made(transport)
+    protocol, transport = served(stream)
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
     await asyncio.sleep(0)  # the answer's task sends its head; the loop turns no further
     assert transport.writes == []  # held
