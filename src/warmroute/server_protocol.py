@@ -89,12 +89,11 @@ class TimedProtocol(SendDeadline, AutoHTTPProtocol):  # type: ignore[misc, valid
         if self.cycle is not before:
             self.disarm()  # its headers are complete
             give_connection_events(self.cycle.scope, self.events)  # before its task runs
-            self.cork(self.cycle)
         elif self.transport.get_protocol() is not self:
             self.disarm()  # upgraded to a WebSocket: its head was whole
 
-    def on_headers_complete(self) -> None:  # httptools: each request's, pipelined too
-        super().on_headers_complete()
+    def on_headers_complete(self) -> None:  # httptools (uvicorn's h11 protocol: no cork)
+        super().on_headers_complete()  # each request's cycle, pipelined ones too
         self.cork(self.cycle)
 
     def cork(self, cycle: Any) -> None:
